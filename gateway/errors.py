@@ -1,0 +1,127 @@
+"""The gateway's one error tree.
+
+Every error the gateway raises on purpose derives from :class:`GatewayError`.
+Third-party exceptions (aiohttp, sqlite3, pymodbus, aiomqtt) are translated at
+the module that talks to them, ``raise ... from exc``, and never leak upward.
+
+    GatewayError
+    ├── ConfigError            the operator wrote something we cannot run with (names the key)
+    ├── WireError              a message does not match the contract (names the field)
+    │   ├── SignatureError     webhook body not signed with our secret
+    │   └── ReportInvalid      a report we were asked to send breaks the contract
+    ├── UpstreamError          the Energy Coordination API did not do what we asked
+    │   ├── UpstreamUnavailable  timeout, connection error, 408/425/429/5xx: try again later
+    │   ├── UpstreamRejected     any other 4xx: the API will never accept this request
+    │   └── AuthError            the token endpoint refused our credentials
+    ├── StoreError             the local SQLite database cannot be used
+    │   └── StoreCorrupt         quick_check failed or the file is not a database
+    └── AdapterError           a device adapter plugin misbehaved (names the adapter)
+        ├── AdapterLoadError     the plugin could not be found, imported or configured
+        └── AdapterReadError     one read failed; the adapter lives on
+
+"We did wrong" (ConfigError, ReportInvalid) is kept apart from "the peer did
+wrong" (WireError on inbound data, UpstreamError).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AdapterError",
+    "AdapterLoadError",
+    "AdapterReadError",
+    "AuthError",
+    "ConfigError",
+    "GatewayError",
+    "ReportInvalid",
+    "SignatureError",
+    "StoreCorrupt",
+    "StoreError",
+    "UpstreamError",
+    "UpstreamRejected",
+    "UpstreamUnavailable",
+    "WireError",
+]
+
+
+class GatewayError(Exception):
+    """Root of every error the gateway raises on purpose."""
+
+
+class ConfigError(GatewayError):
+    """The configuration cannot be used. ``key`` is the dotted config key, if known."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        self.key = key
+        super().__init__(f"{key}: {message}" if key else message)
+
+
+class WireError(GatewayError):
+    """A message does not match the API contract. ``field`` is a JSON path, if known."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+class SignatureError(WireError):
+    """The webhook signature is missing or does not match the body."""
+
+
+class ReportInvalid(WireError):
+    """A report request breaks the OpenAPI contract; it would be answered 400."""
+
+
+class UpstreamError(GatewayError):
+    """The Energy Coordination API did not do what we asked."""
+
+    def __init__(self, message: str, *, status: int | None = None, body: str = "") -> None:
+        self.status = status
+        self.body = body
+        super().__init__(message)
+
+
+class UpstreamUnavailable(UpstreamError):
+    """Temporary failure: try again later, no earlier than ``retry_after`` seconds."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        body: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, status=status, body=body)
+
+
+class UpstreamRejected(UpstreamError):
+    """Permanent failure: the API refused the request and will refuse it again."""
+
+
+class AuthError(UpstreamError):
+    """The token endpoint refused our client credentials."""
+
+
+class StoreError(GatewayError):
+    """The local database cannot be opened, migrated or written."""
+
+
+class StoreCorrupt(StoreError):
+    """The database file failed its integrity check; it is left untouched."""
+
+
+class AdapterError(GatewayError):
+    """A device adapter failed. ``adapter`` is the adapter's configured name."""
+
+    def __init__(self, message: str, *, adapter: str | None = None) -> None:
+        self.adapter = adapter
+        super().__init__(f"adapter {adapter!r}: {message}" if adapter else message)
+
+
+class AdapterLoadError(AdapterError):
+    """The adapter plugin could not be found, imported, configured or started."""
+
+
+class AdapterReadError(AdapterError):
+    """One read from a device failed; it produced no reading."""

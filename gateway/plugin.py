@@ -70,7 +70,9 @@ class Channel:
     def __post_init__(self) -> None:
         energy_units = (Unit.WH, Unit.KWH)
         if (self.kind is ChannelKind.ENERGY) != (self.unit in energy_units):
-            raise ValueError(f"channel {self.name!r}: unit {self.unit} does not fit kind {self.kind}")
+            raise ValueError(
+                f"channel {self.name!r}: unit {self.unit} does not fit kind {self.kind}"
+            )
         if self.wrap is not None and (self.kind is not ChannelKind.ENERGY or self.wrap <= 0):
             raise ValueError(f"channel {self.name!r}: wrap needs a positive energy counter modulus")
 

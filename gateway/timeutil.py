@@ -30,14 +30,14 @@ def parse_duration(value: object) -> float:
 
     Raises ValueError naming what was wrong; callers add the config key.
     """
-    if isinstance(value, bool):
-        raise ValueError(f"expected a duration like '10s', got {value!r}")
-    if isinstance(value, int | float):
+    if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
     elif isinstance(value, str) and (m := _DURATION.match(value)):
         seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
     else:
-        raise ValueError(f"expected a duration like '500ms', '10s', '5m', '1h' or '2d', got {value!r}")
+        raise ValueError(
+            f"expected a duration like '500ms', '10s', '5m', '1h' or '2d', got {value!r}"
+        )
     if seconds < 0:
         raise ValueError(f"a duration cannot be negative, got {value!r}")
     return seconds

@@ -1,0 +1,173 @@
+"""The inbox: every event the gateway has received, once, keyed by event id.
+
+A repeated notification, or a polled copy of a pushed event, changes nothing.
+The first arrival's channel, time and notification id are kept.
+
+Polling bookkeeping: each ``GET /events`` sweep has a number. An event seen by
+a sweep is stamped with it; a sweep that reached its stopping point records
+itself in ``meta`` as complete. A later sweep stops at the first event stamped
+by a *complete* sweep, so a sweep cut short by a crash is finished next time.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from gateway.store.database import Database
+
+__all__ = ["Inbox", "InboxEvent", "NewEvent"]
+
+Via = Literal["webhook", "poll"]
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event as it arrived, before it is stored."""
+
+    event_id: str
+    payload_type: str
+    created_at: str | None
+    payload: bytes
+    notification_id: str | None = None
+    notification_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InboxEvent:
+    event_id: str
+    payload_type: str
+    created_at: str | None
+    received_via: str
+    received_at: float
+    notification_id: str | None
+    notification_type: str | None
+    payload: bytes
+    plan_state: str
+    plan_note: str | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> InboxEvent:
+        return cls(
+            event_id=row["event_id"],
+            payload_type=row["payload_type"],
+            created_at=row["created_at"],
+            received_via=row["received_via"],
+            received_at=row["received_at"],
+            notification_id=row["notification_id"],
+            notification_type=row["notification_type"],
+            payload=bytes(row["payload"]),
+            plan_state=row["plan_state"],
+            plan_note=row["plan_note"],
+        )
+
+
+_INSERT = """
+INSERT INTO events (event_id, payload_type, created_at, received_via, received_at,
+                    notification_id, notification_type, poll_sweep, payload)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (event_id) DO NOTHING
+"""
+
+
+def _params(event: NewEvent, via: Via, at: float, sweep: int | None) -> tuple[object, ...]:
+    return (
+        event.event_id, event.payload_type, event.created_at, via, at,
+        event.notification_id, event.notification_type, sweep, event.payload,
+    )
+
+
+class Inbox:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def add(self, event: NewEvent, *, via: Via, at: float) -> bool:
+        """Store an event; True if it was new. Returns only after the commit."""
+        async with self._db.write() as conn:
+            cur = await conn.execute(_INSERT, _params(event, via, at, None))
+            return cur.rowcount == 1
+
+    async def add_polled_page(
+        self, events: Sequence[NewEvent], *, sweep: int, at: float
+    ) -> tuple[int, bool]:
+        """Store one page of a sweep. Returns (new events, met a completed sweep's event)."""
+        complete = await self.last_complete_sweep()
+        ids = [e.event_id for e in events]
+        met = False
+        new = 0
+        async with self._db.write() as conn:
+            if ids:
+                marks = ",".join("?" * len(ids))
+                async with conn.execute(
+                    f"SELECT COUNT(*) FROM events WHERE event_id IN ({marks}) "  # noqa: S608
+                    "AND poll_sweep IS NOT NULL AND poll_sweep <= ?",
+                    (*ids, complete),
+                ) as cur:
+                    row = await cur.fetchone()
+                met = bool(row and row[0])
+            for event in events:
+                cur = await conn.execute(_INSERT, _params(event, "poll", at, sweep))
+                new += cur.rowcount
+            if ids:
+                await conn.execute(
+                    f"UPDATE events SET poll_sweep = ? WHERE event_id IN ({marks}) "  # noqa: S608
+                    "AND poll_sweep IS NULL",
+                    (sweep, *ids),
+                )
+        return new, met
+
+    async def last_complete_sweep(self) -> int:
+        row = await self._db.fetchone("SELECT value FROM meta WHERE key = 'poll.complete_sweep'")
+        return int(row[0]) if row else 0
+
+    async def begin_sweep(self) -> int:
+        """A fresh sweep number (one more than any sweep begun before)."""
+        async with self._db.write() as conn:
+            async with conn.execute(
+                "SELECT value FROM meta WHERE key = 'poll.last_sweep'"
+            ) as cur:
+                row = await cur.fetchone()
+            sweep = (int(row[0]) if row else 0) + 1
+            await conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('poll.last_sweep', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(sweep),),
+            )
+        return sweep
+
+    async def complete_sweep(self, sweep: int) -> None:
+        async with self._db.write() as conn:
+            await conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('poll.complete_sweep', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(sweep),),
+            )
+
+    async def get(self, event_id: str) -> InboxEvent | None:
+        row = await self._db.fetchone("SELECT * FROM events WHERE event_id = ?", (event_id,))
+        return InboxEvent.from_row(row) if row else None
+
+    async def recent(self, *, limit: int = 100) -> list[InboxEvent]:
+        rows = await self._db.fetchall(
+            "SELECT * FROM events ORDER BY received_at DESC, event_id LIMIT ?", (limit,)
+        )
+        return [InboxEvent.from_row(r) for r in rows]
+
+    async def count(self) -> int:
+        row = await self._db.fetchone("SELECT COUNT(*) FROM events")
+        return int(row[0]) if row else 0
+
+    async def by_plan_state(self, state: str) -> list[InboxEvent]:
+        rows = await self._db.fetchall(
+            "SELECT * FROM events WHERE plan_state = ? ORDER BY received_at", (state,)
+        )
+        return [InboxEvent.from_row(r) for r in rows]
+
+    async def set_plan(self, event_id: str, state: str, note: str | None) -> None:
+        async with self._db.write() as conn:
+            await conn.execute(
+                "UPDATE events SET plan_state = ?, plan_note = ? WHERE event_id = ?",
+                (state, note, event_id),
+            )

@@ -65,15 +65,15 @@ class Secret:
         return hash(self._value)
 
 
-class Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     """Base of every config table: a typo is an error that names the key."""
 
 
-class GatewayConfig(Section):
+class GatewayConfig(Section, frozen=True):
     state_dir: str = "/var/lib/ecgw"
 
 
-class ApiConfig(Section):
+class ApiConfig(Section, frozen=True):
     base_url: str
     token_url: str
     client_id: str
@@ -81,7 +81,7 @@ class ApiConfig(Section):
     client_secret_file: str | None = None
 
 
-class WebhookConfig(Section):
+class WebhookConfig(Section, frozen=True):
     listen: str = "127.0.0.1:8080"
     path: str = "/notify"
     secret: str | None = None
@@ -90,12 +90,12 @@ class WebhookConfig(Section):
     read_timeout: Duration = Duration(10.0)
 
 
-class PollConfig(Section):
+class PollConfig(Section, frozen=True):
     interval: Duration = Duration(300.0)
     page_size: int = 1000
 
 
-class DeliveryConfig(Section):
+class DeliveryConfig(Section, frozen=True):
     timeout: Duration = Duration(30.0)
     backoff_initial: Duration = Duration(2.0)
     backoff_max: Duration = Duration(600.0)
@@ -103,17 +103,17 @@ class DeliveryConfig(Section):
     retry_after_max: Duration = Duration(3600.0)
 
 
-class ReportingConfig(Section):
+class ReportingConfig(Section, frozen=True):
     grace: Duration = Duration(300.0)
 
 
-class MeteringConfig(Section):
+class MeteringConfig(Section, frozen=True):
     max_gap: Duration = Duration(900.0)
     raw_retention: Duration = Duration(48 * 3600.0)
     retention: Duration = Duration(62 * 86400.0)
 
 
-class ResourceConfig(Section):
+class ResourceConfig(Section, frozen=True):
     resource_id: str
     location_id: str
     adapter: str
@@ -121,14 +121,14 @@ class ResourceConfig(Section):
     channel: str = "energy"
 
 
-class LocationConfig(Section):
+class LocationConfig(Section, frozen=True):
     location_id: str
     meter_point_id: str
     adapter: str
     channel: str = "energy"
 
 
-class Config(Section):
+class Config(Section, frozen=True):
     gateway: GatewayConfig = GatewayConfig()
     api: ApiConfig | None = None
     webhook: WebhookConfig | None = None
@@ -251,13 +251,19 @@ def parse_config(data: Mapping[str, Any], *, base: Path, source: str = "<memory>
     client_secret = None
     if cfg.api is not None:
         client_secret = _read_secret(
-            cfg.api.client_secret, cfg.api.client_secret_file, ENV_CLIENT_SECRET, base,
+            cfg.api.client_secret,
+            cfg.api.client_secret_file,
+            ENV_CLIENT_SECRET,
+            base,
             "api.client_secret",
         )
     webhook_secret = None
     if cfg.webhook is not None:
         webhook_secret = _read_secret(
-            cfg.webhook.secret, cfg.webhook.secret_file, ENV_WEBHOOK_SECRET, base,
+            cfg.webhook.secret,
+            cfg.webhook.secret_file,
+            ENV_WEBHOOK_SECRET,
+            base,
             "webhook.secret",
         )
         if webhook_secret is None or not webhook_secret.reveal():

@@ -141,8 +141,9 @@ class UnknownPayload(msgspec.Struct, frozen=True):
 
 KnownPayload: TypeAlias = PriceCurve | UserEligibility | LocationLPC | ResourceLPC | LPCReservation
 EventPayload: TypeAlias = KnownPayload | UnknownPayload
-KNOWN_EVENT_TYPES = frozenset({"PriceCurve", "UserEligibility", "LocationLPC", "ResourceLPC",
-                               "LPCReservation"})
+KNOWN_EVENT_TYPES = frozenset(
+    {"PriceCurve", "UserEligibility", "LocationLPC", "ResourceLPC", "LPCReservation"}
+)
 
 
 # --- envelopes (inbound) -----------------------------------------------------

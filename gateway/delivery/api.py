@@ -74,20 +74,27 @@ class TokenSource:
             "client_secret": self._secret.reveal(),
         }
         try:
-            async with asyncio.timeout(self._timeout), self._session.post(
-                self._url, data=form, headers={"Accept": "application/json"}
-            ) as resp:
+            async with (
+                asyncio.timeout(self._timeout),
+                self._session.post(
+                    self._url, data=form, headers={"Accept": "application/json"}
+                ) as resp,
+            ):
                 text = await resp.text()
                 status = resp.status
                 payload = await resp.json(content_type=None) if status == 200 else None
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise UpstreamUnavailable(f"token endpoint: {_describe(exc)}") from exc
         if status in (400, 401, 403):
-            raise AuthError(f"token endpoint refused the client credentials (HTTP {status})",
-                            status=status, body=text[:500])
+            raise AuthError(
+                f"token endpoint refused the client credentials (HTTP {status})",
+                status=status,
+                body=text[:500],
+            )
         if status != 200 or not isinstance(payload, dict) or not payload.get("access_token"):
-            raise UpstreamUnavailable(f"token endpoint answered HTTP {status}", status=status,
-                                      body=text[:500])
+            raise UpstreamUnavailable(
+                f"token endpoint answered HTTP {status}", status=status, body=text[:500]
+            )
         lifetime = payload.get("expires_in")
         if not isinstance(lifetime, int | float) or lifetime <= 0:
             lifetime = DEFAULT_TOKEN_LIFETIME
@@ -141,9 +148,10 @@ class ApiClient:
             "Idempotency-Key": key,
         }
         try:
-            async with asyncio.timeout(self._timeout), self._session.post(
-                f"{self._base}/reports", data=body, headers=headers
-            ) as resp:
+            async with (
+                asyncio.timeout(self._timeout),
+                self._session.post(f"{self._base}/reports", data=body, headers=headers) as resp,
+            ):
                 text = await resp.text()
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")
@@ -164,11 +172,14 @@ class ApiClient:
         for first in (True, False):
             token = await self._tokens.get()
             try:
-                async with asyncio.timeout(self._timeout), self._session.get(
-                    f"{self._base}/events",
-                    params=params,
-                    headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
-                ) as resp:
+                async with (
+                    asyncio.timeout(self._timeout),
+                    self._session.get(
+                        f"{self._base}/events",
+                        params=params,
+                        headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+                    ) as resp,
+                ):
                     raw = await resp.read()
                     status = resp.status
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -180,7 +191,8 @@ class ApiClient:
                 return wire.decode_events_page(raw)
             text = raw[:500].decode("utf-8", "replace")
             if status in (408, 425, 429) or status >= 500:
-                raise UpstreamUnavailable(f"GET /events answered HTTP {status}", status=status,
-                                          body=text)
+                raise UpstreamUnavailable(
+                    f"GET /events answered HTTP {status}", status=status, body=text
+                )
             raise UpstreamRejected(f"GET /events answered HTTP {status}", status=status, body=text)
         raise AssertionError("unreachable")  # pragma: no cover

@@ -120,11 +120,17 @@ class Deliverer:
                 log.info("outbox.delivered", outbox_id=item_id, report_id=report_id)
             case Retry(status=status, error=error, next_attempt_at=next_at):
                 self._breaker.failed(now=now, rand=self._rand(), not_before=next_at)
-                log.warning("outbox.retry", outbox_id=item_id, status=status, error=error,
-                            retry_in=round(next_at - now, 3))
+                log.warning(
+                    "outbox.retry",
+                    outbox_id=item_id,
+                    status=status,
+                    error=error,
+                    retry_in=round(next_at - now, 3),
+                )
             case _:
-                log.error("outbox.dead", outbox_id=item_id, status=outcome.status,
-                          error=outcome.error)
+                log.error(
+                    "outbox.dead", outbox_id=item_id, status=outcome.status, error=outcome.error
+                )
 
     async def _attempt(self, item: OutboxItem) -> Outcome:
         structlog.contextvars.bind_contextvars(event_id=item.event_id, outbox_id=item.id)
@@ -139,8 +145,9 @@ class Deliverer:
         crashpoint("delivery.sent")
         if 200 <= result.status < 300:
             crashpoint("delivery.answered_2xx")
-        retry_after = parse_retry_after(result.retry_after, now=self._clock(),
-                                        cap=self._retry_after_max)
+        retry_after = parse_retry_after(
+            result.retry_after, now=self._clock(), cap=self._retry_after_max
+        )
         error = f"HTTP {result.status}: {result.body}" if result.status >= 300 else ""
         return self._classify(item, result.status, error, retry_after, result.report_id)
 
@@ -153,9 +160,15 @@ class Deliverer:
         report_id: str | None = None,
     ) -> Outcome:
         return classify(
-            status, error=error, attempt=item.attempts, now=self._clock(),
-            retry_after=retry_after, initial=self._initial, maximum=self._max,
-            rand=self._rand(), report_id=report_id,
+            status,
+            error=error,
+            attempt=item.attempts,
+            now=self._clock(),
+            retry_after=retry_after,
+            initial=self._initial,
+            maximum=self._max,
+            rand=self._rand(),
+            report_id=report_id,
         )
 
     async def _abandon(self) -> None:
@@ -164,16 +177,23 @@ class Deliverer:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        finished = [(self._inflight[t].id, t.result()) for t in tasks
-                    if not t.cancelled() and t.exception() is None]
+        finished = [
+            (self._inflight[t].id, t.result())
+            for t in tasks
+            if not t.cancelled() and t.exception() is None
+        ]
         await self._outbox.record(finished, now=self._clock())
-        await self._outbox.hand_back([item.id for item in self._inflight.values()],
-                                     now=self._clock())
+        await self._outbox.hand_back(
+            [item.id for item in self._inflight.values()], now=self._clock()
+        )
         self._inflight.clear()
 
     async def _warn_deadlines(self, now: float) -> None:
         for item in await self._outbox.pending_before(now + DEADLINE_WARNING):
             log.warning(
-                "outbox.month_end_near", event_id=item.event_id, kind=item.kind,
-                outbox_id=item.id, hours_left=round(((item.deadline or now) - now) / 3600, 1),
+                "outbox.month_end_near",
+                event_id=item.event_id,
+                kind=item.kind,
+                outbox_id=item.id,
+                hours_left=round(((item.deadline or now) - now) / 3600, 1),
             )

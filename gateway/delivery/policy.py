@@ -141,8 +141,9 @@ class Breaker:
         """A temporary failure: pause everything, at least until ``not_before``."""
         self.failures += 1
         self.probing = False
-        delay = backoff_delay(self.failures, initial=self.initial, maximum=self.maximum,
-                              rand=0.5 + rand / 2)
+        delay = backoff_delay(
+            self.failures, initial=self.initial, maximum=self.maximum, rand=0.5 + rand / 2
+        )
         self.paused_until = max(self.paused_until, now + delay, not_before)
 
     def resumes_at(self) -> float:

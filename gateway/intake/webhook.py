@@ -19,7 +19,7 @@ from aiohttp import web
 
 from gateway import wire
 from gateway.config import Secret
-from gateway.errors import SignatureError, StoreError, WireError
+from gateway.errors import ConfigError, SignatureError, StoreError, WireError
 from gateway.intake.signature import verify
 from gateway.store.inbox import Inbox, NewEvent
 from gateway.timeutil import format_utc
@@ -102,8 +102,12 @@ class _Receiver:
             except StoreError as exc:
                 log.error("webhook.store_failed", error=str(exc))  # noqa: TRY400 - no traceback
                 return _reply(503, "could not store the event; retry later")
-            log.info("webhook.received", new=new, payload_type=payload_type,
-                     notification_id=note.notification_id)
+            log.info(
+                "webhook.received",
+                new=new,
+                payload_type=payload_type,
+                notification_id=note.notification_id,
+            )
         if new:
             self._on_event(note.event_id)
         return _reply(200, "stored" if new else "duplicate")
@@ -136,7 +140,13 @@ async def serve_webhook(
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
+                key="webhook.listen",
+            ) from None
         sockets = runner.addresses
         host, port = sockets[0][0], sockets[0][1]
         url = f"http://{host}:{port}{settings.path}"

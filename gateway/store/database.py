@@ -11,6 +11,7 @@ they need, then write in one ``async with db.write() as conn:`` block.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Iterable
@@ -31,10 +32,20 @@ class Database:
     def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
         self.conn = conn
         self.path = path
+        self._writing = asyncio.Lock()
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One ``BEGIN IMMEDIATE`` ... ``COMMIT`` transaction; rolled back on error."""
+        """One ``BEGIN IMMEDIATE`` ... ``COMMIT`` transaction; rolled back on error.
+
+        Writers on this connection take turns (one transaction at a time).
+        """
+        async with self._writing:
+            async with self._transaction() as conn:
+                yield conn
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         try:
             await self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:

@@ -74,8 +74,15 @@ ON CONFLICT (event_id) DO NOTHING
 
 def _params(event: NewEvent, via: Via, at: float, sweep: int | None) -> tuple[object, ...]:
     return (
-        event.event_id, event.payload_type, event.created_at, via, at,
-        event.notification_id, event.notification_type, sweep, event.payload,
+        event.event_id,
+        event.payload_type,
+        event.created_at,
+        via,
+        at,
+        event.notification_id,
+        event.notification_type,
+        sweep,
+        event.payload,
     )
 
 
@@ -125,9 +132,7 @@ class Inbox:
     async def begin_sweep(self) -> int:
         """A fresh sweep number (one more than any sweep begun before)."""
         async with self._db.write() as conn:
-            async with conn.execute(
-                "SELECT value FROM meta WHERE key = 'poll.last_sweep'"
-            ) as cur:
+            async with conn.execute("SELECT value FROM meta WHERE key = 'poll.last_sweep'") as cur:
                 row = await cur.fetchone()
             sweep = (int(row[0]) if row else 0) + 1
             await conn.execute(

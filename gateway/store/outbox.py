@@ -104,7 +104,8 @@ class Outbox:
                 (now, *ids),
             )
             async with conn.execute(
-                f"SELECT * FROM outbox WHERE id IN ({marks}) ORDER BY id", ids  # noqa: S608
+                f"SELECT * FROM outbox WHERE id IN ({marks}) ORDER BY id",
+                ids,  # noqa: S608
             ) as cur:
                 return [OutboxItem.from_row(r) for r in await cur.fetchall()]
 

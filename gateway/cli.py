@@ -1,0 +1,337 @@
+"""The ``ecgw`` command.
+
+Exit codes: 0 success; 2 a usage or config error (one line naming the key or
+field); 1 any other failure. Every command takes ``-c/--config`` or the
+``ECGW_CONFIG`` environment variable. Commands that read the database work
+while ``ecgw run`` is running (WAL lets readers in beside the writer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from gateway import render
+from gateway.app import Gateway
+from gateway.config import Config, load_config
+from gateway.errors import ConfigError, GatewayError, ReportInvalid, WireError
+from gateway.logs import configure_logging, register_secrets
+from gateway.reports import manual
+from gateway.store.database import open_database
+from gateway.store.inbox import Inbox
+from gateway.store.meta import Meta
+from gateway.store.outbox import Outbox
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(GatewayError):
+    """The command line asks for something that cannot be done (exit 2)."""
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+@contextlib.asynccontextmanager
+async def _stores(config: Config) -> AsyncIterator[tuple[Inbox, Outbox, Meta]]:
+    async with open_database(config.db_path) as db:
+        yield Inbox(db), Outbox(db), Meta(db)
+
+
+async def run_until_signalled(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` until it ends or SIGTERM/SIGINT arrives; then cancel it cleanly."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    task = asyncio.create_task(main, name="main")
+    stopper = asyncio.create_task(stop.wait(), name="signal")
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    if not task.done():
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+# --- commands ----------------------------------------------------------------
+
+
+async def cmd_run(args: argparse.Namespace, config: Config) -> int:
+    config.require_api()
+    await run_until_signalled(Gateway(config).run())
+    return EXIT_OK
+
+
+async def cmd_check(args: argparse.Namespace, config: Config) -> int:
+    config.require_api()
+    parts = [
+        f"state_dir={config.gateway.state_dir}",
+        f"webhook={'on' if config.webhook else 'off'}",
+        f"polling={'on' if config.poll else 'off'}",
+        f"adapters={len(config.adapters)}",
+        f"resources={len(config.resources)}",
+        f"locations={len(config.locations)}",
+    ]
+    _out(f"config OK: {config.source} ({', '.join(parts)})")
+    return EXIT_OK
+
+
+async def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    async with _stores(config) as (inbox, outbox, meta):
+        facts = await meta.get_all()
+        counts = await outbox.counts()
+        events = await inbox.count()
+    heartbeat = facts.get("gateway.heartbeat")
+    running = isinstance(heartbeat, int | float) and time.time() - heartbeat < 60
+    status = {
+        "running": running,
+        "pid": facts.get("gateway.pid"),
+        "started_at": render.iso(_num(facts.get("gateway.started_at"))),
+        "heartbeat": render.iso(_num(heartbeat)),
+        "webhook_url": facts.get("gateway.webhook_url"),
+        "database": str(config.db_path),
+        "events": events,
+        "outbox": counts,
+    }
+    if args.json:
+        _out(render.to_json(status))
+        return EXIT_OK
+    _out(
+        f"gateway:  {'running' if running else 'not running'}"
+        f" (pid {status['pid']}, last heartbeat {status['heartbeat']})"
+    )
+    _out(f"database: {status['database']}")
+    _out(f"webhook:  {status['webhook_url'] or 'off'}")
+    _out(f"events:   {events}")
+    _out("outbox:   " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return EXIT_OK
+
+
+def _num(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+OUTBOX_COLUMNS = (
+    "id",
+    "event_id",
+    "kind",
+    "state",
+    "attempts",
+    "last_status",
+    "report_id",
+    "last_error",
+)
+
+
+async def cmd_outbox_list(args: argparse.Namespace, config: Config) -> int:
+    async with _stores(config) as (_, outbox, _meta):
+        items = await outbox.items(state=args.state, limit=args.limit)
+    records = [render.outbox_record(i) for i in items]
+    _out(render.to_json(records) if args.json else render.table(records, OUTBOX_COLUMNS))
+    return EXIT_OK
+
+
+async def cmd_outbox_show(args: argparse.Namespace, config: Config) -> int:
+    async with _stores(config) as (_, outbox, _meta):
+        items = await outbox.find(args.ref)
+    if not items:
+        raise UsageError(f"no outbox row with id or event id {args.ref!r}")
+    _out(render.to_json([render.outbox_record(i, body=True) for i in items]))
+    return EXIT_OK
+
+
+async def _outbox_ids(outbox: Outbox, refs: list[str], all_dead: bool) -> list[int]:
+    if all_dead:
+        return [i.id for i in await outbox.items(state="dead", limit=1_000_000)]
+    if not refs:
+        raise UsageError("name outbox rows (id or event id) or pass --all-dead")
+    ids: list[int] = []
+    for ref in refs:
+        found = await outbox.find(ref)
+        if not found:
+            raise UsageError(f"no outbox row with id or event id {ref!r}")
+        ids += [i.id for i in found]
+    return ids
+
+
+async def cmd_outbox_retry(args: argparse.Namespace, config: Config) -> int:
+    async with _stores(config) as (_, outbox, _meta):
+        ids = await _outbox_ids(outbox, args.refs, args.all_dead)
+        changed = await outbox.retry(ids, now=time.time())
+    _out(f"{changed} report(s) due now (delivered reports are never sent again)")
+    return EXIT_OK
+
+
+async def cmd_outbox_purge(args: argparse.Namespace, config: Config) -> int:
+    async with _stores(config) as (_, outbox, _meta):
+        ids = await _outbox_ids(outbox, args.refs, args.all_dead)
+        removed = await outbox.purge(ids)
+    _out(f"{removed} dead report(s) removed (only dead rows can be purged)")
+    return EXIT_OK
+
+
+EVENT_COLUMNS = ("event_id", "payload_type", "created_at", "received_via", "plan_state")
+
+
+async def cmd_events_list(args: argparse.Namespace, config: Config) -> int:
+    async with _stores(config) as (inbox, _, _meta):
+        events = await inbox.recent(limit=args.limit)
+    records = [render.event_record(e) for e in events]
+    _out(render.to_json(records) if args.json else render.table(records, EVENT_COLUMNS))
+    return EXIT_OK
+
+
+async def cmd_events_show(args: argparse.Namespace, config: Config) -> int:
+    async with _stores(config) as (inbox, outbox, _meta):
+        event = await inbox.get(args.event_id)
+        reports = await outbox.find(args.event_id)
+    if event is None:
+        raise UsageError(f"no event {args.event_id!r} in the inbox")
+    record = render.event_record(event, payload=True)
+    record["reports"] = [render.outbox_record(r) for r in reports]
+    _out(render.to_json(record))
+    return EXIT_OK
+
+
+async def cmd_report_submit(args: argparse.Namespace, config: Config) -> int:
+    try:
+        raw = await asyncio.to_thread(Path(args.file).read_bytes)
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
+    async with _stores(config) as (_, outbox, _meta):
+        report, queued = await manual.submit(outbox, raw, now=time.time())
+    if queued:
+        _out(f"queued {report.kind} report for event {report.event_id}")
+    else:
+        _out(f"already queued: {report.kind} report for event {report.event_id} (not queued again)")
+    return EXIT_OK
+
+
+async def cmd_sandbox(args: argparse.Namespace, config: Config | None) -> int:
+    from gateway.sandbox import run_sandbox  # only this command needs it
+
+    host, _, port = args.listen.rpartition(":")
+    async with run_sandbox(host or "127.0.0.1", int(port or 0)) as sandbox:
+        _out(
+            f"sandbox listening on {sandbox.root_url}\n\n[api]\n"
+            f'base_url = "{sandbox.base_url}"\n'
+            f'token_url = "{sandbox.token_url}"\nclient_id = "{sandbox.client_id}"\n'
+            f'client_secret = "{sandbox.client_secret}"\n'
+        )
+        await run_until_signalled(_forever())
+    return EXIT_OK
+
+
+async def _forever() -> None:
+    await asyncio.Event().wait()
+
+
+# --- argument parsing ----------------------------------------------------------
+
+
+Handler = Callable[[argparse.Namespace, Any], Coroutine[Any, Any, int]]
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-c", "--config", default=argparse.SUPPRESS, help="config file (default: $ECGW_CONFIG)"
+    )
+    listing = argparse.ArgumentParser(add_help=False)
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.add_argument("--limit", type=int, default=1000)
+
+    parser = argparse.ArgumentParser(
+        prog="ecgw", parents=[common], description="Energy Coordination Gateway"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(
+        name: str, handler: Handler, help_: str, *parents: argparse.ArgumentParser, into: Any = sub
+    ) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = into.add_parser(name, parents=[common, *parents], help=help_)
+        p.set_defaults(handler=handler)
+        return p
+
+    add("run", cmd_run, "run the gateway until SIGTERM/SIGINT")
+    add("check", cmd_check, "validate the config")
+    status = add("status", cmd_status, "show what the gateway is doing")
+    status.add_argument("--json", action="store_true")
+
+    outbox = sub.add_parser("outbox", help="inspect and steer the report outbox")
+    osub = outbox.add_subparsers(dest="action", required=True, metavar="ACTION")
+    lst = add("list", cmd_outbox_list, "list reports", listing, into=osub)
+    lst.add_argument("--state", choices=("pending", "in_flight", "delivered", "dead"))
+    add("show", cmd_outbox_show, "show reports of an id or event id", into=osub).add_argument("ref")
+    for name, handler, help_ in (
+        ("retry", cmd_outbox_retry, "make dead/pending reports due now"),
+        ("purge", cmd_outbox_purge, "delete dead reports"),
+    ):
+        p = add(name, handler, help_, into=osub)
+        p.add_argument("refs", nargs="*")
+        p.add_argument("--all-dead", action="store_true")
+
+    events = sub.add_parser("events", help="inspect received events")
+    esub = events.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add("list", cmd_events_list, "list events, newest first", listing, into=esub)
+    add("show", cmd_events_show, "show one event and its reports", into=esub).add_argument(
+        "event_id"
+    )
+
+    report = sub.add_parser("report", help="reports")
+    rsub = report.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add(
+        "submit", cmd_report_submit, "validate a report request JSON and queue it", into=rsub
+    ).add_argument("file")
+
+    sandbox = add("sandbox", cmd_sandbox, "run a local stand-in for the API")
+    sandbox.add_argument("--listen", default="127.0.0.1:8900")
+    return parser
+
+
+NO_CONFIG = {cmd_sandbox}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = None
+        if args.handler not in NO_CONFIG:
+            config = load_config(getattr(args, "config", None))
+            register_secrets(
+                s.reveal() for s in (config.client_secret, config.webhook_secret) if s is not None
+            )
+        configure_logging()
+        handler: Handler = args.handler
+        return asyncio.run(handler(args, config))
+    except (ConfigError, UsageError) as exc:
+        sys.stderr.write(f"ecgw: error: {exc}\n")
+        return EXIT_USAGE
+    except (ReportInvalid, WireError) as exc:
+        sys.stderr.write(f"ecgw: invalid report: {exc}\n")
+        return EXIT_USAGE
+    except GatewayError as exc:
+        sys.stderr.write(f"ecgw: {exc}\n")
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

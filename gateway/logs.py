@@ -1,0 +1,69 @@
+"""structlog, configured once at the entry point.
+
+JSON lines when stderr is not a terminal, a console renderer when it is.
+Context (event id, adapter, outbox id) travels in contextvars. A redaction
+processor replaces any registered secret that reaches a log line, wherever it
+hides, as a last line of defence: secrets are never logged on purpose.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any
+
+import structlog
+
+__all__ = ["configure_logging", "register_secrets"]
+
+_secrets: set[str] = set()
+REDACTED = "***"
+
+
+def register_secrets(values: Iterable[str | None]) -> None:
+    """Secrets to scrub from every log line (empty and very short values are ignored)."""
+    _secrets.update(v for v in values if v and len(v) >= 4)
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        for secret in _secrets:
+            if secret in value:
+                value = value.replace(secret, REDACTED)
+        return value
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_scrub(v) for v in value)
+    return value
+
+
+def _redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    if not _secrets:
+        return event_dict
+    return {k: _scrub(v) for k, v in event_dict.items()}
+
+
+def configure_logging(*, level: str = "info", json: bool | None = None) -> None:
+    if json is None:
+        json = not sys.stderr.isatty()
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    )
+    processors: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info if json else structlog.processors.StackInfoRenderer(),
+        _redact,
+        renderer,
+    ]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )

@@ -1,0 +1,85 @@
+"""How the CLI shows things: JSON records and plain text tables. Pure."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from gateway.store.inbox import InboxEvent
+from gateway.store.outbox import OutboxItem
+
+__all__ = ["event_record", "iso", "outbox_record", "table", "to_json"]
+
+
+def iso(moment: float | None) -> str | None:
+    if moment is None:
+        return None
+    return (
+        dt.datetime.fromtimestamp(moment, dt.UTC)
+        .isoformat(timespec="seconds")
+        .replace("+00:00", "Z")
+    )
+
+
+def outbox_record(item: OutboxItem, *, body: bool = False) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "id": item.id,
+        "event_id": item.event_id,
+        "kind": item.kind,
+        "state": item.state,
+        "attempts": item.attempts,
+        "last_status": item.last_status,
+        "last_error": item.last_error,
+        "report_id": item.report_id,
+        "source": item.source,
+        "idempotency_key": item.idempotency_key,
+        "next_attempt_at": iso(item.next_attempt_at) if item.state == "pending" else None,
+        "created_at": iso(item.created_at),
+        "delivered_at": iso(item.delivered_at),
+        "deadline": iso(item.deadline),
+    }
+    if body:
+        record["body"] = json.loads(item.body)
+    return record
+
+
+def event_record(event: InboxEvent, *, payload: bool = False) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "event_id": event.event_id,
+        "payload_type": event.payload_type,
+        "created_at": event.created_at,
+        "received_via": event.received_via,
+        "received_at": iso(event.received_at),
+        "notification_id": event.notification_id,
+        "notification_type": event.notification_type,
+        "plan_state": event.plan_state,
+        "plan_note": event.plan_note,
+    }
+    if payload:
+        try:
+            record["payload"] = json.loads(event.payload)
+        except ValueError:
+            record["payload"] = event.payload.decode("utf-8", "replace")
+    return record
+
+
+def to_json(value: object) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """A plain fixed-width table; long cells are cut to keep one row per line."""
+    if not rows:
+        return "(none)"
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _cell(value: object, limit: int = 60) -> str:
+    text = "-" if value is None else str(value).replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -40,9 +40,8 @@ class Database:
 
         Writers on this connection take turns (one transaction at a time).
         """
-        async with self._writing:
-            async with self._transaction() as conn:
-                yield conn
+        async with self._writing, self._transaction() as conn:
+            yield conn
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:

@@ -104,8 +104,8 @@ class Outbox:
                 (now, *ids),
             )
             async with conn.execute(
-                f"SELECT * FROM outbox WHERE id IN ({marks}) ORDER BY id",
-                ids,  # noqa: S608
+                f"SELECT * FROM outbox WHERE id IN ({marks}) ORDER BY id",  # noqa: S608
+                ids,
             ) as cur:
                 return [OutboxItem.from_row(r) for r in await cur.fetchall()]
 

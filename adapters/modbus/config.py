@@ -1,0 +1,150 @@
+"""The ``modbus`` adapter's config: one device (TCP or serial) and what to read from it.
+
+::
+
+    [adapters.meter]
+    type = "modbus"
+    host = "192.168.1.50"          # or serial_port = "/dev/ttyUSB0" (+ baudrate, parity, ...)
+    port = 502
+    unit = 1
+    profile = "eastron-sdm630"     # or "eastron-sdm120", "sunspec", or a registers map
+    poll_interval = "10s"
+
+    [adapters.meter.registers.energy]   # instead of profile
+    address = 100
+    function = "holding"
+    type = "u32"
+    scale = 0.01
+    unit = "kWh"
+    wrap = 4294967296
+
+Unknown keys are rejected by msgspec with the key's name. The cross-field rules
+(exactly one of ``host``/``serial_port``, exactly one of ``profile``/``registers``,
+kind/unit agreement, ...) raise ``ValueError`` from ``__post_init__``; msgspec
+turns that into a ``ValidationError`` carrying the same message, which names
+the offending keys.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import msgspec
+
+from gateway.plugin import AdapterConfig, ChannelKind, Unit
+from gateway.timeutil import Duration
+
+__all__ = [
+    "ByteOrder",
+    "FunctionName",
+    "ModbusConfig",
+    "ProfileName",
+    "RegisterSpec",
+    "RegisterType",
+    "WordOrder",
+]
+
+ProfileName = Literal["eastron-sdm120", "eastron-sdm630", "sunspec"]
+FunctionName = Literal["input", "holding"]
+RegisterType = Literal["u16", "s16", "u32", "s32", "u64", "f32", "f64"]
+WordOrder = Literal["big", "little"]
+ByteOrder = Literal["big", "little"]
+
+_ENERGY_UNITS = frozenset({Unit.WH, Unit.KWH})
+_MAX_ADDRESS = 0xFFFF
+
+
+class RegisterSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """Where one channel's value lives and how to turn its registers into a number.
+
+    ``address`` is the PDU address (0-based, as sent on the wire). ``scale``
+    multiplies the raw value; ``scale_register`` instead names an s16 register
+    (same function) holding a power-of-ten exponent, SunSpec ``sunssf`` style.
+    ``wrap`` is the raw counter's modulus (e.g. ``4294967296`` for a u32).
+    """
+
+    address: int
+    function: FunctionName
+    type: RegisterType
+    unit: Unit
+    word_order: WordOrder = "big"
+    byte_order: ByteOrder = "big"
+    scale: float = 1.0
+    scale_register: int | None = None
+    kind: ChannelKind = ChannelKind.ENERGY
+    wrap: int | None = None
+
+    def problems(self, key: str) -> list[str]:
+        """Messages for every rule this spec breaks; ``key`` is its dotted config key."""
+        found: list[str] = []
+        if not 0 <= self.address <= _MAX_ADDRESS:
+            found.append(f"{key}.address: {self.address} is outside 0..65535")
+        if self.scale_register is not None and not 0 <= self.scale_register <= _MAX_ADDRESS:
+            found.append(f"{key}.scale_register: {self.scale_register} is outside 0..65535")
+        if self.scale_register is not None and self.scale != 1.0:
+            found.append(f"{key}: set either scale or scale_register, not both")
+        if not math.isfinite(self.scale) or self.scale == 0:
+            found.append(f"{key}.scale: must be a finite, non-zero number")
+        if (self.kind is ChannelKind.ENERGY) != (self.unit in _ENERGY_UNITS):
+            found.append(f"{key}.unit: {self.unit} does not fit kind {self.kind}")
+        if self.kind is ChannelKind.ENERGY and self.scale < 0:
+            found.append(f"{key}.scale: an energy counter needs a positive scale")
+        if self.wrap is not None:
+            if self.kind is not ChannelKind.ENERGY:
+                found.append(f"{key}.wrap: only an energy counter can wrap")
+            if self.wrap <= 0:
+                found.append(f"{key}.wrap: must be a positive modulus")
+        return found
+
+
+class ModbusConfig(AdapterConfig, kw_only=True, frozen=True):
+    """One Modbus device: a TCP endpoint or a serial port, a unit id, and a register map."""
+
+    host: str | None = None
+    port: int = 502
+    serial_port: str | None = None
+    baudrate: int = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    unit: int = 1
+    profile: ProfileName | None = None
+    registers: dict[str, RegisterSpec] = msgspec.field(default_factory=dict)
+    connect_delay: Duration = Duration(0.0)
+    request_pause: Duration = Duration(0.0)
+    close_after_poll: bool = False
+    timeout: Duration = Duration(3.0)
+
+    def __post_init__(self) -> None:
+        found = self._transport_problems() + self._map_problems()
+        if found:
+            raise ValueError("; ".join(found))
+
+    def _transport_problems(self) -> list[str]:
+        found: list[str] = []
+        if (self.host is None) == (self.serial_port is None):
+            found.append("set exactly one of `host` (Modbus TCP) or `serial_port` (Modbus RTU)")
+        if self.host is not None and not self.host.strip():
+            found.append("`host` is empty")
+        if self.serial_port is not None and not self.serial_port.strip():
+            found.append("`serial_port` is empty")
+        if not 1 <= self.port <= 65535:
+            found.append(f"`port`: {self.port} is outside 1..65535")
+        if self.baudrate <= 0:
+            found.append(f"`baudrate`: {self.baudrate} is not a positive number")
+        if not 0 <= self.unit <= 255:
+            found.append(f"`unit`: {self.unit} is outside 0..255")
+        if self.timeout <= 0:
+            found.append("`timeout` must be longer than 0 s")
+        return found
+
+    def _map_problems(self) -> list[str]:
+        if (self.profile is None) == (not self.registers):
+            return ["set exactly one of `profile` or a `registers` map"]
+        found: list[str] = []
+        for name, spec in self.registers.items():
+            if not name.strip():
+                found.append("`registers` has a channel with an empty name")
+            found.extend(spec.problems(f"registers.{name}"))
+        return found

@@ -89,21 +89,26 @@ async def _quick_check(conn: aiosqlite.Connection, path: Path) -> None:
 
 
 async def _migrate(conn: aiosqlite.Connection) -> None:
-    async with conn.execute("PRAGMA user_version") as cur:
-        row = await cur.fetchone()
-    version = int(row[0]) if row else 0
-    if version > len(MIGRATIONS):
-        raise StoreError(
-            f"database schema version {version} is newer than this ecgw knows "
-            f"({len(MIGRATIONS)}); upgrade ecgw"
-        )
-    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+    """Run the migrations this file lacks. Each step re-reads the version inside its own
+    write lock, so processes opening a new database at the same moment take turns."""
+    while True:
         await conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in script.split(";\n"):
+            async with conn.execute("PRAGMA user_version") as cur:
+                row = await cur.fetchone()
+            version = int(row[0]) if row else 0
+            if version > len(MIGRATIONS):
+                raise StoreError(
+                    f"database schema version {version} is newer than this ecgw knows "
+                    f"({len(MIGRATIONS)}); upgrade ecgw"
+                )
+            if version == len(MIGRATIONS):
+                await conn.rollback()
+                return
+            for statement in MIGRATIONS[version].split(";\n"):
                 if statement.strip():
                     await conn.execute(statement)
-            await conn.execute(f"PRAGMA user_version = {number}")
+            await conn.execute(f"PRAGMA user_version = {version + 1}")
         except BaseException:
             await conn.rollback()
             raise

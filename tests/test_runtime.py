@@ -1,0 +1,802 @@
+"""The adapter runtime: cadence, failed reads, crashes and backoff, hangs, threads, shutdown.
+
+The adapters here are small real classes (no mocks) with poll intervals of
+50-300 ms. Tests wait on conditions (the sink and status sink notify a
+Condition) rather than sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from types import TracebackType
+from typing import Any, ClassVar
+
+import pytest
+import structlog
+from hypothesis import given
+from hypothesis import strategies as st
+from structlog.contextvars import merge_contextvars
+
+from gateway.errors import AdapterLoadError, AdapterReadError
+from gateway.metering.discovery import build_adapters
+from gateway.metering.runtime import (
+    HUNG_AFTER,
+    AdapterRuntime,
+    AdapterStatus,
+    backoff_delay,
+    next_tick,
+)
+from gateway.plugin import AdapterConfig, Channel, ChannelKind, Reading, Unit
+from gateway.timeutil import Duration
+
+pytestmark = pytest.mark.timeout(10)
+
+ENERGY = Channel("energy", ChannelKind.ENERGY, Unit.KWH)
+POWER = Channel("power", ChannelKind.POWER, Unit.W)
+
+
+def config(poll: float = 0.05, read_timeout: float | None = None) -> AdapterConfig:
+    timeout = None if read_timeout is None else Duration(read_timeout)
+    return AdapterConfig(type="test", poll_interval=Duration(poll), read_timeout=timeout)
+
+
+class Waitable:
+    def __init__(self) -> None:
+        self.changed = asyncio.Condition()
+
+    async def notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def wait_for(self, predicate: Callable[[], bool], within: float = 5.0) -> None:
+        async with asyncio.timeout(within), self.changed:
+            await self.changed.wait_for(predicate)
+
+
+# --- test adapters ------------------------------------------------------------------------------
+
+
+class Base:
+    """Lifetime bookkeeping shared by the test adapters."""
+
+    Config: ClassVar[type[AdapterConfig]] = AdapterConfig
+
+    def __init__(self, name: str, cfg: AdapterConfig | None = None) -> None:
+        self.name = name
+        self.config = cfg or config()
+        self.entered = 0
+        self.exits: list[type[BaseException] | None] = []
+        self.reads = 0
+        self.read_times: list[float] = []
+        self.progress = Waitable()  # notified on every start and every async read
+
+    def channels(self) -> Sequence[Channel]:
+        return [ENERGY]
+
+    async def __aenter__(self) -> Base:
+        self.entered += 1
+        await self.progress.notify()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.exits.append(exc_type)
+
+    def reading(self) -> list[Reading]:
+        return [Reading("energy", time.time(), float(self.reads))]
+
+    async def tick(self) -> None:
+        self.reads += 1
+        self.read_times.append(asyncio.get_running_loop().time())
+        await self.progress.notify()
+
+
+class Counter(Base):
+    """A healthy meter, optionally slow."""
+
+    def __init__(self, name: str, cfg: AdapterConfig | None = None, delay: float = 0.0) -> None:
+        super().__init__(name, cfg)
+        self.delay = delay
+
+    async def read(self) -> Sequence[Reading]:
+        await self.tick()
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return self.reading()
+
+
+class Flaky(Counter):
+    """Every other read fails with AdapterReadError; a TimeoutError of its own once."""
+
+    async def read(self) -> Sequence[Reading]:
+        await self.tick()
+        if self.reads == 2:
+            raise TimeoutError("socket timed out")
+        if self.reads % 2:
+            raise AdapterReadError("device busy", adapter=self.name)
+        return self.reading()
+
+
+class Crashy(Counter):
+    """Crashes on read number ``crash_on`` after every start."""
+
+    def __init__(self, name: str, cfg: AdapterConfig | None = None, crash_on: int = 2) -> None:
+        super().__init__(name, cfg)
+        self.crash_on = crash_on
+        self.since_start = 0
+
+    async def __aenter__(self) -> Crashy:
+        self.since_start = 0
+        await super().__aenter__()
+        return self
+
+    async def read(self) -> Sequence[Reading]:
+        await self.tick()
+        self.since_start += 1
+        if self.since_start == self.crash_on:
+            raise ConnectionResetError("peer closed\nthe connection")
+        return self.reading()
+
+
+class FailingStart(Counter):
+    """Its start fails the first ``failures`` times."""
+
+    def __init__(self, name: str, failures: int) -> None:
+        super().__init__(name)
+        self.failures = failures
+
+    async def __aenter__(self) -> FailingStart:
+        await super().__aenter__()
+        if self.entered <= self.failures:
+            raise OSError("no route to host")
+        return self
+
+
+class HungRead(Base):
+    """Every read waits forever (until cancelled)."""
+
+    def __init__(self, name: str, cfg: AdapterConfig | None = None) -> None:
+        super().__init__(name, cfg)
+        self.cancelled_reads = 0
+
+    async def read(self) -> Sequence[Reading]:
+        await self.tick()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled_reads += 1
+            raise
+        raise AssertionError("unreachable")
+
+
+class HungStart(Counter):
+    async def __aenter__(self) -> HungStart:
+        await super().__aenter__()
+        await asyncio.Event().wait()
+        return self
+
+
+class BlockingRead(Base):
+    """A partner's synchronous read that blocks its thread."""
+
+    def __init__(self, name: str, cfg: AdapterConfig, block: float) -> None:
+        super().__init__(name, cfg)
+        self.block = block
+        self.inside = threading.Event()
+        self.release = threading.Event()
+        self.thread_ids: list[int] = []
+        self.context_adapter: list[object] = []
+
+    def read(self) -> Sequence[Reading]:
+        self.reads += 1
+        self.thread_ids.append(threading.get_ident())
+        self.context_adapter.append(structlog.contextvars.get_contextvars().get("adapter"))
+        self.inside.set()
+        self.release.wait(self.block)
+        self.inside.clear()
+        return self.reading()
+
+
+class SwallowsCancel(Counter):
+    """Badly behaved: turns its cancellation into an empty read."""
+
+    async def read(self) -> Sequence[Reading]:
+        await self.tick()
+        try:
+            await asyncio.sleep(0.02)
+        except asyncio.CancelledError:
+            return []
+        return self.reading()
+
+
+class Pusher(Base):
+    """A push adapter: yields ``batches`` batches, then its stream ends."""
+
+    def __init__(self, name: str, batches: int | None) -> None:
+        super().__init__(name)
+        self.batches = batches
+        self.streams_closed = 0
+
+    async def stream(self) -> AsyncIterator[Sequence[Reading]]:
+        try:
+            n = 0
+            while self.batches is None or n < self.batches:
+                n += 1
+                await asyncio.sleep(0.01)
+                yield [Reading("energy", time.time(), float(n))]
+        finally:
+            self.streams_closed += 1
+
+
+class Messy(Base):
+    """Returns readings the runtime must drop."""
+
+    def channels(self) -> Sequence[Channel]:
+        return [ENERGY, POWER]
+
+    async def read(self) -> Sequence[Reading]:
+        await self.tick()
+        now = time.time()
+        return [
+            Reading("energy", now, 1),  # an int: kept, as a float
+            Reading("voltage", now, 230.0),  # not a declared channel
+            Reading("power", now, math.nan),
+            Reading("power", now, math.inf),
+            Reading("energy", math.nan, 2.0),
+            Reading("energy", now, "3"),  # type: ignore[arg-type]
+            Reading("power", now, True),
+            ("energy", now, 4.0),  # type: ignore[list-item]
+            Reading(["energy"], now, 5.0),  # type: ignore[arg-type]
+            Reading("power", now, 1500.0),
+        ]
+
+
+class NotASequence(Base):
+    async def read(self) -> Sequence[Reading]:
+        await self.tick()
+        return None  # type: ignore[return-value]
+
+
+class SlowExit(Counter):
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.exits.append(exc_type)
+        await asyncio.Event().wait()
+
+
+# --- sinks --------------------------------------------------------------------------------------
+
+
+class Sink(Waitable):
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[tuple[str, list[Reading], float]] = []
+
+    async def __call__(self, name: str, readings: Sequence[Reading]) -> None:
+        self.batches.append((name, list(readings), asyncio.get_running_loop().time()))
+        await self.notify()
+
+    def of(self, name: str) -> list[list[Reading]]:
+        return [readings for n, readings, _ in self.batches if n == name]
+
+    def count(self, name: str) -> int:
+        return len(self.of(name))
+
+
+class StatusLog(Waitable):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pushed: list[AdapterStatus] = []
+
+    async def __call__(self, status: AdapterStatus) -> None:
+        self.pushed.append(status)
+        await self.notify()
+
+    def states(self, name: str) -> list[str]:
+        return [s.state for s in self.pushed if s.name == name]
+
+    def latest(self, name: str) -> AdapterStatus:
+        return [s for s in self.pushed if s.name == name][-1]
+
+    def restarts(self, name: str) -> int:
+        return max((s.restarts for s in self.pushed if s.name == name), default=0)
+
+
+def make_runtime(adapters: dict[str, Any], sink: Sink, **options: Any) -> AdapterRuntime:
+    options.setdefault("backoff_initial", 0.01)
+    options.setdefault("backoff_max", 0.05)
+    options.setdefault("start_timeout", 0.5)
+    options.setdefault("stop_timeout", 0.5)
+    return AdapterRuntime(adapters, sink, **options)
+
+
+# --- pure schedule ------------------------------------------------------------------------------
+
+
+def test_next_tick_keeps_the_grid_and_skips_missed_ticks() -> None:
+    assert next_tick(100.0, 10.0, 100.0) == 110.0
+    assert next_tick(100.0, 10.0, 103.0) == 110.0
+    assert next_tick(100.0, 10.0, 110.0) == 120.0
+    assert next_tick(100.0, 10.0, 137.5) == 140.0  # 110, 120 and 130 are skipped
+    assert next_tick(100.0, 10.0, 99.0) == 110.0  # never before or at the origin
+
+
+@given(
+    origin=st.floats(min_value=0, max_value=1e6),
+    interval=st.floats(min_value=0.01, max_value=3600),
+    elapsed=st.floats(min_value=0, max_value=1e6),
+)
+def test_next_tick_properties(origin: float, interval: float, elapsed: float) -> None:
+    now = origin + elapsed
+    tick = next_tick(origin, interval, now)
+    assert tick > now or math.isclose(tick, now, abs_tol=1e-6 * max(1.0, now))
+    assert tick - now <= interval * (1 + 1e-9) + 1e-6
+    k = (tick - origin) / interval
+    assert math.isclose(k, round(k), abs_tol=1e-6 * max(1.0, k))
+
+
+def test_backoff_doubles_up_to_the_cap() -> None:
+    delays = [backoff_delay(n, 1.0, 60.0, 1.0) for n in range(10)]
+    assert delays == [1, 2, 4, 8, 16, 32, 60, 60, 60, 60]
+    assert backoff_delay(3, 1.0, 60.0, 0.5) == 4.0
+    assert backoff_delay(10_000, 1.0, 60.0, 1.0) == 60.0  # no overflow
+
+
+# --- polling ------------------------------------------------------------------------------------
+
+
+async def test_readings_flow_to_the_sink_on_cadence() -> None:
+    sink = Sink()
+    # each read takes 40 ms of a 100 ms period: sleeping a period after each read would
+    # drift to 140 ms; a fixed cadence stays at 100 ms (only a late loop can stretch it)
+    meter = Counter("meter", config(poll=0.1), delay=0.04)
+    async with make_runtime({"meter": meter}, sink):
+        await sink.wait_for(lambda: sink.count("meter") >= 6)
+    starts = meter.read_times[:6]
+    mean_period = (starts[-1] - starts[0]) / 5
+    assert 0.095 < mean_period < 0.125, starts
+    assert [r[0].value for r in sink.of("meter")[:3]] == [1.0, 2.0, 3.0]
+
+
+async def test_slow_reads_skip_missed_ticks_instead_of_bursting() -> None:
+    sink = Sink()
+    # a 120 ms read on a 50 ms cadence: the next read waits for the next tick (at 150 ms),
+    # it does not start at once to make up for the two it missed
+    meter = Counter("meter", config(poll=0.05, read_timeout=1.0), delay=0.12)
+    async with make_runtime({"meter": meter}, sink):
+        await sink.wait_for(lambda: sink.count("meter") >= 4)
+    gaps = sorted(b - a for a, b in itertools.pairwise(meter.read_times[:4]))
+    assert gaps[1] > 0.14, gaps  # the median gap: on the 50 ms grid, every 3rd tick
+
+
+async def test_a_failed_read_keeps_the_adapter_running() -> None:
+    sink, status = Sink(), StatusLog()
+    flaky = Flaky("flaky")
+    async with make_runtime({"flaky": flaky}, sink, status_sink=status, status_interval=0):
+        await sink.wait_for(lambda: sink.count("flaky") >= 3)
+    assert [batch[0].value for batch in sink.of("flaky")[:3]] == [4.0, 6.0, 8.0]
+    assert flaky.entered == 1  # never restarted
+    assert "backoff" not in status.states("flaky")
+    errors = {s.last_error for s in status.pushed}
+    assert "read failed: AdapterReadError: adapter 'flaky': device busy" in errors
+    assert "read failed: TimeoutError: socket timed out" in errors
+
+
+async def test_readings_outside_the_declared_channels_or_not_finite_are_dropped() -> None:
+    sink = Sink()
+    messy = Messy("messy")
+    with structlog.testing.capture_logs(processors=[merge_contextvars]) as logs:
+        async with make_runtime({"messy": messy}, sink):
+            await sink.wait_for(lambda: sink.count("messy") >= 3)
+    for readings in sink.of("messy"):
+        assert [(r.channel, r.value) for r in readings] == [("energy", 1.0), ("power", 1500.0)]
+        assert all(type(r.value) is float for r in readings)
+    dropped = [(e["reason"], e["channel"]) for e in logs if e["event"] == "adapter.reading_dropped"]
+    assert sorted(dropped) == [  # one warning each, however many reads repeat them
+        ("channel is not a str", "list"),
+        ("not a Reading", "tuple"),
+        ("unknown channel", "voltage"),
+        ("value or time is not a number", "energy"),
+        ("value or time is not a number", "power"),
+        ("value or time is not finite", "energy"),
+        ("value or time is not finite", "power"),
+    ]
+
+
+# --- crashes and hangs --------------------------------------------------------------------------
+
+
+async def test_a_crashing_adapter_restarts_with_backoff() -> None:
+    sink, status = Sink(), StatusLog()
+    crashy, steady = Crashy("crashy", crash_on=1), Counter("steady")
+    adapters = {"crashy": crashy, "steady": steady}
+    with structlog.testing.capture_logs(processors=[merge_contextvars]) as logs:
+        async with make_runtime(adapters, sink, status_sink=status, backoff_max=0.04):
+            await status.wait_for(lambda: status.restarts("crashy") >= 4)
+            assert steady.entered == 1
+    assert crashy.entered >= 4
+    assert len(crashy.exits) == crashy.entered  # every start was matched by an exit
+    assert crashy.exits[:4] == [ConnectionResetError] * 4
+    latest = status.latest("crashy")
+    assert latest.last_error == "read crashed: ConnectionResetError: peer closed the connection"
+    restarts = [e for e in logs if e["event"] == "adapter.restarting"]
+    assert all(e["adapter"] == "crashy" for e in restarts)
+    delays = [e["delay"] for e in restarts]
+    assert 0.005 <= delays[0] <= 0.01
+    assert 0.01 <= delays[1] <= 0.02
+    assert all(0.02 <= d <= 0.04 for d in delays[2:4])  # capped, with jitter
+
+
+async def test_backoff_starts_over_after_a_healthy_run() -> None:
+    sink, status = Sink(), StatusLog()
+    crashy = Crashy("crashy", config(poll=0.05), crash_on=2)  # each run lasts 50 ms
+    with structlog.testing.capture_logs() as logs:
+        async with make_runtime({"crashy": crashy}, sink, status_sink=status, backoff_max=0.04):
+            await status.wait_for(lambda: status.restarts("crashy") >= 3)
+    delays = [e["delay"] for e in logs if e["event"] == "adapter.restarting"]
+    assert all(0.005 <= d <= 0.01 for d in delays), delays  # never doubled
+
+
+async def test_a_failing_start_is_retried() -> None:
+    sink, status = Sink(), StatusLog()
+    late = FailingStart("late", failures=2)
+    async with make_runtime({"late": late}, sink, status_sink=status):
+        await sink.wait_for(lambda: sink.count("late") >= 1)
+    assert late.entered == 3
+    assert late.exits[:1] == [asyncio.CancelledError]  # a failed start is not exited
+    assert status.states("late")[:5] == ["starting", "backoff", "starting", "backoff", "starting"]
+    assert status.latest("late").restarts == 2
+
+
+async def test_a_hung_read_is_cut_off_and_the_others_keep_producing() -> None:
+    sink = Sink()
+    hung = HungRead("hung", config(poll=0.05))
+    steady = Counter("steady", config(poll=0.05))
+    runtime = make_runtime({"hung": hung, "steady": steady}, sink)
+    with structlog.testing.capture_logs(processors=[merge_contextvars]) as logs:
+        async with runtime:
+            # each read is cut off at its deadline; after HUNG_AFTER in a row, a restart
+            await hung.progress.wait_for(lambda: hung.entered >= 2)
+            before = sink.count("steady")
+            await sink.wait_for(lambda: sink.count("steady") >= before + 3)
+    assert hung.cancelled_reads >= HUNG_AFTER
+    assert hung.exits[0] is TimeoutError  # exited with the "hung" crash
+    assert sink.count("hung") == 0
+    timeouts = [e for e in logs if e["event"] == "adapter.read_timed_out"]
+    assert len(timeouts) >= HUNG_AFTER
+    restart = next(e for e in logs if e["event"] == "adapter.restarting")
+    assert restart["error"] == "hung: 3 reads in a row ran past their 0.05 s deadline"
+    statuses = {s.name: s for s in runtime.status()}
+    assert statuses["hung"].restarts >= 1
+    assert statuses["steady"].restarts == 0
+    assert statuses["steady"].last_error is None
+
+
+async def test_a_hung_start_is_cut_off() -> None:
+    sink, status = Sink(), StatusLog()
+    stuck, steady = HungStart("stuck"), Counter("steady")
+    async with make_runtime(
+        {"stuck": stuck, "steady": steady}, sink, status_sink=status, start_timeout=0.05
+    ):
+        await status.wait_for(lambda: status.restarts("stuck") >= 2)
+        await sink.wait_for(lambda: sink.count("steady") >= 3)
+    assert status.latest("stuck").last_error == "start timed out after 0.05 s"
+    assert stuck.exits == []  # never started, never exited
+
+
+async def test_a_read_that_returns_garbage_is_a_crash() -> None:
+    sink, status = Sink(), StatusLog()
+    async with make_runtime({"odd": NotASequence("odd")}, sink, status_sink=status):
+        await status.wait_for(lambda: status.restarts("odd") >= 1)
+    assert status.latest("odd").last_error == "got NoneType, not a sequence of Reading"
+
+
+# --- threads and the event loop -----------------------------------------------------------------
+
+
+async def test_a_blocking_sync_read_runs_in_a_thread() -> None:
+    sink = Sink()
+    blocking = BlockingRead("blocking", config(poll=0.3, read_timeout=1.0), block=0.2)
+    loop = asyncio.get_running_loop()
+    lags: list[float] = []
+
+    async def measure_lag() -> None:
+        while True:
+            before = loop.time()
+            await asyncio.sleep(0.005)
+            lags.append(loop.time() - before - 0.005)
+
+    async with make_runtime({"blocking": blocking}, sink), asyncio.TaskGroup() as group:
+        ticker = group.create_task(measure_lag())
+        await sink.wait_for(lambda: sink.count("blocking") >= 2)
+        ticker.cancel()
+    assert blocking.reads >= 2
+    assert threading.get_ident() not in blocking.thread_ids
+    assert blocking.context_adapter[0] == "blocking"  # logging context follows into the thread
+    assert len(lags) > 20  # the loop kept turning while the reads blocked for 2 x 200 ms
+    assert max(lags) < 0.1, max(lags)
+
+
+async def test_an_async_read_that_blocks_the_loop_cannot_be_cut_off_only_reported() -> None:
+    class Blocker(Counter):
+        async def read(self) -> Sequence[Reading]:
+            await self.tick()
+            time.sleep(0.08)  # noqa: ASYNC251  # the partner bug this test is about
+            return self.reading()
+
+    sink = Sink()
+    blocker = Blocker("blocker", config(poll=0.1, read_timeout=0.02))
+    with structlog.testing.capture_logs() as logs:
+        async with make_runtime({"blocker": blocker}, sink):
+            await sink.wait_for(lambda: sink.count("blocker") >= 1)
+    overran = [e for e in logs if e["event"] == "adapter.read_overran"]
+    assert overran[0]["timeout"] == 0.02
+    assert overran[0]["seconds"] >= 0.08
+
+
+async def test_a_hung_sync_read_holds_one_thread_and_does_not_block_shutdown() -> None:
+    sink, status = Sink(), StatusLog()
+    stuck = BlockingRead("stuck", config(poll=0.05), block=30.0)
+    steady = Counter("steady")
+    try:
+        async with make_runtime({"stuck": stuck, "steady": steady}, sink, status_sink=status):
+            await status.wait_for(lambda: status.restarts("stuck") >= 1)
+            await stuck.progress.wait_for(lambda: stuck.entered >= 2)
+            await sink.wait_for(lambda: sink.count("steady") >= 3)
+        assert stuck.reads == 1  # later ticks were skipped while its thread was busy
+        assert stuck.entered >= 2
+        assert len(stuck.exits) == stuck.entered  # exited, though its thread is still stuck
+    finally:
+        stuck.release.set()
+
+
+# --- push adapters ------------------------------------------------------------------------------
+
+
+async def test_push_batches_flow_and_an_ended_stream_restarts() -> None:
+    sink, status = Sink(), StatusLog()
+    pusher = Pusher("pusher", batches=2)
+    async with make_runtime({"pusher": pusher}, sink, status_sink=status):
+        await sink.wait_for(lambda: sink.count("pusher") >= 5)
+    values = [batch[0].value for batch in sink.of("pusher")[:5]]
+    assert values == [1.0, 2.0, 1.0, 2.0, 1.0]
+    assert status.latest("pusher").last_error == "stream ended"
+    assert pusher.streams_closed == pusher.entered  # every stream was closed
+
+
+async def test_push_stream_is_closed_at_shutdown() -> None:
+    sink = Sink()
+    pusher = Pusher("pusher", batches=None)
+    async with make_runtime({"pusher": pusher}, sink):
+        await sink.wait_for(lambda: sink.count("pusher") >= 2)
+    assert pusher.streams_closed == 1
+    assert pusher.exits == [asyncio.CancelledError]
+
+
+# --- shutdown -----------------------------------------------------------------------------------
+
+
+async def test_shutdown_exits_every_started_adapter() -> None:
+    sink = Sink()
+    adapters: dict[str, Base] = {
+        "steady": Counter("steady"),
+        "slow": Counter("slow", config(poll=0.05, read_timeout=10.0), delay=5.0),  # mid-read
+        "push": Pusher("push", batches=None),
+        "hung": HungRead("hung", config(poll=0.05, read_timeout=10.0)),
+        "crashy": Crashy("crashy"),
+        "sync": BlockingRead("sync", config(poll=0.05, read_timeout=1.0), block=0.01),
+    }
+    async with make_runtime(adapters, sink, backoff_initial=0.02):
+        await sink.wait_for(lambda: sink.count("steady") >= 3 and sink.count("push") >= 1)
+        slow, hung = adapters["slow"], adapters["hung"]  # wait until both are inside a read
+        await slow.progress.wait_for(lambda: slow.reads >= 1)
+        await hung.progress.wait_for(lambda: hung.reads >= 1)
+    for name, adapter in adapters.items():
+        assert adapter.entered >= 1, name
+        assert len(adapter.exits) == adapter.entered, name
+    assert adapters["slow"].exits == [asyncio.CancelledError]
+    assert adapters["hung"].exits == [asyncio.CancelledError]
+
+
+async def test_shutdown_completes_when_an_adapter_swallows_cancellation() -> None:
+    sink = Sink()
+    rude = SwallowsCancel("rude", config(poll=0.05, read_timeout=1.0))
+    async with make_runtime({"rude": rude}, sink):
+        await sink.wait_for(lambda: sink.count("rude") >= 2)
+        await rude.progress.wait_for(lambda: rude.reads >= 3)  # likely mid-read when cancelled
+    assert rude.exits == [asyncio.CancelledError]
+
+
+async def test_shutdown_does_not_wait_forever_for_a_hung_exit() -> None:
+    sink = Sink()
+    slow_exit = SlowExit("slow_exit")
+    loop = asyncio.get_running_loop()
+    async with make_runtime({"slow_exit": slow_exit}, sink, stop_timeout=0.05):
+        await sink.wait_for(lambda: sink.count("slow_exit") >= 1)
+        stopping = loop.time()
+    assert loop.time() - stopping < 1.0
+    assert slow_exit.exits == [asyncio.CancelledError]
+
+
+async def test_outer_cancellation_stops_everything() -> None:
+    sink = Sink()
+    meters = [Counter(f"m{i}") for i in range(3)]
+    started = asyncio.Event()
+
+    async def app() -> None:
+        async with make_runtime({m.name: m for m in meters}, sink):
+            started.set()
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(app())
+    await started.wait()
+    await sink.wait_for(lambda: all(sink.count(m.name) >= 1 for m in meters))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert all(m.exits == [asyncio.CancelledError] for m in meters)
+
+
+async def test_a_failing_sink_stops_the_runtime_loudly() -> None:
+    meters = [Counter("a"), Counter("b")]
+
+    async def broken_sink(name: str, readings: Sequence[Reading]) -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(ExceptionGroup) as info:
+        async with AdapterRuntime({m.name: m for m in meters}, broken_sink):
+            await asyncio.Event().wait()
+    assert info.group_contains(OSError, match="disk full")
+    assert all(len(m.exits) == m.entered == 1 for m in meters)
+
+
+async def test_an_error_in_the_body_propagates_unwrapped() -> None:
+    sink = Sink()
+    meter = Counter("m")
+
+    async def app() -> None:
+        async with make_runtime({"m": meter}, sink):
+            await sink.wait_for(lambda: sink.count("m") >= 1)
+            raise LookupError("from the body")
+
+    with pytest.raises(LookupError, match="from the body"):
+        await app()
+    assert meter.exits == [asyncio.CancelledError]
+
+
+async def test_the_runtime_cannot_be_entered_twice() -> None:
+    runtime = make_runtime({}, Sink())
+    async with runtime:
+        with pytest.raises(RuntimeError, match="already running"):
+            await runtime.__aenter__()
+
+
+# --- status -------------------------------------------------------------------------------------
+
+
+async def test_status_transitions_are_reported() -> None:
+    sink, status = Sink(), StatusLog()
+    crashy = Crashy("crashy")
+    async with make_runtime({"crashy": crashy}, sink, status_sink=status):
+        await status.wait_for(lambda: len(status.states("crashy")) >= 7)
+    states = status.states("crashy")
+    assert states[:7] == [
+        "starting",
+        "running",
+        "backoff",
+        "starting",
+        "running",
+        "backoff",
+        "starting",
+    ]
+    assert states[-1] == "stopped"
+    final = status.latest("crashy")
+    assert final.type == "test"
+    assert final.readings == sink.count("crashy")
+    assert final.last_reading_at is not None
+
+
+async def test_counters_are_pushed_at_most_every_status_interval() -> None:
+    sink, status = Sink(), StatusLog()
+    async with make_runtime({"m": Counter("m")}, sink, status_sink=status, status_interval=60):
+        await sink.wait_for(lambda: sink.count("m") >= 5)
+    assert status.states("m") == ["starting", "running", "stopped"]
+    assert status.latest("m").readings == sink.count("m")
+
+
+async def test_status_snapshot_with_load_errors_and_an_injected_clock() -> None:
+    sink, status = Sink(), StatusLog()
+    ticks = iter(range(1000, 100_000))
+    errors = {"pump": AdapterLoadError("unknown adapter type 'modbuss'", adapter="pump")}
+    runtime = make_runtime(
+        {"m": Counter("m")},
+        sink,
+        status_sink=status,
+        load_errors=errors,
+        clock=lambda: float(next(ticks)),
+    )
+    assert [(s.name, s.state) for s in runtime.status()] == [("m", "stopped"), ("pump", "failed")]
+    async with runtime:
+        await sink.wait_for(lambda: sink.count("m") >= 2)
+        m, pump = runtime.status()
+        assert m.state == "running"
+        assert m.readings >= 2
+        assert m.restarts == 0
+        assert m.last_reading_at is not None
+        assert 1000 < m.since < m.last_reading_at
+        assert pump == AdapterStatus(
+            "pump", "", "failed", "adapter 'pump': unknown adapter type 'modbuss'", since=1000.0
+        )
+    assert status.pushed[0] == pump  # pushed before any adapter started
+    assert [s.state for s in runtime.status()] == ["stopped", "failed"]
+
+
+async def test_a_failing_status_sink_is_logged_and_ignored() -> None:
+    sink = Sink()
+
+    async def broken_status(status: AdapterStatus) -> None:
+        raise OSError("database is locked")
+
+    with structlog.testing.capture_logs(processors=[merge_contextvars]) as logs:
+        async with make_runtime({"m": Counter("m")}, sink, status_sink=broken_status):
+            await sink.wait_for(lambda: sink.count("m") >= 3)
+    failures = [e for e in logs if e["event"] == "adapter.status_failed"]
+    assert failures
+    assert failures[0]["error"] == "OSError: database is locked"
+
+
+async def test_adapters_the_runtime_cannot_drive_are_failed() -> None:
+    class NoConfig(Counter):
+        pass
+
+    bare = NoConfig("bare")
+    del bare.config
+    both = Pusher("both", batches=1)
+    both.read = Counter("x").read  # type: ignore[attr-defined]
+    runtime = make_runtime({"bare": bare, "both": both}, Sink())
+    async with runtime:
+        pass
+    statuses = {s.name: s for s in runtime.status()}
+    assert statuses["bare"].state == statuses["both"].state == "failed"
+    assert statuses["bare"].last_error is not None
+    assert "config" in statuses["bare"].last_error
+    assert statuses["both"].type == "test"
+    assert bare.entered == both.entered == 0
+
+
+async def test_tasks_are_named_after_their_adapter() -> None:
+    sink = Sink()
+    async with make_runtime({"m": Counter("m"), "n": Counter("n")}, sink):
+        names = {task.get_name() for task in asyncio.all_tasks()}
+    assert {"adapter:m", "adapter:n"} <= names
+
+
+async def test_adapters_built_from_config_run_end_to_end() -> None:
+    tables = {
+        "heater": {"type": "simulated", "power_kw": 3600.0, "poll_interval": "50ms"},
+        "broken": {"type": "simulated", "power": 1},
+    }
+    adapters, errors = build_adapters(tables)
+    sink, status = Sink(), StatusLog()
+    runtime = make_runtime(adapters, sink, status_sink=status, load_errors=errors)
+    async with runtime:
+        await sink.wait_for(lambda: sink.count("heater") >= 3)
+    first, *_, last = sink.of("heater")
+    energy = {r.channel: r for r in first}["energy"], {r.channel: r for r in last}["energy"]
+    # 3600 kW is 1 kWh per second: the counter grew by the time between the readings
+    assert energy[1].value - energy[0].value == pytest.approx(energy[1].at - energy[0].at)
+    assert status.latest("broken").state == "failed"
+    assert "adapters.broken.power: unknown key" in (status.latest("broken").last_error or "")

@@ -1,0 +1,161 @@
+"""Job + measured energy -> the ``PostReportRequest`` and the exact bytes the outbox will send.
+
+Pure: no I/O, no clock, no logging. The caller logs the notes and shows the table.
+
+Rules that protect the money:
+
+* An interval without data (``None``) is **left out** of the payload, never sent as 0: a zero
+  is a claim that nothing was used. A target with no data at all gets no payload.
+* Each point's timestamp is the event's own point timestamp (the interval start the planner
+  took from it), written in UTC, sub-second part kept.
+* kWh are rounded here and only here, to 6 decimals (1 mWh). Meters resolve at best to the
+  watt-hour (0.001 kWh), so 6 decimals keep every watt-hour exact with three digits of margin
+  while dropping binary noise such as ``2.4000000000000004``. Spark reads the value as a double,
+  so finer digits would carry nothing.
+* Energy is never negative and never NaN or infinite: such a value is a bug upstream and is
+  refused with :class:`~gateway.errors.ReportInvalid`, as is energy for the wrong interval.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from gateway import wire
+from gateway.errors import ReportInvalid
+from gateway.metering.energy import IntervalEnergy, Quality
+from gateway.reports.planner import ENERGY_USAGE, LOCATION_ENERGY_USAGE, Job, Target
+
+__all__ = ["KWH_DECIMALS", "BuildResult", "Row", "build_report"]
+
+KWH_DECIMALS = 6
+"""kWh are sent rounded to 1 mWh: exact to the watt-hour with margin (see the module docstring)."""
+
+_ALIGN_TOLERANCE = 1e-3
+"""Seconds an IntervalEnergy's bounds may differ from the job's interval (float noise only)."""
+
+Row = tuple[str, float, float | None]
+"""(target label, interval start in epoch seconds, kWh as sent or None when left out)."""
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    request: wire.PostReportRequest | None
+    """``None`` when there is nothing to report."""
+    body: bytes | None
+    """``wire.encode(request)``: the frozen bytes the outbox sends."""
+    notes: tuple[str, ...]
+    table: list[Row]
+    """One row per target interval, for display."""
+
+
+def build_report(job: Job, energy: Mapping[Target, Sequence[IntervalEnergy | None]]) -> BuildResult:
+    """The report for ``job``; ``energy[target][i]`` is the energy of ``target.intervals[i]``.
+
+    Raises ReportInvalid when ``energy`` is misaligned with the job or holds an impossible value.
+    """
+    if job.acknowledgement is not None:
+        return _finish(job.event_id, [job.acknowledgement], [], [])
+    if job.kind not in (ENERGY_USAGE, LOCATION_ENERGY_USAGE):
+        raise ReportInvalid(f"job kind {job.kind!r} without an acknowledgement cannot be built")
+    payloads: list[wire.ReportPayload] = []
+    notes: list[str] = []
+    table: list[Row] = []
+    for target in job.targets:
+        series = energy.get(target)
+        if series is None:
+            notes.append(f"{target.label}: no energy was read: payload left out")
+            table.extend((target.label, start, None) for start, _ in target.intervals)
+            continue
+        points = _points(target, series, len(payloads), table)
+        missing = len(target.intervals) - len(points)
+        if not points:
+            notes.append(f"{target.label}: no data in any interval: payload left out")
+            continue
+        if missing:
+            notes.append(
+                f"{target.label}: {missing} of {len(target.intervals)} intervals have no data: "
+                "left out, not reported as 0"
+            )
+        interpolated = sum(1 for v in series if v is not None and v.quality != Quality.MEASURED)
+        if interpolated:
+            notes.append(
+                f"{target.label}: {interpolated} of {len(points)} values have an interval edge "
+                "interpolated between readings"
+            )
+        payloads.append(_payload(job.kind, target, points))
+    return _finish(job.event_id, payloads, notes, table)
+
+
+def _finish(
+    event_id: str, payloads: list[wire.ReportPayload], notes: list[str], table: list[Row]
+) -> BuildResult:
+    if not payloads:
+        notes.append("no target has any data: nothing to report")
+        return BuildResult(request=None, body=None, notes=tuple(notes), table=table)
+    request = wire.PostReportRequest(event_id=event_id, payloads=payloads)
+    return BuildResult(request=request, body=wire.encode(request), notes=tuple(notes), table=table)
+
+
+def _points(
+    target: Target, series: Sequence[IntervalEnergy | None], index: int, table: list[Row]
+) -> list[wire.EnergyCurvePoint]:
+    """The points of the intervals with data, in interval order; one table row per interval."""
+    if len(series) != len(target.intervals):
+        raise ReportInvalid(
+            f"{target.label}: {len(series)} energy values for {len(target.intervals)} intervals"
+        )
+    points: list[wire.EnergyCurvePoint] = []
+    for (start, end), value in zip(target.intervals, series, strict=True):
+        kwh = None if value is None else _kwh(target, start, end, value, index, len(points))
+        table.append((target.label, start, kwh))
+        if kwh is not None:
+            points.append(wire.EnergyCurvePoint(timestamp=_utc(start), kilo_watt_hours=kwh))
+    return points
+
+
+def _kwh(
+    target: Target, start: float, end: float, value: IntervalEnergy, index: int, point: int
+) -> float:
+    """The value as sent: checked, rounded to 1 mWh, never ``-0.0``."""
+    where = f"payloads[{index}].points[{point}].kiloWattHours"
+    if abs(value.start - start) > _ALIGN_TOLERANCE or abs(value.end - end) > _ALIGN_TOLERANCE:
+        raise ReportInvalid(
+            f"{target.label}: energy for [{value.start}, {value.end}) "
+            f"given for interval [{start}, {end})",
+            field=where,
+        )
+    if not math.isfinite(value.kwh) or value.kwh < 0:
+        raise ReportInvalid(
+            f"{target.label}: refusing {value.kwh!r} kWh for the interval at {_utc(start)}",
+            field=where,
+        )
+    return round(value.kwh, KWH_DECIMALS) + 0.0
+
+
+def _payload(kind: str, target: Target, points: list[wire.EnergyCurvePoint]) -> wire.ReportPayload:
+    if kind == LOCATION_ENERGY_USAGE:
+        if target.meter_point_id is None:
+            raise ReportInvalid(f"{target.label}: a LocationEnergyUsage needs a meter point")
+        return wire.LocationEnergyUsage(
+            location_id=target.location_id,
+            meter_point_id=target.meter_point_id,
+            resolution=target.resolution,
+            points=points,
+        )
+    if target.resource_id is None:
+        raise ReportInvalid(f"{target.label}: an EnergyUsage needs a resource id")
+    return wire.EnergyUsage(
+        resource_id=target.resource_id,
+        location_id=target.location_id,
+        meter_point_id=target.meter_point_id,
+        resolution=target.resolution,
+        points=points,
+    )
+
+
+def _utc(epoch: float) -> dt.datetime:
+    """The event's timestamp back from epoch seconds, to the microsecond, in UTC."""
+    return dt.datetime.fromtimestamp(epoch, dt.UTC)

@@ -1,0 +1,400 @@
+"""Event -> report plan: which reports an event asks for, over which targets and intervals, when.
+
+Pure: no I/O, no clock (``now`` is an argument), no logging. The caller logs the notes.
+
+=================  ===============================================  ==============================
+event              reports                                          due
+=================  ===============================================  ==============================
+PriceCurve         ``EnergyUsage`` for the configured targets       last interval end + grace
+LocationLPC        ``LocationLPCAcknowledgement`` (every target)    now
+                   ``LocationEnergyUsage`` for the acknowledged     last interval end + grace
+ResourceLPC        ``ResourceLPCAcknowledgement`` (every target)    now
+                   ``EnergyUsage`` for the acknowledged             last interval end + grace
+UserEligibility    none: informational
+LPCReservation     none: no report is documented
+unknown type       none: ignored
+=================  ===============================================  ==============================
+
+A target is *configured* when the config names it exactly: a resource by ``resource_id`` at the
+event's ``location_id`` (and, for ResourceLPC, the event's meter point when the config names
+one); a location by ``(location_id, meter_point_id)``. Anything else is left out (PriceCurve) or
+declined (LPC), with a note. Nothing is guessed: a report never carries a target the operator did
+not configure.
+
+Each :class:`Target` carries its own resolution and intervals: LPC targets each have their own
+points. A job holds every target of one report kind, since Spark wants one report per event and
+the outbox keeps one report per ``(event_id, kind)``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal, TypeAlias, TypeVar, assert_never
+
+from gateway import wire
+from gateway.config import Config, LocationConfig, ResourceConfig
+from gateway.timeutil import parse_timespan
+
+__all__ = [
+    "ENERGY_USAGE",
+    "LOCATION_ACK",
+    "LOCATION_ENERGY_USAGE",
+    "RESOURCE_ACK",
+    "Interval",
+    "Job",
+    "Plan",
+    "Target",
+    "plan_event",
+]
+
+ENERGY_USAGE = "EnergyUsage"
+LOCATION_ENERGY_USAGE = "LocationEnergyUsage"
+LOCATION_ACK = "LocationLPCAcknowledgement"
+RESOURCE_ACK = "ResourceLPCAcknowledgement"
+
+Interval: TypeAlias = tuple[float, float]
+"""``(start, end)`` in epoch seconds UTC; ``start`` is the event's point timestamp."""
+
+Acknowledgement: TypeAlias = wire.LocationLPCAcknowledgement | wire.ResourceLPCAcknowledgement
+
+
+@dataclass(frozen=True)
+class Target:
+    """One resource or location to report on, with where its energy comes from."""
+
+    kind: Literal["resource", "location"]
+    resource_id: str | None
+    location_id: str
+    meter_point_id: str | None
+    adapter: str
+    channel: str
+    resolution: str
+    """As the event wrote it, e.g. ``"01:00:00"``."""
+    intervals: tuple[Interval, ...]
+    """This target's intervals: sorted by start, no duplicates."""
+
+    @property
+    def label(self) -> str:
+        if self.kind == "resource":
+            return f"resource {self.resource_id!r}"
+        return f"location {self.location_id!r} meter point {self.meter_point_id!r}"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One report to build for an event, once ``due_at`` has passed."""
+
+    event_id: str
+    kind: str
+    """The report payload type: one of the four module constants."""
+    due_at: float
+    resolution: str
+    """As the event wrote it; LPC targets with different ones: all, ", "-joined; acks: ""."""
+    intervals: tuple[Interval, ...]
+    """Every target's intervals, merged: sorted, no duplicates. Empty for acknowledgements."""
+    targets: tuple[Target, ...]
+    """The targets to read energy for. Empty for acknowledgements."""
+    acknowledgement: Acknowledgement | None = None
+    """The finished acknowledgement payload, for the two acknowledgement kinds."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    jobs: tuple[Job, ...]
+    notes: tuple[str, ...]
+    """Human-readable, one line each; the caller logs them once."""
+    no_report_reason: str | None
+    """Why there are no jobs; ``None`` when there are."""
+
+
+def plan_event(event_id: str, payload: wire.EventPayload, config: Config, *, now: float) -> Plan:
+    """The reports ``payload`` asks for, given what ``config`` names."""
+    match payload:
+        case wire.PriceCurve():
+            return _plan_price_curve(event_id, payload, config)
+        case wire.LocationLPC():
+            return _plan_location_lpc(event_id, payload, config, now=now)
+        case wire.ResourceLPC():
+            return _plan_resource_lpc(event_id, payload, config, now=now)
+        case wire.UserEligibility():
+            return _no_report("UserEligibility is informational: Spark expects no report")
+        case wire.LPCReservation():
+            return _no_report("LPCReservation has no documented report: nothing to send")
+        case wire.UnknownPayload():
+            return _no_report(f"payload type {payload.payload_type!r} is unknown: ignored")
+        case _:
+            assert_never(payload)
+
+
+# --- PriceCurve --------------------------------------------------------------
+
+
+def _plan_price_curve(event_id: str, curve: wire.PriceCurve, config: Config) -> Plan:
+    delta = curve.price_curve_delta
+    if not curve.targets:
+        return _no_report("the event has no targets")
+    if not delta.points:
+        return _no_report("the event has no points")
+    try:
+        intervals = _intervals((p.timestamp for p in delta.points), delta.resolution)
+    except ValueError as exc:
+        return _no_report(f"the event's resolution cannot be read: {exc}")
+    notes = _overlap_notes("the price curve", intervals)
+    resources = {r.resource_id: r for r in config.resources}
+    targets: dict[str, Target] = {}
+    for t in curve.targets:
+        res, why = _match_resource(resources, t.resource_id, t.location_id, None)
+        if res is None:
+            notes.append(f"{why}: left out")
+        elif t.resource_id not in targets:
+            targets[t.resource_id] = _resource_target(
+                res, t.location_id, res.meter_point_id, delta.resolution, intervals
+            )
+    if not targets:
+        return Plan((), tuple(notes), _none_configured(len(curve.targets)))
+    job = _usage_job(event_id, ENERGY_USAGE, tuple(targets.values()), config)
+    return Plan((job,), tuple(notes), None)
+
+
+# --- LocationLPC -------------------------------------------------------------
+
+
+def _plan_location_lpc(event_id: str, lpc: wire.LocationLPC, config: Config, *, now: float) -> Plan:
+    if not lpc.targets:
+        return _no_report("the event has no targets")
+    if not any(t.points for t in lpc.targets):
+        return _no_report("the event has no points")
+    locations: dict[tuple[str, str], LocationConfig] = {}
+    for entry in config.locations:
+        locations.setdefault((entry.location_id, entry.meter_point_id), entry)
+    meters: dict[str, list[str]] = {}
+    for entry in config.locations:
+        meters.setdefault(entry.location_id, []).append(entry.meter_point_id)
+    notes: list[str] = []
+    acked: list[wire.LPCLocation] = []
+    declined: list[wire.LPCLocation] = []
+    usage: list[Target] = []
+    groups = _group(lpc.targets, lambda t: (t.location_id, t.meter_point_id))
+    for (location_id, meter_point_id), group in groups.items():
+        item = wire.LPCLocation(location_id=location_id, meter_point_id=meter_point_id)
+        name = f"target location {location_id!r} meter point {meter_point_id!r}"
+        loc = locations.get((location_id, meter_point_id))
+        if loc is None:
+            why = "is not configured"
+            if location_id in meters:
+                why = f"is not configured (the location's meter points are {meters[location_id]})"
+            notes.append(f"{name} {why}: declined")
+            declined.append(item)
+            continue
+        schedule = _schedule(name, group, notes)
+        if schedule is None:
+            declined.append(item)
+            continue
+        acked.append(item)
+        resolution, intervals = schedule
+        if intervals:
+            usage.append(_location_target(loc, resolution, intervals))
+    ack = wire.LocationLPCAcknowledgement(acknowledged_targets=acked, declined_targets=declined)
+    return _lpc_plan(event_id, LOCATION_ACK, ack, LOCATION_ENERGY_USAGE, usage, notes, config, now)
+
+
+# --- ResourceLPC -------------------------------------------------------------
+
+
+def _plan_resource_lpc(event_id: str, lpc: wire.ResourceLPC, config: Config, *, now: float) -> Plan:
+    if not lpc.targets:
+        return _no_report("the event has no targets")
+    if not any(t.points for t in lpc.targets):
+        return _no_report("the event has no points")
+    resources = {r.resource_id: r for r in config.resources}
+    notes: list[str] = []
+    acked: list[wire.LPCResource] = []
+    declined: list[wire.LPCResource] = []
+    usage: list[Target] = []
+    groups = _group(lpc.targets, lambda t: (t.resource_id, t.location_id, t.meter_point_id))
+    for (resource_id, location_id, meter_point_id), group in groups.items():
+        item = wire.LPCResource(
+            resource_id=resource_id, location_id=location_id, meter_point_id=meter_point_id
+        )
+        res, why = _match_resource(resources, resource_id, location_id, meter_point_id)
+        if res is None:
+            notes.append(f"{why}: declined")
+            declined.append(item)
+            continue
+        schedule = _schedule(f"target resource {resource_id!r}", group, notes)
+        if schedule is None:
+            declined.append(item)
+            continue
+        acked.append(item)
+        resolution, intervals = schedule
+        if intervals:
+            usage.append(_resource_target(res, location_id, meter_point_id, resolution, intervals))
+    ack = wire.ResourceLPCAcknowledgement(acknowledged_targets=acked, declined_targets=declined)
+    return _lpc_plan(event_id, RESOURCE_ACK, ack, ENERGY_USAGE, usage, notes, config, now)
+
+
+# --- shared ------------------------------------------------------------------
+
+
+def _no_report(reason: str) -> Plan:
+    return Plan(jobs=(), notes=(), no_report_reason=reason)
+
+
+def _none_configured(count: int) -> str:
+    if count == 1:
+        return "the event's only target is not configured"
+    return f"none of the event's {count} targets is configured"
+
+
+def _intervals(stamps: Iterable[dt.datetime], resolution: str) -> tuple[Interval, ...]:
+    """Each point's ``[timestamp, timestamp + resolution)``, sorted, duplicates dropped.
+
+    The end is computed on the exact datetime, so an interval's end is bit-equal to the start
+    of the interval that follows it.
+    """
+    span = parse_timespan(resolution)
+    return tuple(sorted({(t.timestamp(), (t + span).timestamp()) for t in stamps}))
+
+
+def _overlap_notes(name: str, intervals: Sequence[Interval]) -> list[str]:
+    overlaps = sum(1 for a, b in itertools.pairwise(intervals) if b[0] < a[1])
+    if not overlaps:
+        return []
+    return [
+        f"{name} has {overlaps} point(s) closer together than its resolution: "
+        "their intervals overlap and each is reported in full"
+    ]
+
+
+def _match_resource(
+    resources: dict[str, ResourceConfig],
+    resource_id: str,
+    location_id: str,
+    meter_point_id: str | None,
+) -> tuple[ResourceConfig | None, str]:
+    """The configured resource for an event target, or None and why not."""
+    name = f"target resource {resource_id!r}"
+    res = resources.get(resource_id)
+    if res is None:
+        return None, f"{name} at location {location_id!r} is not configured"
+    if res.location_id != location_id:
+        return None, (
+            f"{name} is configured at location {res.location_id!r}, "
+            f"not at the event's {location_id!r}"
+        )
+    if meter_point_id is not None and res.meter_point_id not in (None, meter_point_id):
+        return None, (
+            f"{name} is configured with meter point {res.meter_point_id!r}, "
+            f"not the event's {meter_point_id!r}"
+        )
+    return res, ""
+
+
+def _resource_target(
+    res: ResourceConfig,
+    location_id: str,
+    meter_point_id: str | None,
+    resolution: str,
+    intervals: tuple[Interval, ...],
+) -> Target:
+    return Target(
+        kind="resource",
+        resource_id=res.resource_id,
+        location_id=location_id,
+        meter_point_id=meter_point_id,
+        adapter=res.adapter,
+        channel=res.channel,
+        resolution=resolution,
+        intervals=intervals,
+    )
+
+
+def _location_target(
+    loc: LocationConfig, resolution: str, intervals: tuple[Interval, ...]
+) -> Target:
+    return Target(
+        kind="location",
+        resource_id=None,
+        location_id=loc.location_id,
+        meter_point_id=loc.meter_point_id,
+        adapter=loc.adapter,
+        channel=loc.channel,
+        resolution=resolution,
+        intervals=intervals,
+    )
+
+
+_LPCTarget: TypeAlias = wire.LocationLPCTarget | wire.ResourceLPCTarget
+K = TypeVar("K")
+T = TypeVar("T", wire.LocationLPCTarget, wire.ResourceLPCTarget)
+
+
+def _group(targets: Iterable[T], key: Callable[[T], K]) -> dict[K, list[T]]:
+    """Event targets by identity, in event order: Spark may list one target twice."""
+    groups: dict[K, list[T]] = {}
+    for target in targets:
+        groups.setdefault(key(target), []).append(target)
+    return groups
+
+
+def _schedule(
+    name: str, group: Sequence[_LPCTarget], notes: list[str]
+) -> tuple[str, tuple[Interval, ...]] | None:
+    """One LPC target's resolution and intervals (its entries merged), or None: decline it."""
+    resolutions = {t.resolution for t in group}
+    if len(resolutions) > 1:
+        notes.append(f"{name} is listed with resolutions {sorted(resolutions)}: declined")
+        return None
+    resolution = resolutions.pop()
+    try:
+        intervals = _intervals((p.timestamp for t in group for p in t.points), resolution)
+    except ValueError as exc:
+        notes.append(f"{name} has a resolution that cannot be read ({exc}): declined")
+        return None
+    if not intervals:
+        notes.append(f"{name} has no points: acknowledged, nothing to report")
+    notes.extend(_overlap_notes(name, intervals))
+    return resolution, intervals
+
+
+def _usage_job(event_id: str, kind: str, targets: tuple[Target, ...], config: Config) -> Job:
+    intervals = tuple(sorted({i for t in targets for i in t.intervals}))
+    return Job(
+        event_id=event_id,
+        kind=kind,
+        due_at=max(end for _, end in intervals) + config.reporting.grace,
+        resolution=", ".join(sorted({t.resolution for t in targets})),
+        intervals=intervals,
+        targets=targets,
+    )
+
+
+def _lpc_plan(
+    event_id: str,
+    ack_kind: str,
+    ack: Acknowledgement,
+    usage_kind: str,
+    usage: list[Target],
+    notes: list[str],
+    config: Config,
+    now: float,
+) -> Plan:
+    """The acknowledgement, due now, then the usage report if anything was acknowledged."""
+    ack_job = Job(
+        event_id=event_id,
+        kind=ack_kind,
+        due_at=now,
+        resolution="",
+        intervals=(),
+        targets=(),
+        acknowledgement=ack,
+    )
+    if not usage:
+        notes.append("no target was acknowledged with points: no energy report")
+        return Plan((ack_job,), tuple(notes), None)
+    return Plan(
+        (ack_job, _usage_job(event_id, usage_kind, tuple(usage), config)), tuple(notes), None
+    )

@@ -308,7 +308,14 @@ def _parser() -> argparse.ArgumentParser:
 NO_CONFIG = {cmd_sandbox}
 
 
+def _exit_cleanly(signum: int, frame: object) -> None:
+    """SIGTERM/SIGINT before the event loop takes over: nothing has started; leave with 0."""
+    raise SystemExit(EXIT_OK)
+
+
 def main(argv: list[str] | None = None) -> int:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_cleanly)
     args = _parser().parse_args(argv)
     try:
         config = None

@@ -14,6 +14,7 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from gateway.crashpoints import crashpoint
 from gateway.delivery.policy import Dead, Delivered, Outcome, Retry, idempotency_key
 from gateway.store.database import Database
 
@@ -72,7 +73,9 @@ class Outbox:
                 "ON CONFLICT (event_id, kind) DO NOTHING",
                 (event_id, kind, body, key, source, now, deadline, now, now),
             )
-            return cur.rowcount == 1
+            queued = cur.rowcount == 1
+        crashpoint("outbox.queued")
+        return queued
 
     async def recover(self, *, now: float) -> int:
         """Rows a crash left ``in_flight`` go back to ``pending``, due now."""

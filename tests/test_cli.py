@@ -56,8 +56,11 @@ def test_missing_config_and_usage_errors_exit_2(tmp_path: Path) -> None:
 
 
 def test_check_accepts_a_good_config(tmp_path: Path) -> None:
-    path = offline_config(tmp_path, "[api]\nbase_url='http://127.0.0.1:1/x'\n"
-                          "token_url='http://127.0.0.1:1/t'\nclient_id='c'\nclient_secret='s'\n")
+    path = offline_config(
+        tmp_path,
+        "[api]\nbase_url='http://127.0.0.1:1/x'\n"
+        "token_url='http://127.0.0.1:1/t'\nclient_id='c'\nclient_secret='s'\n",
+    )
     result = ecgw("check", config=path)
     assert result.returncode == 0, result.stderr
     assert "config OK" in result.stdout
@@ -66,12 +69,24 @@ def test_check_accepts_a_good_config(tmp_path: Path) -> None:
 def test_report_submit_validates_queues_once_and_lists(tmp_path: Path) -> None:
     path = offline_config(tmp_path)
     good = tmp_path / "good.json"
-    good.write_text(json.dumps({
-        "eventId": "evt-1",
-        "payloads": [{"payloadType": "EnergyUsage", "resourceId": "r1", "locationId": "l1",
-                      "resolution": "01:00:00", "points": [
-                          {"timestamp": "2026-11-26T11:00:00+01:00", "kiloWattHours": 1.5}]}],
-    }))
+    good.write_text(
+        json.dumps(
+            {
+                "eventId": "evt-1",
+                "payloads": [
+                    {
+                        "payloadType": "EnergyUsage",
+                        "resourceId": "r1",
+                        "locationId": "l1",
+                        "resolution": "01:00:00",
+                        "points": [
+                            {"timestamp": "2026-11-26T11:00:00+01:00", "kiloWattHours": 1.5}
+                        ],
+                    }
+                ],
+            }
+        )
+    )
     first = ecgw("report", "submit", str(good), config=path)
     assert first.returncode == 0, first.stderr
     again = ecgw("report", "submit", str(good), config=path)
@@ -79,23 +94,41 @@ def test_report_submit_validates_queues_once_and_lists(tmp_path: Path) -> None:
     listed = ecgw("outbox", "list", "--json", config=path)
     assert listed.returncode == 0
     (item,) = json.loads(listed.stdout)
-    assert {"event_id", "kind", "state", "attempts", "last_status", "last_error",
-            "report_id"} <= set(item)
+    assert {
+        "event_id",
+        "kind",
+        "state",
+        "attempts",
+        "last_status",
+        "last_error",
+        "report_id",
+    } <= set(item)
     assert (item["event_id"], item["kind"], item["state"]) == ("evt-1", "EnergyUsage", "pending")
     shown = json.loads(ecgw("outbox", "show", "evt-1", config=path).stdout)
     assert shown[0]["body"]["payloads"][0]["points"][0]["timestamp"] == "2026-11-26T10:00:00Z"
     assert shown[0]["deadline"] == "2026-12-01T00:00:00Z"
 
 
-@pytest.mark.parametrize(("payload", "field"), [
-    ({"payloadType": "EnergyUsage", "resolution": "01:00:00"}, "resourceId"),
-    ({"payloadType": "EnergyUsage", "resourceId": "r", "resolution": "01:00:00",
-      "points": [{"timestamp": "2026-01-01T00:00:00Z", "kiloWattHours": "lots"}]},
-     "kiloWattHours"),
-    ({"payloadType": "EnergyUsage", "resourceId": "r", "resolution": "01:00:00", "bogus": 1},
-     "bogus"),
-    ({"payloadType": "Invoice"}, "payloadType"),
-])
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"payloadType": "EnergyUsage", "resolution": "01:00:00"}, "resourceId"),
+        (
+            {
+                "payloadType": "EnergyUsage",
+                "resourceId": "r",
+                "resolution": "01:00:00",
+                "points": [{"timestamp": "2026-01-01T00:00:00Z", "kiloWattHours": "lots"}],
+            },
+            "kiloWattHours",
+        ),
+        (
+            {"payloadType": "EnergyUsage", "resourceId": "r", "resolution": "01:00:00", "bogus": 1},
+            "bogus",
+        ),
+        ({"payloadType": "Invoice"}, "payloadType"),
+    ],
+)
 def test_invalid_report_is_refused_naming_the_field(
     tmp_path: Path, payload: dict[str, object], field: str
 ) -> None:

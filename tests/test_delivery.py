@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -117,9 +118,13 @@ async def test_a_rejected_report_goes_dead_and_the_others_go_on(
 async def test_while_the_api_is_down_the_gateway_backs_off_as_a_whole(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    config = make_config(sandbox_config(
-        sandbox, tmp_path, delivery={"backoff_initial": "200ms", "backoff_max": "1s",
-                                     "concurrency": 8}))
+    config = make_config(
+        sandbox_config(
+            sandbox,
+            tmp_path,
+            delivery={"backoff_initial": "200ms", "backoff_max": "1s", "concurrency": 8},
+        )
+    )
     sandbox.add_faults(Fault(status=503, count=10_000))
     bodies = {f"event-{i:02d}": report_body(f"event-{i:02d}") for i in range(20)}
     async with running(config):
@@ -133,7 +138,7 @@ async def test_while_the_api_is_down_the_gateway_backs_off_as_a_whole(
     # 20 reports retried each on its own backoff (capped at 1 s) would make 40 or more
     # attempts in those 2 s; backing off as a whole sends one spaced probe at a time.
     assert len(steady) <= 5, f"{len(steady)} attempts in 2 s while the API was down"
-    gaps = [b.monotonic - a.monotonic for a, b in zip(steady, steady[1:], strict=False)]
+    gaps = [b.monotonic - a.monotonic for a, b in itertools.pairwise(steady)]
     assert all(g >= 0.2 for g in gaps), gaps
     assert len(accepted_keys(sandbox)) == 20
 

@@ -88,6 +88,14 @@ async def _quick_check(conn: aiosqlite.Connection, path: Path) -> None:
         )
 
 
+def _check_version(version: int) -> None:
+    if version > len(MIGRATIONS):
+        raise StoreError(
+            f"database schema version {version} is newer than this ecgw knows "
+            f"({len(MIGRATIONS)}); upgrade ecgw"
+        )
+
+
 async def _migrate(conn: aiosqlite.Connection) -> None:
     """Run the migrations this file lacks. Each step re-reads the version inside its own
     write lock, so processes opening a new database at the same moment take turns."""
@@ -97,11 +105,7 @@ async def _migrate(conn: aiosqlite.Connection) -> None:
             async with conn.execute("PRAGMA user_version") as cur:
                 row = await cur.fetchone()
             version = int(row[0]) if row else 0
-            if version > len(MIGRATIONS):
-                raise StoreError(
-                    f"database schema version {version} is newer than this ecgw knows "
-                    f"({len(MIGRATIONS)}); upgrade ecgw"
-                )
+            _check_version(version)
             if version == len(MIGRATIONS):
                 await conn.rollback()
                 return

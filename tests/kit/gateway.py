@@ -18,16 +18,27 @@ from gateway.store.outbox import Outbox
 
 
 def sandbox_config(
-    sandbox: Sandbox, state_dir: Path, *, delivery: dict[str, Any] | None = None,
+    sandbox: Sandbox,
+    state_dir: Path,
+    *,
+    delivery: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A config table (as parsed TOML) whose [api] is the sandbox's."""
     data: dict[str, Any] = {
         "gateway": {"state_dir": str(state_dir)},
-        "api": {"base_url": sandbox.base_url, "token_url": sandbox.token_url,
-                "client_id": sandbox.client_id, "client_secret": sandbox.client_secret},
-        "delivery": {"timeout": "1s", "backoff_initial": "50ms", "backoff_max": "500ms",
-                     **(delivery or {})},
+        "api": {
+            "base_url": sandbox.base_url,
+            "token_url": sandbox.token_url,
+            "client_id": sandbox.client_id,
+            "client_secret": sandbox.client_secret,
+        },
+        "delivery": {
+            "timeout": "1s",
+            "backoff_initial": "50ms",
+            "backoff_max": "500ms",
+            **(delivery or {}),
+        },
     }
     data.update(extra or {})
     return data
@@ -77,23 +88,32 @@ async def running(config: Config) -> AsyncIterator[Gateway]:
 
 
 def report_body(event_id: str, resource: str = "res-1", kwh: float = 1.25) -> bytes:
-    return json.dumps({
-        "eventId": event_id,
-        "payloads": [{"payloadType": "EnergyUsage", "resourceId": resource,
-                      "locationId": "loc-1", "resolution": "01:00:00",
-                      "points": [{"timestamp": "2026-11-26T10:00:00Z", "kiloWattHours": kwh}]}],
-    }, separators=(",", ":")).encode()
+    return json.dumps(
+        {
+            "eventId": event_id,
+            "payloads": [
+                {
+                    "payloadType": "EnergyUsage",
+                    "resourceId": resource,
+                    "locationId": "loc-1",
+                    "resolution": "01:00:00",
+                    "points": [{"timestamp": "2026-11-26T10:00:00Z", "kiloWattHours": kwh}],
+                }
+            ],
+        },
+        separators=(",", ":"),
+    ).encode()
 
 
-async def queue_reports(config: Config, bodies: dict[str, bytes], *, kind: str = "EnergyUsage",
-                        now: float | None = None) -> None:
+async def queue_reports(
+    config: Config, bodies: dict[str, bytes], *, kind: str = "EnergyUsage", now: float | None = None
+) -> None:
     """Queue report bodies from a second connection, as ``ecgw report submit`` would."""
     stamp = now if now is not None else dt.datetime.now(dt.UTC).timestamp()
     async with open_database(config.db_path) as db:
         outbox = Outbox(db)
         for event_id, body in bodies.items():
-            await outbox.enqueue(event_id=event_id, kind=kind, body=body, source="test",
-                                 now=stamp)
+            await outbox.enqueue(event_id=event_id, kind=kind, body=body, source="test", now=stamp)
 
 
 async def outbox_rows(config: Config) -> dict[str, Any]:
@@ -104,5 +124,5 @@ async def outbox_rows(config: Config) -> dict[str, Any]:
 async def wait_until(predicate: Any, *, timeout: float, interval: float = 0.05) -> None:
     """Poll an async predicate (state in another process or database) until true."""
     async with asyncio.timeout(timeout):
-        while not await predicate():
+        while not await predicate():  # noqa: ASYNC110 - no event crosses processes
             await asyncio.sleep(interval)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -324,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             register_secrets(
                 s.reveal() for s in (config.client_secret, config.webhook_secret) if s is not None
             )
-        configure_logging()
+        configure_logging(level=os.environ.get("ECGW_LOG_LEVEL", "info"))
         handler: Handler = args.handler
         return asyncio.run(handler(args, config))
     except (ConfigError, UsageError) as exc:

@@ -1,14 +1,19 @@
 """The delivery loop: claim due reports, POST them, record the outcomes.
 
-Up to ``delivery.concurrency`` requests in flight. Outcomes are recorded in
-batches (one transaction for every attempt that finished since the last
-write), and a report counts as delivered only once that commit is done.
+Up to ``delivery.concurrency`` requests in flight. Rows are claimed a batch
+ahead (``in_flight`` means "claimed by the running gateway"; a crash hands
+them back on the next start), so a finished request's slot is refilled at
+once instead of waiting for a database commit. Outcomes are recorded in
+batches: one transaction for every attempt that finished since the last
+write, and a report counts as delivered only once that commit is done.
+While the breaker holds delivery back, claimed rows are handed back.
 Decisions come from :mod:`gateway.delivery.policy`; this module only loops.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
 import time
 from collections.abc import Callable
@@ -18,7 +23,15 @@ import structlog
 
 from gateway.crashpoints import crashpoint
 from gateway.delivery.api import ApiClient
-from gateway.delivery.policy import Breaker, Delivered, Outcome, Retry, classify, parse_retry_after
+from gateway.delivery.policy import (
+    Breaker,
+    Dead,
+    Delivered,
+    Outcome,
+    Retry,
+    classify,
+    parse_retry_after,
+)
 from gateway.errors import UpstreamError, UpstreamUnavailable
 from gateway.store.outbox import Outbox, OutboxItem
 
@@ -55,6 +68,7 @@ class Deliverer:
         self._breaker = Breaker(initial=backoff_initial, maximum=backoff_max)
         self._wake = asyncio.Event()
         self._inflight: dict[asyncio.Task[Outcome], OutboxItem] = {}
+        self._ready: collections.deque[OutboxItem] = collections.deque()
         self._next_deadline_check = 0.0
 
     def wake(self) -> None:
@@ -76,22 +90,54 @@ class Deliverer:
         if now >= self._next_deadline_check:
             await self._warn_deadlines(now)
             self._next_deadline_check = now + DEADLINE_CHECK_EVERY
+        done = [t for t in self._inflight if t.done()]
+        results = [(self._inflight.pop(t).id, t.result()) for t in done]
+        for _, outcome in results:  # the breaker hears of failures before more are sent
+            self._hear(outcome, now)
+        if self._ready and self._breaker.failures:
+            await self._outbox.hand_back([i.id for i in self._ready], now=now, unsent=True)
+            self._ready.clear()
+        self._start(now)
+        claimed = 0
+        want = self._wanted(now)
+        if want and not await self._due(now):
+            want = 0
+        if results or want:
+            items = await self._outbox.settle(results, now=now, limit=want)
+            for item_id, outcome in results:  # logged once committed
+                self._log(item_id, outcome, now)
+            self._ready.extend(items)
+            claimed = len(items)
+            self._start(now)
+        await self._wait(now, claimed=claimed)
+
+    def _wanted(self, now: float) -> int:
+        """How many rows to claim: enough to keep every slot busy and one batch ready."""
+        if self._breaker.failures:  # probing: one at a time, nothing claimed ahead
+            return self._breaker.allowance(now, self._concurrency - len(self._inflight))
+        return max(2 * self._concurrency - len(self._inflight) - len(self._ready), 0)
+
+    def _start(self, now: float) -> None:
         allowed = self._breaker.allowance(now, self._concurrency - len(self._inflight))
-        items = await self._outbox.claim(now=now, limit=allowed)
-        self._breaker.started(len(items))
-        for item in items:
+        started = 0
+        while self._ready and started < allowed:
+            item = self._ready.popleft()
             task = asyncio.create_task(self._attempt(item), name=f"deliver:{item.id}")
             self._inflight[task] = item
-        await self._wait(now, claimed=len(items))
-        await self._collect()
+            started += 1
+        self._breaker.started(started)
+
+    async def _due(self, now: float) -> bool:
+        due = await self._outbox.next_due()
+        return due is not None and due <= now
 
     async def _wait(self, now: float, *, claimed: int) -> None:
-        if claimed and len(self._inflight) < self._concurrency and not self._breaker.failures:
-            return  # more may be due right away
+        if claimed and not self._breaker.failures:
+            return  # there may be more due right away
         timeout = IDLE_RECHECK
         if now < self._breaker.resumes_at():
             timeout = self._breaker.resumes_at() - now
-        else:
+        elif len(self._inflight) < self._concurrency:
             due = await self._outbox.next_due()
             if due is not None:
                 timeout = min(timeout, max(due - now, 0.0))
@@ -103,23 +149,20 @@ class Deliverer:
         finally:
             wake.cancel()
 
-    async def _collect(self) -> None:
-        done = [t for t in self._inflight if t.done()]
-        if not done:
-            return
-        results = [(self._inflight.pop(t).id, t.result()) for t in done]
-        await self._outbox.record(results, now=self._clock())
-        for item_id, outcome in results:
-            self._note(item_id, outcome)
+    def _hear(self, outcome: Outcome, now: float) -> None:
+        match outcome:
+            case Delivered():
+                self._breaker.succeeded()
+            case Retry(next_attempt_at=next_at):
+                self._breaker.failed(now=now, rand=self._rand(), not_before=next_at)
+            case _:
+                pass  # a rejection says the API is up; it neither opens nor closes the breaker
 
-    def _note(self, item_id: int, outcome: Outcome) -> None:
-        now = self._clock()
+    def _log(self, item_id: int, outcome: Outcome, now: float) -> None:
         match outcome:
             case Delivered(report_id=report_id):
-                self._breaker.succeeded()
                 log.info("outbox.delivered", outbox_id=item_id, report_id=report_id)
             case Retry(status=status, error=error, next_attempt_at=next_at):
-                self._breaker.failed(now=now, rand=self._rand(), not_before=next_at)
                 log.warning(
                     "outbox.retry",
                     outbox_id=item_id,
@@ -127,10 +170,8 @@ class Deliverer:
                     error=error,
                     retry_in=round(next_at - now, 3),
                 )
-            case _:
-                log.error(
-                    "outbox.dead", outbox_id=item_id, status=outcome.status, error=outcome.error
-                )
+            case Dead(status=status, error=error):
+                log.error("outbox.dead", outbox_id=item_id, status=status, error=error)
 
     async def _attempt(self, item: OutboxItem) -> Outcome:
         structlog.contextvars.bind_contextvars(event_id=item.event_id, outbox_id=item.id)
@@ -183,10 +224,11 @@ class Deliverer:
             if not t.cancelled() and t.exception() is None
         ]
         await self._outbox.record(finished, now=self._clock())
-        await self._outbox.hand_back(
-            [item.id for item in self._inflight.values()], now=self._clock()
-        )
+        now = self._clock()
+        await self._outbox.hand_back([item.id for item in self._inflight.values()], now=now)
+        await self._outbox.hand_back([item.id for item in self._ready], now=now, unsent=True)
         self._inflight.clear()
+        self._ready.clear()
 
     async def _warn_deadlines(self, now: float) -> None:
         for item in await self._outbox.pending_before(now + DEADLINE_WARNING):

@@ -14,6 +14,8 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import aiosqlite
+
 from gateway.crashpoints import crashpoint
 from gateway.delivery.policy import Dead, Delivered, Outcome, Retry, idempotency_key
 from gateway.store.database import Database
@@ -89,47 +91,47 @@ class Outbox:
 
     async def claim(self, *, now: float, limit: int) -> list[OutboxItem]:
         """Up to ``limit`` due rows, oldest first, marked ``in_flight`` (attempts + 1)."""
-        if limit <= 0:
+        return await self.settle((), now=now, limit=limit)
+
+    async def settle(
+        self, results: Sequence[tuple[int, Outcome]], *, now: float, limit: int
+    ) -> list[OutboxItem]:
+        """Record finished attempts and claim up to ``limit`` due rows, in one transaction."""
+        if not results and limit <= 0:
             return []
         async with self._db.write() as conn:
-            async with conn.execute(
-                "SELECT id FROM outbox WHERE state = 'pending' AND next_attempt_at <= ? "
-                "ORDER BY id LIMIT ?",
-                (now, limit),
-            ) as cur:
-                ids = [r[0] for r in await cur.fetchall()]
-            if not ids:
+            await _record(conn, results, now)
+            if limit <= 0:
                 return []
-            marks = ",".join("?" * len(ids))
-            await conn.execute(
-                f"UPDATE outbox SET state = 'in_flight', attempts = attempts + 1, "  # noqa: S608
-                f"updated_at = ? WHERE id IN ({marks})",
-                (now, *ids),
-            )
             async with conn.execute(
-                f"SELECT * FROM outbox WHERE id IN ({marks}) ORDER BY id",  # noqa: S608
-                ids,
+                "UPDATE outbox SET state = 'in_flight', attempts = attempts + 1, updated_at = ? "
+                "WHERE id IN (SELECT id FROM outbox WHERE state = 'pending' "
+                "AND next_attempt_at <= ? ORDER BY id LIMIT ?) RETURNING *",
+                (now, now, limit),
             ) as cur:
-                return [OutboxItem.from_row(r) for r in await cur.fetchall()]
+                claimed = [OutboxItem.from_row(r) for r in await cur.fetchall()]
+        return sorted(claimed, key=lambda item: item.id)
 
     async def record(self, results: Sequence[tuple[int, Outcome]], *, now: float) -> None:
         """Write the outcomes of finished attempts, all in one transaction."""
         if not results:
             return
         async with self._db.write() as conn:
-            for item_id, outcome in results:
-                await conn.execute(*_record_sql(item_id, outcome, now))
+            await _record(conn, results, now)
 
-    async def hand_back(self, ids: Sequence[int], *, now: float) -> None:
-        """Attempts abandoned at shutdown: back to ``pending``, due now."""
+    async def hand_back(self, ids: Sequence[int], *, now: float, unsent: bool = False) -> None:
+        """Claimed rows go back to ``pending``, due now. ``unsent``: the claim's attempt
+        never went out, so it is not counted."""
         if not ids:
             return
         marks = ",".join("?" * len(ids))
+        undo = 1 if unsent else 0
         async with self._db.write() as conn:
             await conn.execute(
                 f"UPDATE outbox SET state = 'pending', next_attempt_at = ?, "  # noqa: S608
-                f"updated_at = ? WHERE state = 'in_flight' AND id IN ({marks})",
-                (now, now, *ids),
+                f"attempts = attempts - ?, updated_at = ? "
+                f"WHERE state = 'in_flight' AND id IN ({marks})",
+                (now, undo, now, *ids),
             )
 
     async def next_due(self) -> float | None:
@@ -199,23 +201,33 @@ class Outbox:
         return [OutboxItem.from_row(r) for r in rows]
 
 
-def _record_sql(item_id: int, outcome: Outcome, now: float) -> tuple[str, tuple[object, ...]]:
-    match outcome:
-        case Delivered(status=status, report_id=report_id):
-            return (
-                "UPDATE outbox SET state = 'delivered', last_status = ?, last_error = NULL, "
-                "report_id = ?, delivered_at = ?, updated_at = ? WHERE id = ?",
-                (status, report_id, now, now, item_id),
-            )
-        case Retry(status=status, error=error, next_attempt_at=next_at):
-            return (
-                "UPDATE outbox SET state = 'pending', last_status = ?, last_error = ?, "
-                "next_attempt_at = ?, updated_at = ? WHERE id = ? AND state = 'in_flight'",
-                (status, error, next_at, now, item_id),
-            )
-        case Dead(status=status, error=error):
-            return (
-                "UPDATE outbox SET state = 'dead', last_status = ?, last_error = ?, "
-                "updated_at = ? WHERE id = ? AND state = 'in_flight'",
-                (status, error, now, item_id),
-            )
+_DELIVERED = (
+    "UPDATE outbox SET state = 'delivered', last_status = ?, last_error = NULL, "
+    "report_id = ?, delivered_at = ?, updated_at = ? WHERE id = ?"
+)
+_RETRY = (
+    "UPDATE outbox SET state = 'pending', last_status = ?, last_error = ?, "
+    "next_attempt_at = ?, updated_at = ? WHERE id = ? AND state = 'in_flight'"
+)
+_DEAD = (
+    "UPDATE outbox SET state = 'dead', last_status = ?, last_error = ?, "
+    "updated_at = ? WHERE id = ? AND state = 'in_flight'"
+)
+
+
+async def _record(
+    conn: aiosqlite.Connection, results: Sequence[tuple[int, Outcome]], now: float
+) -> None:
+    """Write outcomes with one statement per kind of outcome."""
+    rows: dict[str, list[tuple[object, ...]]] = {_DELIVERED: [], _RETRY: [], _DEAD: []}
+    for item_id, outcome in results:
+        match outcome:
+            case Delivered(status=status, report_id=report_id):
+                rows[_DELIVERED].append((status, report_id, now, now, item_id))
+            case Retry(status=status, error=error, next_attempt_at=next_at):
+                rows[_RETRY].append((status, error, next_at, now, item_id))
+            case Dead(status=status, error=error):
+                rows[_DEAD].append((status, error, now, item_id))
+    for sql, params in rows.items():
+        if params:
+            await conn.executemany(sql, params)

@@ -255,6 +255,7 @@ class Mosquitto:
             "log_type warning",
             "log_type notice",
             "log_type information",
+            "log_timestamp false",
             "max_queued_messages 0",  # unlimited: the benchmark queues a lot for one client
             "user root",  # stay the user we are, so files under tmp_path stay readable
         ]

@@ -52,4 +52,59 @@ CREATE TABLE meta (
 )
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1,)
+# Readings (see gateway.store.readings). ``readings`` holds raw device values;
+# ``dropped`` marks a row whose value may be below its predecessor's (reset,
+# wrap, glitch, out-of-order arrival, or first after a restart), and the
+# partial index finds those few rows without a scan. ``readings_minute`` is
+# the compacted series: per whole minute the unrolled counter (channel unit)
+# or cumulative kWh (power); NULL value = a break marker (NaN), at any time.
+# ``compaction`` is per channel how far compaction got, where the next run
+# continues (hand-over sample, its unroll offset or energy, and its value in
+# the compacted series) and the time of the oldest raw row still valid.
+_V2 = """
+CREATE TABLE channels (
+    id      INTEGER PRIMARY KEY,
+    adapter TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    kind    TEXT NOT NULL,
+    unit    TEXT NOT NULL,
+    wrap    REAL,
+    UNIQUE (adapter, channel)
+);
+CREATE TABLE readings (
+    channel_id INTEGER NOT NULL REFERENCES channels (id),
+    at         REAL NOT NULL,
+    value      REAL NOT NULL,
+    dropped    INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (channel_id, at)
+) WITHOUT ROWID;
+CREATE INDEX readings_dropped ON readings (channel_id, at) WHERE dropped;
+CREATE TABLE readings_minute (
+    channel_id INTEGER NOT NULL REFERENCES channels (id),
+    at         REAL NOT NULL,
+    value      REAL,
+    PRIMARY KEY (channel_id, at)
+) WITHOUT ROWID;
+CREATE INDEX readings_minute_breaks ON readings_minute (channel_id, at) WHERE value IS NULL;
+CREATE TABLE compaction (
+    channel_id     INTEGER PRIMARY KEY REFERENCES channels (id),
+    through        REAL NOT NULL,
+    handover_at    REAL,
+    handover_state REAL NOT NULL,
+    handover_value REAL,
+    raw_from       REAL NOT NULL
+)
+"""
+
+_V3 = """
+CREATE TABLE report_jobs (
+    event_id TEXT NOT NULL,
+    kind     TEXT NOT NULL,
+    outcome  TEXT NOT NULL CHECK (outcome IN ('queued', 'empty', 'invalid')),
+    note     TEXT,
+    at       REAL NOT NULL,
+    PRIMARY KEY (event_id, kind)
+)
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)

@@ -1,0 +1,283 @@
+"""Compaction and retention of readings, one channel and one bounded chunk at a time.
+
+Raw readings older than the *horizon* (``now - raw_retention``, down to a whole
+minute) become points of the compacted series (``readings_minute``), computed by
+the pure :mod:`gateway.metering.compaction`. Each chunk is one short
+transaction: read about ``chunk_rows`` raw rows from the channel's hand-over
+sample on, compute, insert the new points, save the new hand-over, delete the
+raw rows before it. Chained chunks give exactly the series one run over all the
+data would (the hand-over contract of that module).
+
+The hand-over sample is settled (kept by the unroll of all the data), so the raw
+rows left, which start with it, unroll exactly as the whole series would from
+there: raw energy for intervals starting at or after it is unchanged. Its value
+in the compacted series' reference is saved too (``handover_value``: the
+unrolled counter, or the cumulative kWh), so an interval that starts in the
+compacted past and ends in the raw present can be split at that sample (see
+:mod:`gateway.store.readings`).
+
+A power channel with a negative sample cannot be compacted (the compacted series
+must only grow): it is skipped, logged, and keeps its raw rows until retention
+deletes them.
+
+Retention deletes compacted points, and any raw rows, older than ``now -
+retention``, in bounded ``DELETE`` statements.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+import aiosqlite
+import structlog
+
+from gateway.errors import StoreError
+from gateway.metering.compaction import (
+    compact_counter,
+    compact_power,
+    counter_handover,
+    power_handover,
+)
+from gateway.plugin import ChannelKind, Unit
+from gateway.store.database import Database
+
+__all__ = ["ChannelInfo", "CompactionState", "compact_channel", "expire_channel"]
+
+log = structlog.get_logger(__name__)
+
+DELETE_ROWS = 20_000
+"""Rows per retention ``DELETE`` statement."""
+
+Sample = tuple[float, float]
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelInfo:
+    """A registered channel, as the ``channels`` table has it."""
+
+    id: int
+    adapter: str
+    channel: str
+    kind: ChannelKind
+    unit: Unit
+    wrap: float | None
+
+    @property
+    def label(self) -> str:
+        return f"{self.adapter}/{self.channel}"
+
+
+@dataclass(frozen=True, slots=True)
+class CompactionState:
+    """Where one channel's compaction stands.
+
+    ``through``: the compacted series is final for every time before it.
+    ``handover_at``: the sample the next run starts from; ``handover_state`` its unroll
+    offset (counter) or cumulative kWh (power); ``handover_value`` its value in the
+    compacted series. ``raw_from``: raw rows before it are gone or not to be used.
+    """
+
+    through: float = -math.inf
+    handover_at: float | None = None
+    handover_state: float = 0.0
+    handover_value: float | None = None
+    raw_from: float = -math.inf
+
+    SELECT: ClassVar[str] = (
+        "SELECT through, handover_at, handover_state, handover_value, raw_from "
+        "FROM compaction WHERE channel_id = ?"
+    )
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any] | None) -> CompactionState:
+        return cls() if row is None else cls(row[0], row[1], row[2], row[3], row[4])
+
+    @classmethod
+    async def load(cls, conn: aiosqlite.Connection, channel_id: int) -> CompactionState:
+        async with conn.execute(cls.SELECT, (channel_id,)) as cur:
+            return cls.from_row(await cur.fetchone())
+
+    async def save(self, conn: aiosqlite.Connection, channel_id: int) -> None:
+        await conn.execute(
+            "INSERT INTO compaction (channel_id, through, handover_at, handover_state, "
+            "handover_value, raw_from) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (channel_id) DO UPDATE SET through = excluded.through, "
+            "handover_at = excluded.handover_at, handover_state = excluded.handover_state, "
+            "handover_value = excluded.handover_value, raw_from = excluded.raw_from",
+            (
+                channel_id,
+                self.through,
+                self.handover_at,
+                self.handover_state,
+                self.handover_value,
+                self.raw_from,
+            ),
+        )
+
+
+@dataclass(slots=True)
+class Tally:
+    points: int = 0
+    raw_deleted: int = 0
+    chunks: int = 0
+
+
+async def compact_channel(
+    db: Database, info: ChannelInfo, *, horizon: float, max_gap: float, chunk_rows: int
+) -> Tally | None:
+    """Compact one channel up to ``horizon`` (a whole minute).
+
+    None when the channel cannot be compacted (negative power); the failing chunk
+    changed nothing.
+    """
+    tally = Tally()
+    try:
+        while True:
+            async with db.write() as conn:
+                if not await _chunk(conn, info, horizon, max_gap, chunk_rows, tally):
+                    break
+    except ValueError as exc:
+        log.warning("readings.compaction_skipped", channel=info.label, reason=str(exc))
+        return None
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot compact readings of {info.label}: {exc}") from exc
+    return tally
+
+
+async def _chunk(
+    conn: aiosqlite.Connection,
+    info: ChannelInfo,
+    horizon: float,
+    max_gap: float,
+    chunk_rows: int,
+    tally: Tally,
+) -> bool:
+    """One chunk, in the caller's transaction. False when the channel is done."""
+    state = await CompactionState.load(conn, info.id)
+    if state.through >= horizon:
+        return False
+    start = state.handover_at if state.handover_at is not None else -math.inf
+    cut = await _cut(conn, info.id, start, state.through, horizon, chunk_rows)
+    samples = await _samples(conn, info.id, start, cut + max_gap)
+    points, new = _compute(info, samples, state, cut, max_gap)
+    fresh = [(info.id, at, v if math.isfinite(v) else None) for at, v in points]
+    fresh = [p for p in fresh if p[1] >= state.through]
+    await conn.executemany(
+        "INSERT INTO readings_minute (channel_id, at, value) VALUES (?, ?, ?) "
+        "ON CONFLICT (channel_id, at) DO NOTHING",
+        fresh,
+    )
+    if new.handover_at is not None and new.handover_at != state.handover_at:
+        cur = await conn.execute(
+            "DELETE FROM readings WHERE channel_id = ? AND at < ?", (info.id, new.handover_at)
+        )
+        tally.raw_deleted += cur.rowcount
+        new = replace(new, raw_from=max(new.raw_from, new.handover_at))
+    await new.save(conn, info.id)
+    tally.points += len(fresh)
+    tally.chunks += 1
+    return cut < horizon
+
+
+def _compute(
+    info: ChannelInfo, samples: list[Sample], state: CompactionState, cut: float, max_gap: float
+) -> tuple[list[Sample], CompactionState]:
+    """(points before ``cut``, the state after this chunk)."""
+    carried = state.handover_state
+    if info.kind is ChannelKind.ENERGY:
+        wrap = info.wrap
+        points = compact_counter(samples, wrap=wrap, max_gap=max_gap, before=cut, offset=carried)
+        handover = counter_handover(samples, wrap=wrap, before=cut, offset=carried)
+        if handover is None:
+            return points, replace(state, through=cut)
+        at, offset = handover
+        raw = samples[bisect.bisect_left(samples, (at, -math.inf))][1]
+        return points, replace(
+            state, through=cut, handover_at=at, handover_state=offset, handover_value=raw + offset
+        )
+    to_kw = info.unit.to_kwh
+    points = compact_power(samples, to_kw=to_kw, max_gap=max_gap, before=cut, energy=carried)
+    handover = power_handover(samples, to_kw=to_kw, max_gap=max_gap, before=cut, energy=carried)
+    if handover is None:
+        return points, replace(state, through=cut)
+    at, energy = handover
+    return points, replace(
+        state, through=cut, handover_at=at, handover_state=energy, handover_value=energy
+    )
+
+
+async def _cut(
+    conn: aiosqlite.Connection,
+    channel_id: int,
+    start: float,
+    through: float,
+    horizon: float,
+    chunk_rows: int,
+) -> float:
+    """Where this chunk ends: the horizon, or a whole minute about ``chunk_rows`` rows on.
+
+    Always past ``through`` (a whole minute), so every chunk makes progress.
+    """
+    async with conn.execute(
+        "SELECT at FROM readings WHERE channel_id = ? AND at >= ? ORDER BY at LIMIT 1 OFFSET ?",
+        (channel_id, start, chunk_rows),
+    ) as cur:
+        row = await cur.fetchone()
+    if row is None:
+        return horizon
+    cut = math.floor(float(row[0]) / 60.0) * 60.0
+    lower = max(start, through)
+    if cut <= lower:
+        cut = math.floor(lower / 60.0) * 60.0 + 60.0
+    return min(horizon, cut)
+
+
+async def _samples(
+    conn: aiosqlite.Connection, channel_id: int, start: float, end: float
+) -> list[Sample]:
+    """Raw rows in ``[start, end]`` and the three after (compaction needs them past the cut)."""
+    async with conn.execute(
+        "SELECT at, value FROM readings WHERE channel_id = ? AND at >= ? AND at <= ? ORDER BY at",
+        (channel_id, start, end),
+    ) as cur:
+        samples = [(r[0], r[1]) for r in await cur.fetchall()]
+    async with conn.execute(
+        "SELECT at, value FROM readings WHERE channel_id = ? AND at > ? ORDER BY at LIMIT 3",
+        (channel_id, end),
+    ) as cur:
+        samples.extend((r[0], r[1]) for r in await cur.fetchall())
+    return samples
+
+
+async def expire_channel(db: Database, info: ChannelInfo, *, cutoff: float) -> tuple[int, int]:
+    """Delete compacted points and raw rows older than ``cutoff``: (points, raw rows)."""
+    try:
+        points = await _delete_before(db, "readings_minute", info.id, cutoff)
+        raw = await _delete_before(db, "readings", info.id, cutoff)
+        if raw:
+            async with db.write() as conn:
+                state = await CompactionState.load(conn, info.id)
+                if cutoff > state.raw_from:
+                    await replace(state, raw_from=cutoff).save(conn, info.id)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot expire readings of {info.label}: {exc}") from exc
+    return points, raw
+
+
+async def _delete_before(db: Database, table: str, channel_id: int, cutoff: float) -> int:
+    deleted = 0
+    while True:
+        async with db.write() as conn:
+            cur = await conn.execute(
+                f"DELETE FROM {table} WHERE channel_id = ?1 AND at IN "  # noqa: S608
+                f"(SELECT at FROM {table} WHERE channel_id = ?1 AND at < ?2 ORDER BY at LIMIT ?3)",
+                (channel_id, cutoff, DELETE_ROWS),
+            )
+            deleted += cur.rowcount
+        if cur.rowcount < DELETE_ROWS:
+            return deleted

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -19,16 +20,19 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from gateway import render
-from gateway.app import Gateway
+from gateway import render, wire
+from gateway.app import Gateway, load_adapters
 from gateway.config import Config, load_config
-from gateway.errors import ConfigError, GatewayError, ReportInvalid, WireError
+from gateway.errors import AdapterLoadError, ConfigError, GatewayError, ReportInvalid, WireError
 from gateway.logs import configure_logging, register_secrets
 from gateway.reports import manual
+from gateway.reports.planner import plan_event
+from gateway.reports.scheduler import ReportJobs, build_job
 from gateway.store.database import open_database
 from gateway.store.inbox import Inbox
 from gateway.store.meta import Meta
 from gateway.store.outbox import Outbox
+from gateway.store.readings import ReadingsStore
 
 __all__ = ["main"]
 
@@ -81,6 +85,9 @@ async def cmd_run(args: argparse.Namespace, config: Config) -> int:
 
 async def cmd_check(args: argparse.Namespace, config: Config) -> int:
     config.require_api()
+    _, errors = load_adapters(config)
+    if errors:
+        raise UsageError("; ".join(str(e) for e in errors.values()))
     parts = [
         f"state_dir={config.gateway.state_dir}",
         f"webhook={'on' if config.webhook else 'off'}",
@@ -98,6 +105,7 @@ async def cmd_status(args: argparse.Namespace, config: Config) -> int:
         facts = await meta.get_all()
         counts = await outbox.counts()
         events = await inbox.count()
+    adapters = {k.removeprefix("adapter."): v for k, v in facts.items() if k.startswith("adapter.")}
     heartbeat = facts.get("gateway.heartbeat")
     running = isinstance(heartbeat, int | float) and time.time() - heartbeat < 60
     status = {
@@ -109,6 +117,7 @@ async def cmd_status(args: argparse.Namespace, config: Config) -> int:
         "database": str(config.db_path),
         "events": events,
         "outbox": counts,
+        "adapters": adapters,
     }
     if args.json:
         _out(render.to_json(status))
@@ -121,6 +130,13 @@ async def cmd_status(args: argparse.Namespace, config: Config) -> int:
     _out(f"webhook:  {status['webhook_url'] or 'off'}")
     _out(f"events:   {events}")
     _out("outbox:   " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    for name, info in sorted(adapters.items()):
+        if isinstance(info, dict):
+            error = f" - {info.get('last_error')}" if info.get("last_error") else ""
+            _out(
+                f"adapter:  {name} {info.get('state')} ({info.get('readings')} readings, "
+                f"{info.get('restarts')} restarts){error}"
+            )
     return EXIT_OK
 
 
@@ -199,12 +215,14 @@ async def cmd_events_list(args: argparse.Namespace, config: Config) -> int:
 
 
 async def cmd_events_show(args: argparse.Namespace, config: Config) -> int:
-    async with _stores(config) as (inbox, outbox, _meta):
-        event = await inbox.get(args.event_id)
-        reports = await outbox.find(args.event_id)
+    async with open_database(config.db_path) as db:
+        event = await Inbox(db).get(args.event_id)
+        reports = await Outbox(db).find(args.event_id)
+        jobs = await ReportJobs(db).for_event(args.event_id)
     if event is None:
         raise UsageError(f"no event {args.event_id!r} in the inbox")
     record = render.event_record(event, payload=True)
+    record["jobs"] = [{**j, "at": render.iso(_num(j["at"]))} for j in jobs]
     record["reports"] = [render.outbox_record(r) for r in reports]
     _out(render.to_json(record))
     return EXIT_OK
@@ -221,6 +239,43 @@ async def cmd_report_submit(args: argparse.Namespace, config: Config) -> int:
         _out(f"queued {report.kind} report for event {report.event_id}")
     else:
         _out(f"already queued: {report.kind} report for event {report.event_id} (not queued again)")
+    return EXIT_OK
+
+
+async def cmd_report_preview(args: argparse.Namespace, config: Config) -> int:
+    """Plan and build the event's reports now, from the stored readings; queue nothing."""
+    async with open_database(config.db_path) as db:
+        event = await Inbox(db).get(args.event_id)
+        if event is None:
+            raise UsageError(f"no event {args.event_id!r} in the inbox")
+        plan = plan_event(
+            event.event_id, wire.decode_event_payload(event.payload), config, now=time.time()
+        )
+        previews = []
+        for job in plan.jobs:
+            result, notes = await build_job(job, ReadingsStore(db), max_gap=config.metering.max_gap)
+            previews.append(
+                {
+                    "kind": job.kind,
+                    "due_at": render.iso(job.due_at),
+                    "notes": [*notes, *result.notes],
+                    "report": json.loads(result.body) if result.body else None,
+                    "table": [
+                        {"target": t, "start": render.iso(s), "kwh": k} for t, s, k in result.table
+                    ],
+                }
+            )
+    _out(
+        render.to_json(
+            {
+                "event_id": event.event_id,
+                "payload_type": event.payload_type,
+                "no_report_reason": plan.no_report_reason,
+                "notes": list(plan.notes),
+                "reports": previews,
+            }
+        )
+    )
     return EXIT_OK
 
 
@@ -241,6 +296,34 @@ async def cmd_sandbox(args: argparse.Namespace, config: Config | None) -> int:
 
 async def _forever() -> None:
     await asyncio.Event().wait()
+
+
+async def cmd_probe(args: argparse.Namespace, config: Config) -> int:
+    from gateway.probe import probe
+
+    try:
+        return await probe(config.adapters, args.adapter, seconds=args.seconds, out=_out)
+    except AdapterLoadError as exc:
+        if isinstance(exc.__cause__, ConfigError):
+            raise exc.__cause__ from None
+        _out(f"  cannot probe: {exc}")
+        return EXIT_FAILURE
+
+
+async def cmd_demo(args: argparse.Namespace, config: Config | None) -> int:
+    from gateway.demo import run_demo
+
+    return await run_until_signalled_result(run_demo(_out))
+
+
+async def run_until_signalled_result(main: Coroutine[Any, Any, int]) -> int:
+    result: list[int] = []
+
+    async def keep() -> None:
+        result.append(await main)
+
+    await run_until_signalled(keep())
+    return result[0] if result else EXIT_FAILURE
 
 
 # --- argument parsing ----------------------------------------------------------
@@ -301,12 +384,17 @@ def _parser() -> argparse.ArgumentParser:
         "submit", cmd_report_submit, "validate a report request JSON and queue it", into=rsub
     ).add_argument("file")
 
+    probe = add("probe", cmd_probe, "read one adapter once and print what it gives")
+    probe.add_argument("adapter")
+    probe.add_argument("--seconds", type=float, default=30.0, help="how long to wait")
+    add("demo", cmd_demo, "run sandbox + gateway with simulated devices: one real report")
     sandbox = add("sandbox", cmd_sandbox, "run a local stand-in for the API")
     sandbox.add_argument("--listen", default="127.0.0.1:8900")
     return parser
 
 
-NO_CONFIG = {cmd_sandbox}
+NO_CONFIG = {cmd_sandbox, cmd_demo}
+QUIET = {cmd_demo}  # commands whose own output is the point: only warnings are logged
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:
@@ -325,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
             register_secrets(
                 s.reveal() for s in (config.client_secret, config.webhook_secret) if s is not None
             )
-        configure_logging(level=os.environ.get("ECGW_LOG_LEVEL", "info"))
+        default_level = "warning" if args.handler in QUIET else "info"
+        configure_logging(level=os.environ.get("ECGW_LOG_LEVEL", default_level))
         handler: Handler = args.handler
         return asyncio.run(handler(args, config))
     except (ConfigError, UsageError) as exc:

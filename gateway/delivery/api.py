@@ -18,8 +18,9 @@ import structlog
 from gateway import wire
 from gateway.config import Secret
 from gateway.errors import AuthError, UpstreamRejected, UpstreamUnavailable, WireError
+from gateway.reports.clock import parse_http_date
 
-__all__ = ["ApiClient", "PostResult", "TokenSource"]
+__all__ = ["ApiClient", "PostResult", "ServerClock", "TokenSource"]
 
 log = structlog.get_logger("gateway.api")
 
@@ -30,6 +31,20 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class ServerClock:
+    """The API's ``Date`` header as last seen, and our clock at that moment."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self.api_date: float | None = None
+        self.seen_at: float | None = None
+
+    def observe(self, header: str | None) -> None:
+        api_date = parse_http_date(header)
+        if api_date is not None:
+            self.api_date, self.seen_at = api_date, self._clock()
 
 
 class TokenSource:
@@ -122,11 +137,13 @@ class ApiClient:
         base_url: str,
         tokens: TokenSource,
         timeout: float,
+        server_clock: ServerClock | None = None,
     ) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
         self._tokens = tokens
         self._timeout = timeout
+        self.server_clock = server_clock or ServerClock()
 
     async def post_report(self, body: bytes, *, idempotency_key: str) -> PostResult:
         """POST one frozen report body. A 401 gets one fresh token and one more try."""
@@ -155,6 +172,7 @@ class ApiClient:
                 text = await resp.text()
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")
+                self.server_clock.observe(resp.headers.get("Date"))
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamUnavailable(f"POST /reports: {_describe(exc)}") from exc
         report_id = None
@@ -182,6 +200,7 @@ class ApiClient:
                 ):
                     raw = await resp.read()
                     status = resp.status
+                    self.server_clock.observe(resp.headers.get("Date"))
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise UpstreamUnavailable(f"GET /events: {_describe(exc)}") from exc
             if status == 401 and first:

@@ -15,16 +15,13 @@ from hypothesis import strategies as st
 from gateway import contract
 from gateway.errors import ReportInvalid, WireError
 
-REFERENCE = Path("/work/shared/reference/volue-partner-reference")
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "volue-partner-reference"
 PACKAGED = resources.files("gateway.contract").joinpath("ec-sandbox-openapi.json")
 
 
 def _vector(name: str) -> Any:
-    """A Volue webhook test body; the packaged copies stand in when the reference is absent."""
-    path = REFERENCE / "webhook-test-data" / name
-    if not path.exists():
-        pytest.skip(f"{path} is not available")
-    return json.loads(path.read_bytes())
+    """A Volue webhook test body (the repository keeps an unchanged copy of the vectors)."""
+    return json.loads((Path(__file__).resolve().parent / "fixtures" / "volue" / name).read_bytes())
 
 
 def paths(schema: str, instance: object) -> list[str]:

@@ -39,7 +39,7 @@ from gateway.sandbox.state import ReportLedger, Webhook, paginate, parse_paging
 
 pytestmark = pytest.mark.timeout(15)
 
-VECTORS = Path("/work/shared/reference/volue-partner-reference/webhook-test-data")
+VECTORS = Path(__file__).resolve().parent / "fixtures" / "volue"  # Volue's vectors, unchanged
 FAST_RETRIES = (0.01, 0.02, 0.04)
 DROPPED = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 

@@ -1,0 +1,43 @@
+"""ECGW, the Energy Coordination Gateway.
+
+What adapter authors may import from here: the plugin API and the errors an
+adapter raises. Everything else is the gateway's own business and may change.
+"""
+
+from gateway.errors import (
+    AdapterError,
+    AdapterLoadError,
+    AdapterReadError,
+    ConfigError,
+    GatewayError,
+)
+from gateway.plugin import (
+    Adapter,
+    AdapterConfig,
+    Channel,
+    ChannelKind,
+    PollingAdapter,
+    PushAdapter,
+    Reading,
+    Unit,
+)
+from gateway.timeutil import Duration
+
+__all__ = [
+    # the plugin API
+    "Adapter",
+    "AdapterConfig",
+    "Channel",
+    "ChannelKind",
+    "Duration",
+    "PollingAdapter",
+    "PushAdapter",
+    "Reading",
+    "Unit",
+    # errors an adapter raises or meets
+    "AdapterError",
+    "AdapterLoadError",
+    "AdapterReadError",
+    "ConfigError",
+    "GatewayError",
+]

@@ -211,3 +211,17 @@ async def _has_heartbeat(config: object) -> bool:
         return False
     async with open_database(config.db_path) as db:  # type: ignore[attr-defined]
         return "gateway.heartbeat" in await Meta(db).get_all()
+
+
+def test_the_deploy_example_config_passes_check(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[1] / "deploy" / "ecgw.example.toml"
+    secret = tmp_path / "secret"
+    secret.write_text("not-a-real-secret\n")
+    text = example.read_text()
+    for placeholder in ("/etc/ecgw/client-secret", "/etc/ecgw/webhook-secret"):
+        text = text.replace(placeholder, str(secret))
+    text = text.replace("/var/lib/ecgw", str(tmp_path / "state"))
+    path = tmp_path / "ecgw.toml"
+    path.write_text(text)
+    result = ecgw("check", config=path)
+    assert result.returncode == 0, result.stderr

@@ -32,22 +32,34 @@ IN_FLIGHT = 16
 
 def bodies(n: int) -> list[bytes]:
     return [
-        json.dumps({
-            "eventId": f"bench-{i:06d}",
-            "payloads": [{
-                "payloadType": "EnergyUsage", "resourceId": f"res-{i % 50}", "locationId": "loc",
-                "resolution": "01:00:00",
-                "points": [{"timestamp": f"2026-11-26T{h:02d}:00:00Z", "kiloWattHours": 1.234}
-                           for h in range(24)],
-            }],
-        }, separators=(",", ":")).encode()
+        json.dumps(
+            {
+                "eventId": f"bench-{i:06d}",
+                "payloads": [
+                    {
+                        "payloadType": "EnergyUsage",
+                        "resourceId": f"res-{i % 50}",
+                        "locationId": "loc",
+                        "resolution": "01:00:00",
+                        "points": [
+                            {"timestamp": f"2026-11-26T{h:02d}:00:00Z", "kiloWattHours": 1.234}
+                            for h in range(24)
+                        ],
+                    }
+                ],
+            },
+            separators=(",", ":"),
+        ).encode()
         for i in range(n)
     ]
 
 
 async def token(session: aiohttp.ClientSession, root: str) -> str:
-    form = {"grant_type": "client_credentials", "client_id": "ecgw-sandbox",
-            "client_secret": "sandbox-secret"}
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": "ecgw-sandbox",
+        "client_secret": "sandbox-secret",
+    }
     async with session.post(f"{root}/connect/token", data=form) as resp:
         return str((await resp.json())["access_token"])
 
@@ -63,8 +75,9 @@ async def bare_client(root: str, n: int) -> float:
         async def worker() -> None:
             while queue:
                 body = queue.pop()
-                async with session.post(f"{root}/energy-coordination/v1/reports", data=body,
-                                        headers=headers) as resp:
+                async with session.post(
+                    f"{root}/energy-coordination/v1/reports", data=body, headers=headers
+                ) as resp:
                     await resp.read()
                     assert resp.status == 200, resp.status
 
@@ -85,15 +98,27 @@ async def gateway(root: str, n: int, state: Path) -> float:
         outbox = Outbox(db)
         now = time.time()
         for i, body in enumerate(bodies(n)):
-            await outbox.enqueue(event_id=f"bench-{i:06d}", kind="EnergyUsage", body=body,
-                                 source="bench", now=now)
-        tokens = TokenSource(session, token_url=f"{root}/connect/token",
-                             client_id="ecgw-sandbox", client_secret=Secret("sandbox-secret"),
-                             timeout=30)
-        api = ApiClient(session, base_url=f"{root}/energy-coordination/v1", tokens=tokens,
-                        timeout=30)
-        deliverer = Deliverer(outbox, api, concurrency=IN_FLIGHT, backoff_initial=1,
-                              backoff_max=10, retry_after_max=60)
+            await outbox.enqueue(
+                event_id=f"bench-{i:06d}", kind="EnergyUsage", body=body, source="bench", now=now
+            )
+        tokens = TokenSource(
+            session,
+            token_url=f"{root}/connect/token",
+            client_id="ecgw-sandbox",
+            client_secret=Secret("sandbox-secret"),
+            timeout=30,
+        )
+        api = ApiClient(
+            session, base_url=f"{root}/energy-coordination/v1", tokens=tokens, timeout=30
+        )
+        deliverer = Deliverer(
+            outbox,
+            api,
+            concurrency=IN_FLIGHT,
+            backoff_initial=1,
+            backoff_max=10,
+            retry_after_max=60,
+        )
         await tokens.get()
         start = time.perf_counter()
         task = asyncio.create_task(deliverer.run())
@@ -119,8 +144,12 @@ def child(kind: str, root: str, n: int) -> None:
 
 
 def run_child(kind: str, root: str, n: int) -> dict[str, float]:
-    out = subprocess.run([sys.executable, __file__, "--child", kind, "--root", root,
-                          "--reports", str(n)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", kind, "--root", root, "--reports", str(n)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
@@ -136,7 +165,9 @@ def main() -> None:
         return
     sandbox = subprocess.Popen(
         [sys.executable, "-m", "gateway", "sandbox", "--listen", "127.0.0.1:0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
         env={**os.environ, "ECGW_LOG_LEVEL": "warning"},
     )
     try:
@@ -154,8 +185,10 @@ def main() -> None:
     bare = statistics.median(r["rate"] for r in results["bare"])
     gw = statistics.median(r["rate"] for r in results["gateway"])
     print(f"reports per round: {args.reports}, rounds: {args.rounds}, in flight: {IN_FLIGHT}")
-    for label, kind, rate in (("bare aiohttp client", "bare", bare),
-                              ("gateway outbox     ", "gateway", gw)):
+    for label, kind, rate in (
+        ("bare aiohttp client", "bare", bare),
+        ("gateway outbox     ", "gateway", gw),
+    ):
         rounds = ", ".join(f"{r['rate']:.0f}" for r in results[kind])
         rss = max(r["rss_mb"] for r in results[kind])
         print(f"{label} : {rate:8.0f} reports/s  (rounds: {rounds})  peak RSS {rss:.1f} MB")

@@ -38,13 +38,20 @@ def free_port() -> int:
 
 async def register_webhook(sandbox: Sandbox, url: str) -> None:
     async with aiohttp.ClientSession() as session:
-        async with session.post(sandbox.token_url, data={
-                "grant_type": "client_credentials", "client_id": sandbox.client_id,
-                "client_secret": sandbox.client_secret}) as resp:
+        async with session.post(
+            sandbox.token_url,
+            data={
+                "grant_type": "client_credentials",
+                "client_id": sandbox.client_id,
+                "client_secret": sandbox.client_secret,
+            },
+        ) as resp:
             token = (await resp.json())["access_token"]
-        async with session.post(f"{sandbox.base_url}/webhooks", json={
-                "webhookUrl": url, "webhookSecret": SECRET, "name": "e2e"},
-                headers={"Authorization": f"Bearer {token}"}) as resp:
+        async with session.post(
+            f"{sandbox.base_url}/webhooks",
+            json={"webhookUrl": url, "webhookSecret": SECRET, "name": "e2e"},
+            headers={"Authorization": f"Bearer {token}"},
+        ) as resp:
             assert resp.status == 201, await resp.text()
 
 
@@ -54,23 +61,32 @@ def iso(t: float) -> str:
 
 def gateway_config(sandbox: Sandbox, tmp_path: Path, **extra: Any) -> dict[str, Any]:
     port = free_port()
-    data = sandbox_config(sandbox, tmp_path / "state", extra={
-        "webhook": {"listen": f"127.0.0.1:{port}", "path": "/notify", "secret": SECRET},
-        "reporting": {"grace": "1s"},
-        "adapters": {
-            "tank": {"type": "simulated", "power_kw": 36.0, "poll_interval": "1s"},
-            "charger": {"type": "simulated", "power_kw": 18.0, "poll_interval": "1s"},
-            "site": {"type": "simulated", "power_kw": 54.0, "poll_interval": "1s"},
+    data = sandbox_config(
+        sandbox,
+        tmp_path / "state",
+        extra={
+            "webhook": {"listen": f"127.0.0.1:{port}", "path": "/notify", "secret": SECRET},
+            "reporting": {"grace": "1s"},
+            "adapters": {
+                "tank": {"type": "simulated", "power_kw": 36.0, "poll_interval": "1s"},
+                "charger": {"type": "simulated", "power_kw": 18.0, "poll_interval": "1s"},
+                "site": {"type": "simulated", "power_kw": 54.0, "poll_interval": "1s"},
+            },
+            "resources": [
+                {"resource_id": "hwt-1", "location_id": "loc-1", "adapter": "tank"},
+                {
+                    "resource_id": "evc-1",
+                    "location_id": "loc-1",
+                    "meter_point_id": "707057500012345678",
+                    "adapter": "charger",
+                },
+            ],
+            "locations": [
+                {"location_id": "loc-1", "meter_point_id": "707057500012345678", "adapter": "site"}
+            ],
+            **extra,
         },
-        "resources": [
-            {"resource_id": "hwt-1", "location_id": "loc-1", "adapter": "tank"},
-            {"resource_id": "evc-1", "location_id": "loc-1", "meter_point_id": "707057500012345678",
-             "adapter": "charger"},
-        ],
-        "locations": [{"location_id": "loc-1", "meter_point_id": "707057500012345678",
-                       "adapter": "site"}],
-        **extra,
-    })
+    )
     return data
 
 
@@ -92,14 +108,23 @@ async def test_price_curve_at_10_second_resolution(sandbox: Sandbox, tmp_path: P
         assert started is not None
         first = math.floor(started / 10) * 10 - 20  # two intervals end before any reading
         points = [{"timestamp": iso(first + 10 * i), "price": 0.5} for i in range(6)]
-        event = await sandbox.create_event({
-            "payloadType": "PriceCurve", "priceArea": "NO5",
-            "targets": [{"resourceId": "hwt-1", "locationId": "loc-1"},
-                        {"resourceId": "evc-1", "locationId": "loc-1"},
-                        {"resourceId": "not-ours", "locationId": "loc-9"}],
-            "priceCurveDelta": {"points": points, "energyUnit": "kWh", "currency": "NOK",
-                                "resolution": "00:00:10"},
-        })
+        event = await sandbox.create_event(
+            {
+                "payloadType": "PriceCurve",
+                "priceArea": "NO5",
+                "targets": [
+                    {"resourceId": "hwt-1", "locationId": "loc-1"},
+                    {"resourceId": "evc-1", "locationId": "loc-1"},
+                    {"resourceId": "not-ours", "locationId": "loc-9"},
+                ],
+                "priceCurveDelta": {
+                    "points": points,
+                    "energyUnit": "kWh",
+                    "currency": "NOK",
+                    "resolution": "00:00:10",
+                },
+            }
+        )
         await sandbox.wait_for_reports(1, timeout=90)
         await wait_until(lambda: _delivered(config), timeout=10)
         await asyncio.sleep(1.5)  # nothing more may follow
@@ -113,8 +138,12 @@ async def test_price_curve_at_10_second_resolution(sandbox: Sandbox, tmp_path: P
     for resource, kw in (("hwt-1", 36.0), ("evc-1", 18.0)):
         payload = payloads[resource]
         assert payload["resolution"] == "00:00:10" and payload["locationId"] == "loc-1"
-        got = {dt.datetime.fromisoformat(p["timestamp"].replace("Z", "+00:00")).timestamp():
-               p["kiloWattHours"] for p in payload["points"]}
+        got = {
+            dt.datetime.fromisoformat(p["timestamp"].replace("Z", "+00:00")).timestamp(): p[
+                "kiloWattHours"
+            ]
+            for p in payload["points"]
+        }
         expected_starts = [first + 10 * i for i in range(6) if first + 10 * i >= started]
         assert sorted(got) == expected_starts, (resource, started, sorted(got))
         for start in expected_starts:
@@ -139,14 +168,27 @@ async def test_location_lpc_ack_at_once_then_usage(sandbox: Sandbox, tmp_path: P
         await register_webhook(sandbox, gateway.webhook_url)
         await wait_until(lambda: _has_readings(config), timeout=10)
         start = math.ceil(time.time() / 10) * 10 + 10
-        points = [{"timestamp": iso(start + 10 * i), "maxPowerInKiloWatts": 10.0}
-                  for i in range(2)]
+        points = [{"timestamp": iso(start + 10 * i), "maxPowerInKiloWatts": 10.0} for i in range(2)]
         sent = time.monotonic()
-        await sandbox.create_event({"payloadType": "LocationLPC", "targets": [
-            {"locationId": "loc-1", "meterPointId": "707057500012345678",
-             "resolution": "00:00:10", "points": points},
-            {"locationId": "loc-2", "meterPointId": "707057500099999999",
-             "resolution": "00:00:10", "points": points}]})
+        await sandbox.create_event(
+            {
+                "payloadType": "LocationLPC",
+                "targets": [
+                    {
+                        "locationId": "loc-1",
+                        "meterPointId": "707057500012345678",
+                        "resolution": "00:00:10",
+                        "points": points,
+                    },
+                    {
+                        "locationId": "loc-2",
+                        "meterPointId": "707057500099999999",
+                        "resolution": "00:00:10",
+                        "points": points,
+                    },
+                ],
+            }
+        )
         await sandbox.wait_for_reports(1, timeout=10)
         ack_delay = time.monotonic() - sent
         await sandbox.wait_for_reports(2, timeout=60)
@@ -155,9 +197,11 @@ async def test_location_lpc_ack_at_once_then_usage(sandbox: Sandbox, tmp_path: P
     (ack_payload,) = ack["payloads"]
     assert ack_payload["payloadType"] == "LocationLPCAcknowledgement"
     assert ack_payload["acknowledgedTargets"] == [
-        {"locationId": "loc-1", "meterPointId": "707057500012345678"}]
+        {"locationId": "loc-1", "meterPointId": "707057500012345678"}
+    ]
     assert ack_payload["declinedTargets"] == [
-        {"locationId": "loc-2", "meterPointId": "707057500099999999"}]
+        {"locationId": "loc-2", "meterPointId": "707057500099999999"}
+    ]
     (usage_payload,) = usage["payloads"]
     assert usage_payload["payloadType"] == "LocationEnergyUsage"
     assert usage_payload["meterPointId"] == "707057500012345678"

@@ -225,3 +225,38 @@ def test_the_deploy_example_config_passes_check(tmp_path: Path) -> None:
     path.write_text(text)
     result = ecgw("check", config=path)
     assert result.returncode == 0, result.stderr
+
+
+async def test_a_broken_adapter_is_named_and_the_others_run(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    path = write_config(
+        tmp_path,
+        sandbox,
+        adapters={
+            "good": {"type": "simulated", "power_kw": 1.0, "poll_interval": "1s"},
+            "gone": {"type": "not-installed-anywhere"},
+        },
+    )
+    checked = await asyncio.to_thread(ecgw, "check", config=path)
+    assert checked.returncode == 2
+    assert "gone" in checked.stderr and "not-installed-anywhere" in checked.stderr
+    proc = await start_ecgw("run", config=path, log=tmp_path / "run.log")
+    try:
+
+        async def both_reported() -> bool:
+            result = await asyncio.to_thread(ecgw, "status", "--json", config=path)
+            if result.returncode != 0:
+                return False
+            adapters = json.loads(result.stdout)["adapters"]
+            return (
+                adapters.get("good", {}).get("readings", 0) > 0
+                and adapters.get("gone", {}).get("state") == "failed"
+            )
+
+        await wait_until(both_reported, timeout=30, interval=0.5)
+        status = await asyncio.to_thread(ecgw, "status", config=path)
+        assert "gone failed" in status.stdout and "not-installed-anywhere" in status.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), timeout=15) == 0

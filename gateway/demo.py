@@ -27,6 +27,7 @@ import aiohttp
 from gateway.app import Gateway
 from gateway.config import Config, parse_config
 from gateway.sandbox import Sandbox, run_sandbox
+from gateway.sandbox.client import api_post
 from gateway.store.database import open_database
 from gateway.store.readings import ReadingsStore
 
@@ -71,28 +72,6 @@ def demo_config(sandbox: Sandbox, state_dir: Path) -> Config:
         },
         base=state_dir,
     )
-
-
-async def _api(
-    session: aiohttp.ClientSession, sandbox: Sandbox, path: str, body: dict[str, Any]
-) -> dict[str, Any]:
-    """A real API call to the sandbox, as a partner's own tooling would make it."""
-    async with session.post(
-        sandbox.token_url,
-        data={
-            "grant_type": "client_credentials",
-            "client_id": sandbox.client_id,
-            "client_secret": sandbox.client_secret,
-        },
-    ) as resp:
-        token = (await resp.json())["access_token"]
-    async with session.post(
-        f"{sandbox.base_url}{path}", json=body, headers={"Authorization": f"Bearer {token}"}
-    ) as resp:
-        if resp.status >= 300:
-            raise RuntimeError(f"sandbox {path} answered {resp.status}: {await resp.text()}")
-        result: dict[str, Any] = await resp.json()
-        return result
 
 
 def _iso(t: float) -> str:
@@ -154,7 +133,7 @@ async def run_demo(out: Callable[[str], None] = print) -> int:
                 await asyncio.wait_for(gateway.ready.wait(), timeout=15)
                 out(f"sandbox API  {sandbox.base_url}")
                 out(f"gateway      webhook {gateway.webhook_url}, state in {tmp}")
-                await _api(
+                await api_post(
                     session,
                     sandbox,
                     "/webhooks",
@@ -165,7 +144,7 @@ async def run_demo(out: Callable[[str], None] = print) -> int:
                     },
                 )
                 first = math.ceil((time.time() + 2) / RESOLUTION) * RESOLUTION
-                reply = await _api(
+                reply = await api_post(
                     session,
                     sandbox,
                     "/simulation/events/pricecurve",

@@ -7,7 +7,6 @@ import asyncio
 import datetime as dt
 import math
 import signal
-import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from gateway.sandbox import Sandbox, run_sandbox
-from tests.kit.gateway import make_config, sandbox_config, toml, wait_until
+from tests.kit.gateway import make_config, readings_span, sandbox_config, toml, wait_until
 from tests.kit.proc import start_ecgw
 from tests.test_e2e_reports import SECRET, free_port, register_webhook
 
@@ -28,19 +27,6 @@ KW = 36.0
 async def sandbox() -> AsyncIterator[Sandbox]:
     async with run_sandbox() as sb:
         yield sb
-
-
-def readings_span(db_path: Path) -> tuple[float | None, float | None]:
-    if not db_path.exists():
-        return None, None
-    conn = sqlite3.connect(db_path)
-    try:
-        row = conn.execute("SELECT MIN(at), MAX(at) FROM readings").fetchone()
-    except sqlite3.OperationalError:
-        return None, None
-    finally:
-        conn.close()
-    return row[0], row[1]
 
 
 async def test_report_survives_a_kill_during_collection(sandbox: Sandbox, tmp_path: Path) -> None:

@@ -17,7 +17,15 @@ import pytest
 
 from gateway import contract
 from gateway.sandbox import Sandbox, run_sandbox
-from tests.kit.gateway import make_config, outbox_rows, running, sandbox_config, wait_until
+from gateway.sandbox.client import api_post
+from tests.kit.gateway import (
+    make_config,
+    outbox_rows,
+    readings_span,
+    running,
+    sandbox_config,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -38,21 +46,12 @@ def free_port() -> int:
 
 async def register_webhook(sandbox: Sandbox, url: str) -> None:
     async with aiohttp.ClientSession() as session:
-        async with session.post(
-            sandbox.token_url,
-            data={
-                "grant_type": "client_credentials",
-                "client_id": sandbox.client_id,
-                "client_secret": sandbox.client_secret,
-            },
-        ) as resp:
-            token = (await resp.json())["access_token"]
-        async with session.post(
-            f"{sandbox.base_url}/webhooks",
-            json={"webhookUrl": url, "webhookSecret": SECRET, "name": "e2e"},
-            headers={"Authorization": f"Bearer {token}"},
-        ) as resp:
-            assert resp.status == 201, await resp.text()
+        await api_post(
+            session,
+            sandbox,
+            "/webhooks",
+            {"webhookUrl": url, "webhookSecret": SECRET, "name": "e2e"},
+        )
 
 
 def iso(t: float) -> str:
@@ -91,11 +90,7 @@ def gateway_config(sandbox: Sandbox, tmp_path: Path, **extra: Any) -> dict[str, 
 
 
 async def first_reading_at(config: Any) -> float | None:
-    from gateway.store.database import open_database
-
-    async with open_database(config.db_path) as db:
-        row = await db.fetchone("SELECT MIN(at) FROM readings")
-    return float(row[0]) if row and row[0] is not None else None
+    return readings_span(config.db_path)[0]
 
 
 async def test_price_curve_at_10_second_resolution(sandbox: Sandbox, tmp_path: Path) -> None:

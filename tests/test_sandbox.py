@@ -851,7 +851,7 @@ def test_sign_reproduces_volue_test_vectors() -> None:
     for name in ("price-curve-event.json", "user-eligibility-event.json"):
         body = (VECTORS / name).read_bytes()
         expected = (VECTORS / f"{name}.hmacsha256b64").read_text().strip()
-        assert sign(secret, body) == expected
+        assert sign(body, secret) == expected
 
 
 # --- simulation -------------------------------------------------------------------------------

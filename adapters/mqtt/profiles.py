@@ -196,7 +196,24 @@ class ShellyGen2:
         return Found(tuple(samples))
 
 
-class Tasmota:
+class _KwhMeterOnOneTopic:
+    """A device that publishes ``energy`` in kWh and ``power`` in W on one topic."""
+
+    _topic: str
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        return (self._topic,)
+
+    @property
+    def channels(self) -> tuple[Channel, ...]:
+        return (
+            Channel(ENERGY, ChannelKind.ENERGY, Unit.KWH),
+            Channel(POWER, ChannelKind.POWER, Unit.W),
+        )
+
+
+class Tasmota(_KwhMeterOnOneTopic):
     """Tasmota energy monitors: ``tele/<topic>/SENSOR`` with an ``ENERGY`` object.
 
     ``ENERGY.Total`` is kWh, ``ENERGY.Power`` is W. Multi-channel devices send
@@ -214,17 +231,6 @@ class Tasmota:
     def __init__(self, topic: str, index: int = 0) -> None:
         self._topic = f"tele/{topic}/SENSOR"
         self._index = index
-
-    @property
-    def topics(self) -> tuple[str, ...]:
-        return (self._topic,)
-
-    @property
-    def channels(self) -> tuple[Channel, ...]:
-        return (
-            Channel(ENERGY, ChannelKind.ENERGY, Unit.KWH),
-            Channel(POWER, ChannelKind.POWER, Unit.W),
-        )
 
     def decode(self, topic: str, document: object) -> Found:
         if topic != self._topic or not isinstance(document, dict):
@@ -251,7 +257,7 @@ class Tasmota:
         return number(value) if self._index == 0 else None
 
 
-class Zigbee2Mqtt:
+class Zigbee2Mqtt(_KwhMeterOnOneTopic):
     """Zigbee2MQTT devices: ``<base_topic>/<friendly_name>``, ``energy`` kWh, ``power`` W.
 
     ``last_seen`` (present when Zigbee2MQTT's ``advanced.last_seen`` is set) is
@@ -261,17 +267,6 @@ class Zigbee2Mqtt:
 
     def __init__(self, friendly_name: str, base_topic: str = "zigbee2mqtt") -> None:
         self._topic = f"{base_topic}/{friendly_name}"
-
-    @property
-    def topics(self) -> tuple[str, ...]:
-        return (self._topic,)
-
-    @property
-    def channels(self) -> tuple[Channel, ...]:
-        return (
-            Channel(ENERGY, ChannelKind.ENERGY, Unit.KWH),
-            Channel(POWER, ChannelKind.POWER, Unit.W),
-        )
 
     def decode(self, topic: str, document: object) -> Found:
         if topic != self._topic or not isinstance(document, dict):

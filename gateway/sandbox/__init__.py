@@ -19,8 +19,8 @@ delivery), ``api`` and ``admin`` (HTTP handlers), ``server`` (:class:`Sandbox`,
 
 from __future__ import annotations
 
+from gateway.intake.signature import sign
 from gateway.sandbox.faults import Fault
-from gateway.sandbox.push import sign
 from gateway.sandbox.server import Sandbox, run_sandbox
 from gateway.sandbox.state import PushAttempt, ReceivedReport, ReportAttempt
 

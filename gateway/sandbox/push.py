@@ -7,9 +7,6 @@ task it tracks; :meth:`Pusher.aclose` cancels and awaits whatever is still runni
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -17,6 +14,7 @@ from typing import Any
 import aiohttp
 import structlog
 
+from gateway.intake.signature import sign
 from gateway.sandbox.state import PushAttempt, Webhook
 
 __all__ = ["PUSH_TIMEOUT", "Pusher", "retry_schedule", "sign"]
@@ -25,12 +23,6 @@ PUSH_TIMEOUT = 10.0
 SIGNATURE_HEADER = "X-Payload-Signature"
 
 log = structlog.get_logger(__name__)
-
-
-def sign(secret: str, body: bytes) -> str:
-    """Standard Base64 of HMAC-SHA256(key = secret as UTF-8, message = the body bytes)."""
-    digest = hmac.new(secret.encode("utf-8"), body, hashlib.sha256).digest()
-    return base64.b64encode(digest).decode("ascii")
 
 
 def retry_schedule(delays: Sequence[float]) -> list[float]:
@@ -82,7 +74,7 @@ class Pusher:
     ) -> None:
         headers = {"Content-Type": "application/json"}
         if webhook.secret is not None:
-            headers[SIGNATURE_HEADER] = sign(webhook.secret, body)
+            headers[SIGNATURE_HEADER] = sign(body, webhook.secret)
         for attempt, wait in enumerate(self._schedule, start=1):
             if wait:
                 await asyncio.sleep(wait)

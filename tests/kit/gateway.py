@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -126,3 +127,17 @@ async def wait_until(predicate: Any, *, timeout: float, interval: float = 0.05) 
     async with asyncio.timeout(timeout):
         while not await predicate():  # noqa: ASYNC110 - no event crosses processes
             await asyncio.sleep(interval)
+
+
+def readings_span(db_path: Path) -> tuple[float | None, float | None]:
+    """The first and last reading time in a gateway's database (read-only, any process)."""
+    if not db_path.exists():
+        return None, None
+    conn = sqlite3.connect(db_path)
+    try:
+        row = conn.execute("SELECT MIN(at), MAX(at) FROM readings").fetchone()
+    except sqlite3.OperationalError:  # not migrated yet
+        return None, None
+    finally:
+        conn.close()
+    return row[0], row[1]

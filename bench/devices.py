@@ -56,8 +56,13 @@ async def mqtt(messages: int) -> None:
             device = "shellyplus1pm-store"
             topic = f"{device}/status/switch:0"
             payload = ("\n".join(shelly_status_lines(messages)) + "\n").encode()
-            table = {"type": "mqtt", "url": broker.url, "profile": "shelly-gen2",
-                     "device": device, "client_id": f"ecgw-bench-{secrets.token_hex(4)}"}
+            table = {
+                "type": "mqtt",
+                "url": broker.url,
+                "profile": "shelly-gen2",
+                "device": device,
+                "client_id": f"ecgw-bench-{secrets.token_hex(4)}",
+            }
             config = msgspec.convert(table, MqttConfig)
             async with open_database(Path(tmp) / "db.sqlite3") as db:
                 store = ReadingsStore(db)
@@ -76,10 +81,14 @@ async def mqtt(messages: int) -> None:
     stored = messages / stored_s
     print(f"MQTT, {messages} Shelly status frames (QoS 1, mosquitto on loopback)")
     print(f"  bare aiomqtt subscriber        {rate.bare_per_s:9.0f} msg/s")
-    print(f"  MqttAdapter                    {rate.adapter_per_s:9.0f} msg/s   "
-          f"ratio {rate.ratio:.2f} (target >= 0.5)")
-    print(f"  MqttAdapter + committed store  {stored:9.0f} msg/s   "
-          f"ratio {stored / rate.bare_per_s:.2f}")
+    print(
+        f"  MqttAdapter                    {rate.adapter_per_s:9.0f} msg/s   "
+        f"ratio {rate.ratio:.2f} (target >= 0.5)"
+    )
+    print(
+        f"  MqttAdapter + committed store  {stored:9.0f} msg/s   "
+        f"ratio {stored / rate.bare_per_s:.2f}"
+    )
 
 
 # --- 2. Modbus -----------------------------------------------------------------------------------
@@ -113,14 +122,20 @@ async def modbus(devices: int, seconds: float) -> None:
     from tests.kit.modbus import EastronMeter, modbus_polls_per_second, modbus_tcp_server
 
     async with contextlib.AsyncExitStack() as stack:
-        servers = [await stack.enter_async_context(modbus_tcp_server(
-            {1: EastronMeter(energy_kwh=100.0 + i, power_w=1000.0)})) for i in range(devices)]
+        servers = [
+            await stack.enter_async_context(
+                modbus_tcp_server({1: EastronMeter(energy_kwh=100.0 + i, power_w=1000.0)})
+            )
+            for i in range(devices)
+        ]
         bare = await bare_modbus([s.port for s in servers], seconds)
     adapter = await modbus_polls_per_second(devices, seconds)
     print(f"Modbus TCP, {devices} SDM630 servers on loopback (servers in the same process)")
     print(f"  bare pymodbus client (2 reads/poll)  {bare:7.0f} polls/s")
-    print(f"  ModbusAdapter                        {adapter:7.0f} polls/s   "
-          f"ratio {adapter / bare:.2f}")
+    print(
+        f"  ModbusAdapter                        {adapter:7.0f} polls/s   "
+        f"ratio {adapter / bare:.2f}"
+    )
 
 
 # --- 3. RSS --------------------------------------------------------------------------------------
@@ -134,21 +149,36 @@ def vm_hwm_mb(pid: int) -> float:
 
 def gateway_rss(root: str, adapters: int, seconds: float) -> tuple[float, int]:
     with tempfile.TemporaryDirectory() as tmp:
-        lines = ["[gateway]", f'state_dir = "{tmp}/state"', "[api]",
-                 f'base_url = "{root}/energy-coordination/v1"',
-                 f'token_url = "{root}/connect/token"', 'client_id = "ecgw-sandbox"',
-                 'client_secret = "sandbox-secret"']
+        lines = [
+            "[gateway]",
+            f'state_dir = "{tmp}/state"',
+            "[api]",
+            f'base_url = "{root}/energy-coordination/v1"',
+            f'token_url = "{root}/connect/token"',
+            'client_id = "ecgw-sandbox"',
+            'client_secret = "sandbox-secret"',
+        ]
         for i in range(adapters):
-            lines += [f"[adapters.sim{i:03d}]", 'type = "simulated"', 'poll_interval = "1s"',
-                      f"power_kw = {1.0 + i / 10}"]
+            lines += [
+                f"[adapters.sim{i:03d}]",
+                'type = "simulated"',
+                'poll_interval = "1s"',
+                f"power_kw = {1.0 + i / 10}",
+            ]
         for i in range(adapters):
-            lines += ["[[resources]]", f'resource_id = "res-{i:03d}"', 'location_id = "loc"',
-                      f'adapter = "sim{i:03d}"']
+            lines += [
+                "[[resources]]",
+                f'resource_id = "res-{i:03d}"',
+                'location_id = "loc"',
+                f'adapter = "sim{i:03d}"',
+            ]
         config = Path(tmp) / "ecgw.toml"
         config.write_text("\n".join(lines) + "\n")
-        proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(config)],
-                                stderr=subprocess.DEVNULL,
-                                env={**os.environ, "ECGW_LOG_LEVEL": "warning"})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "-c", str(config)],
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "ECGW_LOG_LEVEL": "warning"},
+        )
         time.sleep(seconds)
         peak = vm_hwm_mb(proc.pid)
         proc.send_signal(signal.SIGTERM)
@@ -162,9 +192,12 @@ def gateway_rss(root: str, adapters: int, seconds: float) -> tuple[float, int]:
 
 
 def rss(seconds: float) -> None:
-    sandbox = subprocess.Popen([sys.executable, "-m", "gateway", "sandbox", "--listen",
-                                "127.0.0.1:0"], stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True)
+    sandbox = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "sandbox", "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         assert sandbox.stdout is not None
         root = re.search(r"(http://\S+)", sandbox.stdout.readline()).group(1)  # type: ignore[union-attr]
@@ -175,8 +208,10 @@ def rss(seconds: float) -> None:
         sandbox.wait()
     print(f"Peak RSS of `ecgw run` after {seconds:.0f} s (VmHWM)")
     print(f"  no adapters                          {base:6.1f} MB")
-    print(f"  100 simulated adapters, 1 s polls    {peak:6.1f} MB   (target <= 80 MB; "
-          f"{readings} readings committed)")
+    print(
+        f"  100 simulated adapters, 1 s polls    {peak:6.1f} MB   (target <= 80 MB; "
+        f"{readings} readings committed)"
+    )
 
 
 # --- 4. Modbus outage ----------------------------------------------------------------------------
@@ -196,8 +231,9 @@ async def outage(seconds: float) -> None:
         readings.extend((time.time(), r) for r in batch)
 
     async with modbus_tcp_server({1: meter}) as server:
-        config = modbus_config(host="127.0.0.1", port=server.port, profile="eastron-sdm630",
-                               poll_interval=1.0)
+        config = modbus_config(
+            host="127.0.0.1", port=server.port, profile="eastron-sdm630", poll_interval=1.0
+        )
         adapter = ModbusAdapter("meter", config)
         async with AdapterRuntime({"meter": adapter}, sink):  # type: ignore[arg-type]
             await asyncio.sleep(3)

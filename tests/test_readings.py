@@ -549,6 +549,36 @@ async def test_an_interval_straddling_the_horizon_is_split(db: Database) -> None
     ) == [None]
 
 
+async def test_reads_during_compaction_never_see_it_half_done(db: Database) -> None:
+    day = ten_second_day(resets=(900,))[:2000]
+    async with running(db) as store:
+        await store.write(ADAPTER, readings(COUNTER, day))
+    store = ReadingsStore(db, compaction_chunk=40)  # ~80 chunks, each a chance to interleave
+    intervals = [(T0 + 60.0 * i, T0 + 60.0 * (i + 5)) for i in range(0, 320, 3)]
+    want = await store.interval_energy(ADAPTER, COUNTER.name, intervals, max_gap=60.0)
+    assert sum(e is not None for e in want) > 100
+    done = asyncio.Event()
+    reads = 0
+
+    async def reader() -> None:
+        nonlocal reads
+        while not done.is_set():
+            got = await store.interval_energy(ADAPTER, COUNTER.name, intervals, max_gap=60.0)
+            assert_same_energy(got, want)
+            reads += 1
+
+    async def compactor() -> None:
+        try:
+            await store.compact(now=T0 + 6 * HOUR, raw_retention=HOUR, retention=DAY, max_gap=60.0)
+        finally:
+            done.set()
+
+    await asyncio.gather(compactor(), *(reader() for _ in range(3)))
+    assert reads >= 3
+    state = await CompactionState.load(db.conn, (await store.channel((ADAPTER, COUNTER.name))).id)
+    assert state.through == T0 + 5 * HOUR  # everything before it was compacted meanwhile
+
+
 async def test_negative_power_is_not_compacted_and_stays_raw(db: Database) -> None:
     samples = [(T0 + 10.0 * k, -100.0 if k == 50 else 500.0) for k in range(400)]
     async with running(db) as store:

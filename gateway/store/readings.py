@@ -56,6 +56,7 @@ from gateway.store.database import Database
 from gateway.store.readings_compaction import (
     ChannelInfo,
     CompactionState,
+    Gate,
     compact_channel,
     expire_channel,
 )
@@ -144,6 +145,7 @@ class ReadingsStore:
         self._db = db
         self._writer = GroupCommit(db, max_rows=max_batch, linger=linger)
         self._chunk = compaction_chunk
+        self._gate = Gate()
         self._by_name: dict[tuple[str, str], ChannelInfo] = {}
         self._by_id: dict[int, ChannelInfo] = {}
 
@@ -239,16 +241,18 @@ class ReadingsStore:
         every sample within ``max_gap`` of an interval.
         """
         info = await self.channel(channel)
-        floor = (await self._state(info.id)).raw_from
         fetch = counter_samples if info.kind is ChannelKind.ENERGY else power_samples
-        return await fetch(self._db, info.id, intervals, max_gap=max_gap, floor=floor)
+        async with self._gate.reading():
+            floor = (await self._state(info.id)).raw_from
+            return await fetch(self._db, info.id, intervals, max_gap=max_gap, floor=floor)
 
     async def minute_samples(
         self, channel: ChannelRef, intervals: Sequence[Interval]
     ) -> list[tuple[float, float]]:
         """Compacted points at the edges of ``intervals`` and break markers (NaN) among them."""
         info = await self.channel(channel)
-        return await minute_samples(self._db, info.id, intervals)
+        async with self._gate.reading():
+            return await minute_samples(self._db, info.id, intervals)
 
     async def interval_energy(
         self,
@@ -264,7 +268,15 @@ class ReadingsStore:
         them, by the rule in the module docstring (:func:`choose_series`).
         """
         info = await self.channel((adapter, channel))
+        async with self._gate.reading():  # no compaction chunk half done in between
+            return await self._energy(info, intervals, max_gap)
+
+    async def _energy(
+        self, info: ChannelInfo, intervals: Sequence[Interval], max_gap: float
+    ) -> list[IntervalEnergy | None]:
         state = await self._state(info.id)
+        if all(start >= state.raw_from for start, _ in intervals):
+            return await self._raw_energy(info, state, intervals, max_gap)  # the usual case
         plans = [choose_series(s, e, state) for s, e in intervals]
         h = state.handover_at  # not None for a SPLIT plan
         raw_parts = {
@@ -277,8 +289,10 @@ class ReadingsStore:
             for i, (plan, interval) in enumerate(zip(plans, intervals, strict=True))
             if plan in (Series.COMPACTED, Series.SPLIT)
         }
-        raw = await self._raw_energy(info, state, raw_parts, max_gap)
-        minute = await self._minute_energy(info, state, minute_parts)
+        raw_values = await self._raw_energy(info, state, list(raw_parts.values()), max_gap)
+        minute_values = await self._minute_energy(info, state, list(minute_parts.values()))
+        raw = dict(zip(raw_parts, raw_values, strict=True))
+        minute = dict(zip(minute_parts, minute_values, strict=True))
         return [
             _combine(intervals[i], plan, raw.get(i), minute.get(i)) for i, plan in enumerate(plans)
         ]
@@ -287,41 +301,36 @@ class ReadingsStore:
         self,
         info: ChannelInfo,
         state: CompactionState,
-        parts: dict[int, Interval],
+        intervals: Sequence[Interval],
         max_gap: float,
-    ) -> dict[int, IntervalEnergy | None]:
-        if not parts:
-            return {}
-        keys, intervals = list(parts), list(parts.values())
+    ) -> list[IntervalEnergy | None]:
+        if not intervals:
+            return []
         if info.kind is ChannelKind.ENERGY:
             samples = await counter_samples(
                 self._db, info.id, intervals, max_gap=max_gap, floor=state.raw_from
             )
-            values = counter_intervals(
+            return counter_intervals(
                 samples, intervals, to_kwh=info.unit.to_kwh, wrap=info.wrap, max_gap=max_gap
             )
-        else:
-            samples = await power_samples(
-                self._db, info.id, intervals, max_gap=max_gap, floor=state.raw_from
-            )
-            values = power_intervals(samples, intervals, to_kw=info.unit.to_kwh, max_gap=max_gap)
-        return dict(zip(keys, values, strict=True))
+        samples = await power_samples(
+            self._db, info.id, intervals, max_gap=max_gap, floor=state.raw_from
+        )
+        return power_intervals(samples, intervals, to_kw=info.unit.to_kwh, max_gap=max_gap)
 
     async def _minute_energy(
-        self, info: ChannelInfo, state: CompactionState, parts: dict[int, Interval]
-    ) -> dict[int, IntervalEnergy | None]:
-        if not parts:
-            return {}
-        keys, intervals = list(parts), list(parts.values())
+        self, info: ChannelInfo, state: CompactionState, intervals: Sequence[Interval]
+    ) -> list[IntervalEnergy | None]:
+        if not intervals:
+            return []
         points = await minute_samples(self._db, info.id, intervals)
         if state.handover_at is not None and state.handover_value is not None:
             # the split point: a sample, not a minute, with its value in this series
             bisect.insort(points, (state.handover_at, state.handover_value))
         to_kwh = info.unit.to_kwh if info.kind is ChannelKind.ENERGY else 1.0
-        values = counter_intervals(
+        return counter_intervals(
             points, intervals, to_kwh=to_kwh, wrap=None, max_gap=COMPACTED_MAX_GAP
         )
-        return dict(zip(keys, values, strict=True))
 
     # --- keeping --------------------------------------------------------------------------------
 
@@ -341,7 +350,12 @@ class ReadingsStore:
         channels = await self._load_channels()
         for info in channels:
             done = await compact_channel(
-                self._db, info, horizon=horizon, max_gap=max_gap, chunk_rows=self._chunk
+                self._db,
+                self._gate,
+                info,
+                horizon=horizon,
+                max_gap=max_gap,
+                chunk_rows=self._chunk,
             )
             if done is None:
                 skipped.append(info.label)
@@ -349,10 +363,11 @@ class ReadingsStore:
                 totals["points"] += done.points
                 totals["raw"] += done.raw_deleted
                 totals["chunks"] += done.chunks
-            expired, raw_expired = await expire_channel(self._db, info, cutoff=now - retention)
+            cutoff = now - retention
+            expired, raw_expired = await expire_channel(self._db, self._gate, info, cutoff=cutoff)
             totals["expired"] += expired
             totals["raw"] += raw_expired
-        stats = CompactionStats(
+        return CompactionStats(
             channels=len(channels),
             chunks=totals["chunks"],
             points_written=totals["points"],
@@ -360,8 +375,6 @@ class ReadingsStore:
             points_deleted=totals["expired"],
             skipped=tuple(skipped),
         )
-        log.info("readings.compacted", **dataclasses.asdict(stats))
-        return stats
 
     async def channel_stats(self) -> list[ChannelStats]:
         """Per channel: rows stored and the newest reading. Counts cost a pass over the rows."""

@@ -22,14 +22,21 @@ deletes them.
 
 Retention deletes compacted points, and any raw rows, older than ``now -
 retention``, in bounded ``DELETE`` statements.
+
+Readers and compaction share the one connection, so a reader's statements could
+run between the statements of a compaction chunk and see it half done (raw rows
+deleted, state not yet moved). :class:`Gate` keeps them apart in this process:
+any number of readers, or one chunk.
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import contextlib
 import math
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -46,7 +53,14 @@ from gateway.metering.compaction import (
 from gateway.plugin import ChannelKind, Unit
 from gateway.store.database import Database
 
-__all__ = ["ChannelInfo", "CompactionState", "compact_channel", "expire_channel"]
+__all__ = [
+    "ChannelInfo",
+    "CompactionState",
+    "Gate",
+    "Tally",
+    "compact_channel",
+    "expire_channel",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -120,6 +134,49 @@ class CompactionState:
         )
 
 
+class Gate:
+    """Many readers at a time, or one compaction chunk.
+
+    A waiting chunk goes first: new readers wait behind it, so a stream of readers
+    cannot starve compaction (and a chunk is short, so readers wait little).
+    """
+
+    def __init__(self) -> None:
+        self._readers = 0
+        self._chunk = False
+        self._waiting = 0  # chunks waiting for the readers to finish
+        self._changed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def reading(self) -> AsyncIterator[None]:
+        async with self._changed:
+            await self._changed.wait_for(lambda: not self._chunk and not self._waiting)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._readers -= 1
+                self._changed.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def compacting(self) -> AsyncIterator[None]:
+        async with self._changed:
+            self._waiting += 1
+            try:
+                await self._changed.wait_for(lambda: not self._chunk and not self._readers)
+            finally:
+                self._waiting -= 1
+                self._changed.notify_all()  # readers held back by a cancelled wait go on
+            self._chunk = True
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._chunk = False
+                self._changed.notify_all()
+
+
 @dataclass(slots=True)
 class Tally:
     points: int = 0
@@ -128,7 +185,13 @@ class Tally:
 
 
 async def compact_channel(
-    db: Database, info: ChannelInfo, *, horizon: float, max_gap: float, chunk_rows: int
+    db: Database,
+    gate: Gate,
+    info: ChannelInfo,
+    *,
+    horizon: float,
+    max_gap: float,
+    chunk_rows: int,
 ) -> Tally | None:
     """Compact one channel up to ``horizon`` (a whole minute).
 
@@ -138,7 +201,7 @@ async def compact_channel(
     tally = Tally()
     try:
         while True:
-            async with db.write() as conn:
+            async with gate.compacting(), db.write() as conn:
                 if not await _chunk(conn, info, horizon, max_gap, chunk_rows, tally):
                     break
     except ValueError as exc:
@@ -254,13 +317,15 @@ async def _samples(
     return samples
 
 
-async def expire_channel(db: Database, info: ChannelInfo, *, cutoff: float) -> tuple[int, int]:
+async def expire_channel(
+    db: Database, gate: Gate, info: ChannelInfo, *, cutoff: float
+) -> tuple[int, int]:
     """Delete compacted points and raw rows older than ``cutoff``: (points, raw rows)."""
     try:
-        points = await _delete_before(db, "readings_minute", info.id, cutoff)
-        raw = await _delete_before(db, "readings", info.id, cutoff)
+        points = await _delete_before(db, gate, "readings_minute", info.id, cutoff)
+        raw = await _delete_before(db, gate, "readings", info.id, cutoff)
         if raw:
-            async with db.write() as conn:
+            async with gate.compacting(), db.write() as conn:
                 state = await CompactionState.load(conn, info.id)
                 if cutoff > state.raw_from:
                     await replace(state, raw_from=cutoff).save(conn, info.id)
@@ -269,10 +334,12 @@ async def expire_channel(db: Database, info: ChannelInfo, *, cutoff: float) -> t
     return points, raw
 
 
-async def _delete_before(db: Database, table: str, channel_id: int, cutoff: float) -> int:
+async def _delete_before(
+    db: Database, gate: Gate, table: str, channel_id: int, cutoff: float
+) -> int:
     deleted = 0
     while True:
-        async with db.write() as conn:
+        async with gate.compacting(), db.write() as conn:
             cur = await conn.execute(
                 f"DELETE FROM {table} WHERE channel_id = ?1 AND at IN "  # noqa: S608
                 f"(SELECT at FROM {table} WHERE channel_id = ?1 AND at < ?2 ORDER BY at LIMIT ?3)",

@@ -4,7 +4,7 @@ Every query here is a handful of index seeks per interval edge, never a scan of 
 channel's day of readings. The edges go in as bound parameters of a ``VALUES``
 table (exact doubles, no text round trip); per edge, correlated ``max(at)`` /
 ``min(at)`` sub-queries are one primary-key probe each. The statement text only
-depends on the number of edges rounded up to a power of two, so it stays in the
+depends on the number of edges rounded up to a multiple of 8, so it stays in the
 connection's statement cache. Neighbourhoods of flagged rows are sub-selects
 joined with ``UNION ALL``, chunked under SQLite's limit of 500 terms.
 
@@ -19,11 +19,13 @@ every drop ``i`` the samples ``i-2 .. i+1``. Fetched here:
   and the first three rows at or after the last edge, since a bracket's fate
   depends on the row after it;
 * every row flagged ``dropped`` in ``[first edge - max_gap, last edge + max_gap]``
-  (through the partial index), with four rows either side;
-* again four rows either side of any flagged row those brought in, until none
-  is new. So the first sample returned is neither a drop nor followed by one:
-  it is kept by the unroll of the whole stored series, and what the unroll
-  decides from there on does not depend on older rows.
+  (through the partial index), with four rows either side, in the same statement;
+* again four rows either side of any other flagged row those brought in (a
+  second statement, rarely needed), until none is new.
+
+So the first sample returned is the oldest valid row, or neither a drop nor
+followed by one: either way it is kept by the unroll of the whole stored series,
+and what the unroll decides from there on does not depend on older rows.
 
 Rows older than ``floor`` (the channel's oldest raw row that compaction left in
 place) are never returned: older rows are late arrivals the raw series ignores.
@@ -75,8 +77,16 @@ UNION ALL
 SELECT * FROM (SELECT at, value, dropped FROM readings
                WHERE channel_id = ?1 AND at >= max(?4, ?3) ORDER BY at LIMIT 3)
 UNION ALL
-SELECT at, value, dropped FROM readings INDEXED BY readings_dropped
-WHERE channel_id = ?1 AND dropped AND at >= max(?5, ?3) AND at <= ?6
+SELECT r.at, r.value, r.dropped FROM readings AS f INDEXED BY readings_dropped
+JOIN readings AS r ON r.channel_id = ?1 AND r.at IN (
+    SELECT at FROM readings WHERE channel_id = ?1 AND at <= f.at AND at >= ?3
+    ORDER BY at DESC LIMIT {before})
+WHERE f.channel_id = ?1 AND f.dropped AND f.at >= max(?5, ?3) AND f.at <= ?6
+UNION ALL
+SELECT r.at, r.value, r.dropped FROM readings AS f INDEXED BY readings_dropped
+JOIN readings AS r ON r.channel_id = ?1 AND r.at IN (
+    SELECT at FROM readings WHERE channel_id = ?1 AND at > f.at ORDER BY at LIMIT {after})
+WHERE f.channel_id = ?1 AND f.dropped AND f.at >= max(?5, ?3) AND f.at <= ?6
 """
 _FIXED_PARAMS = 6
 _EDGE_CHUNK = 512
@@ -97,16 +107,16 @@ async def fetch(db: Database, sql: str, params: Sequence[object]) -> list[sqlite
         raise StoreError(f"cannot read readings from {db.path}: {exc}") from exc
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=_EDGE_CHUNK // 8)
 def _brackets_sql(edges: int) -> str:
     first = _FIXED_PARAMS + 1
-    return _BRACKETS.format(values=",".join(f"(?{i})" for i in range(first, first + edges)))
+    values = ",".join(f"(?{i})" for i in range(first, first + edges))
+    return _BRACKETS.format(values=values, before=NEIGHBOURS + 1, after=NEIGHBOURS)
 
 
 def _padded(edges: list[float]) -> list[float]:
-    """``edges`` repeated at the end up to a power of two: few distinct statement texts."""
-    size = 1 << max(3, (len(edges) - 1).bit_length())
-    return edges + [edges[-1]] * (size - len(edges))
+    """``edges``, the last repeated up to a multiple of 8: few distinct statement texts."""
+    return edges + [edges[-1]] * (-len(edges) % 8)
 
 
 def _edges(intervals: Sequence[Interval]) -> list[float]:
@@ -125,7 +135,8 @@ async def _union(
 async def _brackets(
     db: Database, channel_id: int, edges: list[float], max_gap: float, floor: float
 ) -> list[tuple[float, float, int]]:
-    """Edge brackets, three rows from the last edge on, flagged rows in the window."""
+    """Edge brackets, three rows from the last edge on, flagged rows in the window with
+    their neighbourhoods."""
     rows: list[tuple[float, float, int]] = []
     window = (edges[0] - max_gap, edges[-1] + max_gap)
     for i in range(0, len(edges), _EDGE_CHUNK):
@@ -149,8 +160,9 @@ async def counter_samples(
     if not edges:
         return []
     found: dict[float, tuple[float, int]] = {}
-    done: set[float] = set()
     rows = await _brackets(db, channel_id, edges, max_gap, floor)
+    lo, hi = max(edges[0] - max_gap, floor), edges[-1] + max_gap
+    done = {at for at, _, dropped in rows if dropped and lo <= at <= hi}  # neighbours came along
     while rows:
         for at, value, dropped in rows:
             found[at] = (value, dropped)

@@ -153,6 +153,8 @@ class GroupCommit:
         except BaseException:
             task.cancel()
             await asyncio.wait([task])
+            if not task.cancelled() and task.exception() is not None:
+                log.error("readings.flusher_failed", error=repr(task.exception()))
             raise
         else:
             self._stopping = True  # the flusher stops lingering, drains the queue and ends
@@ -266,6 +268,10 @@ def _fail(done: asyncio.Future[None], exc: BaseException) -> None:
     """Fail one caller's future with its own StoreError (a shared instance would mix tracebacks)."""
     if done.done():
         return
-    error = StoreError(str(exc) if isinstance(exc, StoreError) else "readings were not written")
+    if isinstance(exc, StoreError):
+        message = str(exc)
+    else:  # cancelled or a bug: the transaction may or may not have committed
+        message = f"the readings writer stopped ({type(exc).__name__}); these may not be stored"
+    error = StoreError(message)
     error.__cause__ = exc
     done.set_exception(error)

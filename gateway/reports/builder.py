@@ -63,13 +63,14 @@ def build_report(job: Job, energy: Mapping[Target, Sequence[IntervalEnergy | Non
     payloads: list[wire.ReportPayload] = []
     notes: list[str] = []
     table: list[Row] = []
+    stamps: dict[float, dt.datetime] = {}
     for target in job.targets:
         series = energy.get(target)
         if series is None:
             notes.append(f"{target.label}: no energy was read: payload left out")
             table.extend((target.label, start, None) for start, _ in target.intervals)
             continue
-        points = _points(target, series, len(payloads), table)
+        points = _points(target, series, len(payloads), table, stamps)
         missing = len(target.intervals) - len(points)
         if not points:
             notes.append(f"{target.label}: no data in any interval: payload left out")
@@ -79,7 +80,7 @@ def build_report(job: Job, energy: Mapping[Target, Sequence[IntervalEnergy | Non
                 f"{target.label}: {missing} of {len(target.intervals)} intervals have no data: "
                 "left out, not reported as 0"
             )
-        interpolated = sum(1 for v in series if v is not None and v.quality != Quality.MEASURED)
+        interpolated = sum(1 for v in series if v is not None and v.quality is not Quality.MEASURED)
         if interpolated:
             notes.append(
                 f"{target.label}: {interpolated} of {len(points)} values have an interval edge "
@@ -100,19 +101,30 @@ def _finish(
 
 
 def _points(
-    target: Target, series: Sequence[IntervalEnergy | None], index: int, table: list[Row]
+    target: Target,
+    series: Sequence[IntervalEnergy | None],
+    index: int,
+    table: list[Row],
+    stamps: dict[float, dt.datetime],
 ) -> list[wire.EnergyCurvePoint]:
-    """The points of the intervals with data, in interval order; one table row per interval."""
+    """The points of the intervals with data, in interval order; one table row per interval.
+
+    ``stamps`` caches interval starts as datetimes: targets of one job share them.
+    """
     if len(series) != len(target.intervals):
         raise ReportInvalid(
             f"{target.label}: {len(series)} energy values for {len(target.intervals)} intervals"
         )
+    label = target.label
     points: list[wire.EnergyCurvePoint] = []
     for (start, end), value in zip(target.intervals, series, strict=True):
         kwh = None if value is None else _kwh(target, start, end, value, index, len(points))
-        table.append((target.label, start, kwh))
+        table.append((label, start, kwh))
         if kwh is not None:
-            points.append(wire.EnergyCurvePoint(timestamp=_utc(start), kilo_watt_hours=kwh))
+            stamp = stamps.get(start)
+            if stamp is None:
+                stamp = stamps[start] = _utc(start)
+            points.append(wire.EnergyCurvePoint(timestamp=stamp, kilo_watt_hours=kwh))
     return points
 
 
@@ -120,19 +132,22 @@ def _kwh(
     target: Target, start: float, end: float, value: IntervalEnergy, index: int, point: int
 ) -> float:
     """The value as sent: checked, rounded to 1 mWh, never ``-0.0``."""
+    aligned = (
+        abs(value.start - start) <= _ALIGN_TOLERANCE and abs(value.end - end) <= _ALIGN_TOLERANCE
+    )
+    if aligned and value.kwh >= 0 and math.isfinite(value.kwh):
+        return round(value.kwh, KWH_DECIMALS) + 0.0
     where = f"payloads[{index}].points[{point}].kiloWattHours"
-    if abs(value.start - start) > _ALIGN_TOLERANCE or abs(value.end - end) > _ALIGN_TOLERANCE:
+    if not aligned:
         raise ReportInvalid(
             f"{target.label}: energy for [{value.start}, {value.end}) "
             f"given for interval [{start}, {end})",
             field=where,
         )
-    if not math.isfinite(value.kwh) or value.kwh < 0:
-        raise ReportInvalid(
-            f"{target.label}: refusing {value.kwh!r} kWh for the interval at {_utc(start)}",
-            field=where,
-        )
-    return round(value.kwh, KWH_DECIMALS) + 0.0
+    raise ReportInvalid(
+        f"{target.label}: refusing {value.kwh!r} kWh for the interval at {_utc(start)}",
+        field=where,
+    )
 
 
 def _payload(kind: str, target: Target, points: list[wire.EnergyCurvePoint]) -> wire.ReportPayload:

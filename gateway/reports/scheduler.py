@@ -40,6 +40,7 @@ __all__ = ["ReportJobs", "ReportScheduler", "build_job"]
 
 log = structlog.get_logger("gateway.reports")
 
+READ_CONCURRENCY = 4  # targets read at once while building a report
 PASS_EVERY = 5.0  # seconds between passes when nothing wakes the scheduler
 OPEN_STATES = ("new", "planned")
 
@@ -77,16 +78,26 @@ class ReportJobs:
 async def build_job(
     job: Job, readings: ReadingsStore, *, max_gap: float
 ) -> tuple[BuildResult, list[str]]:
-    """Energy for every target of ``job`` from the stored readings, then the report."""
-    energy: dict[Target, Sequence[IntervalEnergy | None]] = {}
+    """Energy for every target of ``job`` from the stored readings, then the report.
+
+    Up to ``READ_CONCURRENCY`` targets are read at once, so one target's SQL overlaps
+    another's arithmetic.
+    """
+    gate = asyncio.Semaphore(READ_CONCURRENCY)
     notes: list[str] = []
-    for target in job.targets:
-        try:
-            energy[target] = await readings.interval_energy(
-                target.adapter, target.channel, target.intervals, max_gap=max_gap
-            )
-        except KeyError:
-            notes.append(f"{target.label}: no readings from {target.adapter}/{target.channel}")
+
+    async def one(target: Target) -> Sequence[IntervalEnergy | None] | None:
+        async with gate:
+            try:
+                return await readings.interval_energy(
+                    target.adapter, target.channel, target.intervals, max_gap=max_gap
+                )
+            except KeyError:
+                notes.append(f"{target.label}: no readings from {target.adapter}/{target.channel}")
+                return None
+
+    results = await asyncio.gather(*(one(t) for t in job.targets))
+    energy = {t: r for t, r in zip(job.targets, results, strict=True) if r is not None}
     return build_report(job, energy), notes
 
 

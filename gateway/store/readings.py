@@ -146,6 +146,8 @@ class ReadingsStore:
         self._writer = GroupCommit(db, max_rows=max_batch, linger=linger)
         self._chunk = compaction_chunk
         self._gate = Gate()
+        self._states: dict[int, CompactionState] = {}  # by channel id, for one generation
+        self._states_generation = -1
         self._by_name: dict[tuple[str, str], ChannelInfo] = {}
         self._by_id: dict[int, ChannelInfo] = {}
 
@@ -229,8 +231,19 @@ class ReadingsStore:
     # --- reading --------------------------------------------------------------------------------
 
     async def _state(self, channel_id: int) -> CompactionState:
-        rows = await fetch(self._db, CompactionState.SELECT, (channel_id,))
-        return CompactionState.from_row(rows[0] if rows else None)
+        """The channel's compaction bookkeeping. Cached: only this store compacts, and every
+        compaction chunk moves the gate's generation on, which retires the cache."""
+        generation = self._gate.generation
+        if self._states_generation != generation:
+            rows = await fetch(
+                self._db,
+                "SELECT channel_id, through, handover_at, handover_state, handover_value, "
+                "raw_from FROM compaction",
+                (),
+            )
+            self._states = {r[0]: CompactionState.from_row(r[1:]) for r in rows}
+            self._states_generation = generation
+        return self._states.get(channel_id) or CompactionState.from_row(None)
 
     async def samples_for(
         self, channel: ChannelRef, intervals: Sequence[Interval], *, max_gap: float

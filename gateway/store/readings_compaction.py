@@ -142,6 +142,7 @@ class Gate:
     """
 
     def __init__(self) -> None:
+        self.generation = 0  # one more after every chunk: readers' cached state is stale
         self._readers = 0
         self._chunk = False
         self._waiting = 0  # chunks waiting for the readers to finish
@@ -173,6 +174,7 @@ class Gate:
             yield
         finally:
             async with self._changed:
+                self.generation += 1
                 self._chunk = False
                 self._changed.notify_all()
 

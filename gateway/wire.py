@@ -215,14 +215,22 @@ class LPCResource(Outbound, frozen=True):
 
 
 class LocationLPCAcknowledgement(
-    Outbound, frozen=True, tag_field="payloadType", tag="LocationLPCAcknowledgement"
+    Outbound,
+    frozen=True,
+    omit_defaults=False,  # both lists always written, [] included, as in Spark's examples
+    tag_field="payloadType",
+    tag="LocationLPCAcknowledgement",
 ):
     acknowledged_targets: list[LPCLocation] = []
     declined_targets: list[LPCLocation] = []
 
 
 class ResourceLPCAcknowledgement(
-    Outbound, frozen=True, tag_field="payloadType", tag="ResourceLPCAcknowledgement"
+    Outbound,
+    frozen=True,
+    omit_defaults=False,  # both lists always written, [] included, as in Spark's examples
+    tag_field="payloadType",
+    tag="ResourceLPCAcknowledgement",
 ):
     acknowledged_targets: list[LPCResource] = []
     declined_targets: list[LPCResource] = []

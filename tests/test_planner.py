@@ -415,7 +415,10 @@ def test_location_lpc_meter_point_mismatch_is_declined_and_noted() -> None:
     plan = plan_event(EVENT, payload, config, now=NOW)
     (ack,) = plan.jobs
     assert ack.acknowledgement == wire.LocationLPCAcknowledgement(
-        declined_targets=[wire.LPCLocation(location_id="home", meter_point_id="707057500000000099")]
+        acknowledged_targets=[],
+        declined_targets=[
+            wire.LPCLocation(location_id="home", meter_point_id="707057500000000099")
+        ],
     )
     assert plan.notes == (
         "target location 'home' meter point '707057500000000099' is not configured "

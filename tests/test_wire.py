@@ -109,7 +109,8 @@ def test_report_is_written_in_utc_camel_case_without_unset_fields() -> None:
             wire.LocationLPCAcknowledgement(
                 acknowledged_targets=[
                     wire.LPCLocation(location_id="l1", meter_point_id="707057500012345678")
-                ]
+                ],
+                declined_targets=[],
             ),
         ],
     )
@@ -127,6 +128,7 @@ def test_report_is_written_in_utc_camel_case_without_unset_fields() -> None:
             {
                 "payloadType": "LocationLPCAcknowledgement",
                 "acknowledgedTargets": [{"locationId": "l1", "meterPointId": "707057500012345678"}],
+                "declinedTargets": [],  # always written, as in Spark's examples
             },
         ],
     }

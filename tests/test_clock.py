@@ -71,7 +71,8 @@ async def test_reports_wait_for_a_sane_clock(db: Database, tmp_path: Path) -> No
         via="poll",
         at=now,
     )
-    server_clock = ServerClock(lambda: now)
+    clock = [now]
+    server_clock = ServerClock(lambda: clock[0])
     server_clock.observe(http_date(now + 3600))  # the API says we are an hour behind
     queued: list[int] = []
     scheduler = ReportScheduler(
@@ -86,7 +87,8 @@ async def test_reports_wait_for_a_sane_clock(db: Database, tmp_path: Path) -> No
     assert await Outbox(db).items() == []
     event = await Inbox(db).get("lpc-1")
     assert event is not None and event.plan_note and "held back" in event.plan_note
-    server_clock.observe(http_date(now))  # clock fixed
+    clock[0] = now + 2  # the Date header is sampled at most once a second
+    server_clock.observe(http_date(now + 2))  # clock fixed
     await scheduler.pass_once()
     (ack,) = await Outbox(db).items()
     assert ack.kind == "LocationLPCAcknowledgement" and queued == [1]

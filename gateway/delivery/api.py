@@ -42,9 +42,13 @@ class ServerClock:
         self.seen_at: float | None = None
 
     def observe(self, header: str | None) -> None:
+        """Note the header; at most once a second (HTTP dates have whole seconds anyway)."""
+        now = self._clock()
+        if self.seen_at is not None and now - self.seen_at < 1.0:
+            return
         api_date = parse_http_date(header)
         if api_date is not None:
-            self.api_date, self.seen_at = api_date, self._clock()
+            self.api_date, self.seen_at = api_date, now
 
 
 class TokenSource:

@@ -1,12 +1,12 @@
-"""The delivery loop: claim due reports, POST them, record the outcomes.
+"""The delivery pipeline: claim due reports, POST them, record the outcomes.
 
-Up to ``delivery.concurrency`` requests in flight. Rows are claimed a batch
-ahead (``in_flight`` means "claimed by the running gateway"; a crash hands
-them back on the next start), so a finished request's slot is refilled at
-once instead of waiting for a database commit. Outcomes are recorded in
-batches: one transaction for every attempt that finished since the last
-write, and a report counts as delivered only once that commit is done.
-While the breaker holds delivery back, claimed rows are handed back.
+``delivery.concurrency`` workers each take the next claimed report and send
+it; they never wait on the database while claimed reports are ready. One
+keeper records what the workers finished and claims more, in one transaction
+per round: a report counts as delivered only once that commit is done. Rows
+are claimed a batch ahead (``in_flight`` means "claimed by the running
+gateway"; a crash hands them back on the next start). While the breaker holds
+delivery back, claimed rows are handed back and one worker at a time probes.
 Decisions come from :mod:`gateway.delivery.policy`; this module only loops.
 """
 
@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import random
 import time
 from collections.abc import Callable
-from typing import Any
 
 import structlog
 
@@ -42,6 +42,7 @@ log = structlog.get_logger("gateway.delivery")
 IDLE_RECHECK = 1.0  # seconds: pick up rows queued by other processes (ecgw report submit)
 DEADLINE_WARNING = 3 * 86400.0  # warn about reports still pending this close to month end
 DEADLINE_CHECK_EVERY = 600.0
+RECORD_LINGER = 0.01  # seconds the keeper lets outcomes gather while workers are supplied
 
 
 class Deliverer:
@@ -66,112 +67,121 @@ class Deliverer:
         self._clock = clock
         self._rand = rand
         self._breaker = Breaker(initial=backoff_initial, maximum=backoff_max)
-        self._wake = asyncio.Event()
-        self._inflight: dict[asyncio.Task[Outcome], OutboxItem] = {}
-        self._ready: collections.deque[OutboxItem] = collections.deque()
+        self._ready: collections.deque[OutboxItem] = collections.deque()  # claimed, not sent
+        self._sending: dict[int, OutboxItem] = {}  # by outbox id
+        self._finished: list[tuple[int, Outcome]] = []  # sent, outcome not yet recorded
+        self._keeper_kick = asyncio.Event()  # outcomes to record, or something was queued
+        self._workers_kick = asyncio.Condition()  # more ready, or the breaker moved
         self._next_deadline_check = 0.0
 
     def wake(self) -> None:
         """Something was queued: look for due reports now."""
-        self._wake.set()
+        self._keeper_kick.set()
 
     async def run(self) -> None:
         recovered = await self._outbox.recover(now=self._clock())
         if recovered:
             log.warning("outbox.recovered_in_flight", count=recovered)
         try:
-            while True:
-                await self._step()
+            async with asyncio.TaskGroup() as tasks:
+                for n in range(self._concurrency):
+                    tasks.create_task(self._worker(), name=f"delivery-worker:{n}")
+                tasks.create_task(self._keeper(), name="delivery-keeper")
         finally:
             await asyncio.shield(self._abandon())
 
-    async def _step(self) -> None:
-        now = self._clock()
-        if now >= self._next_deadline_check:
-            await self._warn_deadlines(now)
-            self._next_deadline_check = now + DEADLINE_CHECK_EVERY
-        done = [t for t in self._inflight if t.done()]
-        results = [(self._inflight.pop(t).id, t.result()) for t in done]
-        for _, outcome in results:  # the breaker hears of failures before more are sent
-            self._hear(outcome, now)
-        if self._ready and self._breaker.failures:
-            await self._outbox.hand_back([i.id for i in self._ready], now=now, unsent=True)
-            self._ready.clear()
-        self._start(now)
-        claimed = 0
-        want = self._wanted(now)
-        if want and not await self._due(now):
-            want = 0
-        if results or want:
-            items = await self._outbox.settle(results, now=now, limit=want)
-            for item_id, outcome in results:  # logged once committed
-                self._log(item_id, outcome, now)
-            self._ready.extend(items)
-            claimed = len(items)
-            self._start(now)
-        await self._wait(now, claimed=claimed)
+    # --- workers: send ---------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while True:
+            item = await self._take()
+            self._sending[item.id] = item
+            outcome = await self._attempt(item)  # cancelled: the row stays for _abandon
+            del self._sending[item.id]
+            moved = self._hear(outcome, self._clock())
+            self._finished.append((item.id, outcome))
+            self._keeper_kick.set()
+            if moved:  # paused, or open again: every waiting worker must look
+                async with self._workers_kick:
+                    self._workers_kick.notify_all()
+
+    async def _take(self) -> OutboxItem:
+        """The next claimed report, once the breaker lets one more go out."""
+        async with self._workers_kick:
+            while True:
+                now = self._clock()
+                free = self._concurrency - len(self._sending)
+                if self._ready and self._breaker.allowance(now, free) > 0:
+                    self._breaker.started(1)
+                    return self._ready.popleft()
+                if now < self._breaker.resumes_at():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self._breaker.resumes_at() - now):
+                            await self._workers_kick.wait()
+                else:
+                    await self._workers_kick.wait()
+
+    # --- keeper: record and claim ----------------------------------------------------------
+
+    async def _keeper(self) -> None:
+        while True:
+            self._keeper_kick.clear()
+            now = self._clock()
+            if now >= self._next_deadline_check:
+                await self._warn_deadlines(now)
+                self._next_deadline_check = now + DEADLINE_CHECK_EVERY
+            results, self._finished = self._finished, []
+            if self._ready and now < self._breaker.resumes_at():  # paused: give them back
+                unsent = [item.id for item in self._ready]
+                self._ready.clear()  # before the await: no worker may take one meanwhile
+                await self._outbox.hand_back(unsent, now=now, unsent=True)
+            want = self._wanted(now)
+            if want and not await self._due(now):
+                want = 0
+            claimed = 0
+            if results or want:
+                items = await self._outbox.settle(results, now=now, limit=want)
+                for item_id, outcome in results:  # logged once committed
+                    self._log(item_id, outcome, now)
+                self._ready.extend(items)
+                claimed = len(items)
+                if items:
+                    async with self._workers_kick:
+                        self._workers_kick.notify(len(items))
+            if claimed or self._finished:
+                continue  # there may be more right away
+            await self._idle(now)
+            if len(self._ready) >= self._concurrency:
+                # The workers have enough to send: let outcomes gather so that one
+                # commit records several (recording is what a commit costs us).
+                await asyncio.sleep(RECORD_LINGER)
 
     def _wanted(self, now: float) -> int:
-        """How many rows to claim: enough to keep every slot busy and one batch ready."""
+        """How many rows to claim: enough to keep every worker busy and one batch ready."""
+        busy = len(self._sending) + len(self._ready)
         if self._breaker.failures:  # probing: one at a time, nothing claimed ahead
-            return self._breaker.allowance(now, self._concurrency - len(self._inflight))
-        return max(2 * self._concurrency - len(self._inflight) - len(self._ready), 0)
-
-    def _start(self, now: float) -> None:
-        allowed = self._breaker.allowance(now, self._concurrency - len(self._inflight))
-        started = 0
-        while self._ready and started < allowed:
-            item = self._ready.popleft()
-            task = asyncio.create_task(self._attempt(item), name=f"deliver:{item.id}")
-            self._inflight[task] = item
-            started += 1
-        self._breaker.started(started)
+            return 0 if busy else self._breaker.allowance(now, 1)
+        return max(2 * self._concurrency - busy, 0)
 
     async def _due(self, now: float) -> bool:
         due = await self._outbox.next_due()
         return due is not None and due <= now
 
-    async def _wait(self, now: float, *, claimed: int) -> None:
-        if claimed and not self._breaker.failures:
-            return  # there may be more due right away
+    async def _idle(self, now: float) -> None:
         timeout = IDLE_RECHECK
         if now < self._breaker.resumes_at():
-            timeout = self._breaker.resumes_at() - now
-        elif len(self._inflight) < self._concurrency:
+            timeout = min(timeout, self._breaker.resumes_at() - now)
+        elif not self._ready and len(self._sending) < self._concurrency:
             due = await self._outbox.next_due()
             if due is not None:
                 timeout = min(timeout, max(due - now, 0.0))
-        self._wake.clear()
-        wake = asyncio.ensure_future(self._wake.wait())
-        waiters: set[asyncio.Future[Any]] = {wake, *self._inflight}
         try:
-            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            wake.cancel()
+            async with asyncio.timeout(timeout):
+                await self._keeper_kick.wait()
+        except TimeoutError:
+            pass
 
-    def _hear(self, outcome: Outcome, now: float) -> None:
-        match outcome:
-            case Delivered():
-                self._breaker.succeeded()
-            case Retry(next_attempt_at=next_at):
-                self._breaker.failed(now=now, rand=self._rand(), not_before=next_at)
-            case _:
-                pass  # a rejection says the API is up; it neither opens nor closes the breaker
-
-    def _log(self, item_id: int, outcome: Outcome, now: float) -> None:
-        match outcome:
-            case Delivered(report_id=report_id):
-                log.info("outbox.delivered", outbox_id=item_id, report_id=report_id)
-            case Retry(status=status, error=error, next_attempt_at=next_at):
-                log.warning(
-                    "outbox.retry",
-                    outbox_id=item_id,
-                    status=status,
-                    error=error,
-                    retry_in=round(next_at - now, 3),
-                )
-            case Dead(status=status, error=error):
-                log.error("outbox.dead", outbox_id=item_id, status=status, error=error)
+    # --- one attempt -----------------------------------------------------------------------
 
     async def _attempt(self, item: OutboxItem) -> Outcome:
         structlog.contextvars.bind_contextvars(event_id=item.event_id, outbox_id=item.id)
@@ -212,22 +222,42 @@ class Deliverer:
             report_id=report_id,
         )
 
+    def _hear(self, outcome: Outcome, now: float) -> bool:
+        """Tell the breaker; True if it changed state (paused, or open again)."""
+        match outcome:
+            case Delivered():
+                was_failing = self._breaker.failures > 0
+                self._breaker.succeeded()
+                return was_failing
+            case Retry(next_attempt_at=next_at):
+                self._breaker.failed(now=now, rand=self._rand(), not_before=next_at)
+                return True
+            case _:
+                return False  # a rejection says the API is up; it neither opens nor closes it
+
+    def _log(self, item_id: int, outcome: Outcome, now: float) -> None:
+        match outcome:
+            case Delivered(report_id=report_id):
+                log.info("outbox.delivered", outbox_id=item_id, report_id=report_id)
+            case Retry(status=status, error=error, next_attempt_at=next_at):
+                log.warning(
+                    "outbox.retry",
+                    outbox_id=item_id,
+                    status=status,
+                    error=error,
+                    retry_in=round(next_at - now, 3),
+                )
+            case Dead(status=status, error=error):
+                log.error("outbox.dead", outbox_id=item_id, status=status, error=error)
+
     async def _abandon(self) -> None:
-        """At shutdown: stop the attempts in flight and hand their rows back."""
-        tasks = list(self._inflight)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        finished = [
-            (self._inflight[t].id, t.result())
-            for t in tasks
-            if not t.cancelled() and t.exception() is None
-        ]
-        await self._outbox.record(finished, now=self._clock())
+        """At shutdown: record what finished, hand back what was claimed or cut off."""
         now = self._clock()
-        await self._outbox.hand_back([item.id for item in self._inflight.values()], now=now)
-        await self._outbox.hand_back([item.id for item in self._ready], now=now, unsent=True)
-        self._inflight.clear()
+        results, self._finished = self._finished, []
+        await self._outbox.record(results, now=now)
+        await self._outbox.hand_back(list(self._sending), now=now)
+        await self._outbox.hand_back([i.id for i in self._ready], now=now, unsent=True)
+        self._sending.clear()
         self._ready.clear()
 
     async def _warn_deadlines(self, now: float) -> None:

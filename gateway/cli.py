@@ -383,6 +383,12 @@ def _parser() -> argparse.ArgumentParser:
     add(
         "submit", cmd_report_submit, "validate a report request JSON and queue it", into=rsub
     ).add_argument("file")
+    add(
+        "preview",
+        cmd_report_preview,
+        "print the reports an event would give now, from stored readings; nothing queued",
+        into=rsub,
+    ).add_argument("event_id")
 
     probe = add("probe", cmd_probe, "read one adapter once and print what it gives")
     probe.add_argument("adapter")

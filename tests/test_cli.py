@@ -164,7 +164,11 @@ def test_corrupt_database_is_a_clear_error_and_kept(tmp_path: Path) -> None:
 async def test_run_delivers_cli_reads_meanwhile_and_sigterm_exits_0(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    path = write_config(tmp_path, sandbox)
+    path = write_config(
+        tmp_path,
+        sandbox,
+        webhook={"listen": "127.0.0.1:0", "path": "/notify", "secret": "cli-webhook-secret"},
+    )
     proc = await start_ecgw("run", config=path, log=tmp_path / "run.log")
     try:
         report = tmp_path / "r.json"
@@ -187,6 +191,11 @@ async def test_run_delivers_cli_reads_meanwhile_and_sigterm_exits_0(
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(proc.wait(), timeout=15)
     assert code == 0, (tmp_path / "run.log").read_text()[-2000:]
+    # the secrets were used (a token was fetched) but never logged or stored
+    stored = b"".join(p.read_bytes() for p in (tmp_path / "state").iterdir() if p.is_file())
+    logged = (tmp_path / "run.log").read_bytes()
+    for secret in (sandbox.client_secret.encode(), b"cli-webhook-secret"):
+        assert secret not in logged and secret not in stored
 
 
 async def _delivered(config: object) -> bool:

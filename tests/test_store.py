@@ -186,3 +186,22 @@ async def test_counts_and_deadline_query(db: Database) -> None:
     await outbox.enqueue(event_id="b", kind="k", body=b"{}", source="t", now=0, deadline=900.0)
     assert (await outbox.counts())["pending"] == 2
     assert [i.event_id for i in await outbox.pending_before(500.0)] == ["a"]
+
+
+async def test_a_writer_cancelled_anywhere_leaves_no_transaction_open(db: Database) -> None:
+    """Shutdown cancels tasks mid-write; the statement they sent still runs in SQLite's
+    thread, so the transaction must be rolled back behind it, or the next writer fails."""
+    import asyncio
+    import contextlib
+
+    inbox = Inbox(db)
+    for step in range(60):
+        task = asyncio.create_task(inbox.add(event(f"cut-{step}"), via="poll", at=1.0))
+        for _ in range(step % 6):  # cancel at BEGIN, the INSERT, the COMMIT, or later
+            await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert await inbox.add(event(f"next-{step}"), via="poll", at=2.0)
+    assert not db.conn.in_transaction
+    assert (await db.fetchone("PRAGMA integrity_check"))[0] == "ok"  # type: ignore[index]

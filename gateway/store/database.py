@@ -49,15 +49,28 @@ class Database:
             await self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot start a transaction on {self.path}: {exc}") from exc
+        except BaseException:
+            # Cancelled while BEGIN was on its way to SQLite's thread: it still runs there,
+            # so roll back behind it, or the next writer finds a transaction left open.
+            await self._roll_back()
+            raise
         try:
             yield self.conn
         except BaseException:
-            await self.conn.rollback()
+            await self._roll_back()
             raise
         try:
             await self.conn.commit()
         except sqlite3.Error as exc:
+            await self._roll_back()
             raise StoreError(f"cannot commit to {self.path}: {exc}") from exc
+        except BaseException:
+            await self._roll_back()  # after the COMMIT in SQLite's queue: a no-op if it ran
+            raise
+
+    async def _roll_back(self) -> None:
+        """Roll back whatever is open (nothing: a no-op), even from a cancelled task."""
+        await asyncio.shield(self.conn.rollback())
 
     async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         try:

@@ -27,7 +27,7 @@ import structlog
 from gateway.config import Config
 from gateway.delivery.api import ApiClient, ServerClock, TokenSource
 from gateway.delivery.deliverer import Deliverer
-from gateway.errors import AdapterLoadError, ConfigError
+from gateway.errors import AdapterLoadError, ConfigError, StoreError
 from gateway.intake.poller import Poller
 from gateway.intake.webhook import WebhookSettings, serve_webhook
 from gateway.metering.discovery import build_adapters
@@ -106,8 +106,12 @@ class _ReadingsSink:
 
     async def __call__(self, name: str, readings: Sequence[Reading]) -> None:
         # An adapter may learn a channel's details (a wrap modulus) only once it has read.
-        await self._register(name, tuple(self._adapters[name].channels()))
-        await self._store.write(name, readings)
+        try:
+            await self._register(name, tuple(self._adapters[name].channels()))
+            await self._store.write(name, readings)
+        except StoreError as exc:
+            # Not committed, so not accepted; a counter's next reading carries the energy on.
+            log.error("readings.not_stored", adapter=name, count=len(readings), error=str(exc))
 
 
 class Gateway:
@@ -217,17 +221,23 @@ class Gateway:
 
     async def _heartbeat(self, meta: Meta) -> None:
         while True:
-            await meta.heartbeat(now=self.clock())
+            try:
+                await meta.heartbeat(now=self.clock())
+            except StoreError as exc:
+                log.error("gateway.heartbeat_failed", error=str(exc))
             await asyncio.sleep(HEARTBEAT_EVERY)
 
     async def _compact(self, readings: ReadingsStore) -> None:
         metering = self.config.metering
         while True:
-            stats = await readings.compact(
-                now=self.clock(),
-                raw_retention=metering.raw_retention,
-                retention=metering.retention,
-                max_gap=metering.max_gap,
-            )
-            log.info("readings.compacted", **dataclasses.asdict(stats))
+            try:
+                stats = await readings.compact(
+                    now=self.clock(),
+                    raw_retention=metering.raw_retention,
+                    retention=metering.retention,
+                    max_gap=metering.max_gap,
+                )
+                log.info("readings.compacted", **dataclasses.asdict(stats))
+            except StoreError as exc:  # nothing is lost: raw readings wait for the next run
+                log.error("readings.compaction_failed", error=str(exc))
             await asyncio.sleep(COMPACT_EVERY)

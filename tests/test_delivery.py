@@ -164,3 +164,35 @@ async def test_a_lost_2xx_is_resent_with_the_same_key(sandbox: Sandbox, tmp_path
     first, second = sandbox.reports
     assert (first.duplicate, second.duplicate) == (False, True)
     assert first.id == second.id == row.report_id
+
+
+async def test_the_gateway_outlives_a_database_locked_for_long(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Another process holds the write lock past the 10 s busy timeout while a POST is in
+    flight: recording its outcome fails, is kept, and succeeds once the lock is gone."""
+    import asyncio
+    import sqlite3
+
+    config = make_config(sandbox_config(sandbox, tmp_path, delivery={"timeout": "5s"}))
+    sandbox.add_faults(Fault(delay=1.0))
+    async with running(config):
+        await queue_reports(config, {"held": report_body("held")})
+
+        async def in_flight() -> bool:
+            rows = await outbox_rows(config)
+            return bool(rows) and rows["held"].state == "in_flight"
+
+        await wait_until(in_flight, timeout=10)
+        blocker = sqlite3.connect(config.db_path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            await sandbox.wait_for_reports(1, timeout=10)  # answered while the lock is held
+            await asyncio.sleep(11.0)  # the keeper's commit gives up after 10 s
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        await wait_until(lambda: all_delivered(config, 1), timeout=15)
+    (row,) = (await outbox_rows(config)).values()
+    assert row.state == "delivered" and row.report_id == sandbox.reports[0].id
+    assert len([r for r in sandbox.reports if not r.duplicate]) == 1

@@ -32,7 +32,7 @@ from gateway.delivery.policy import (
     classify,
     parse_retry_after,
 )
-from gateway.errors import UpstreamError, UpstreamUnavailable
+from gateway.errors import StoreError, UpstreamError, UpstreamUnavailable
 from gateway.store.outbox import Outbox, OutboxItem
 
 __all__ = ["Deliverer"]
@@ -125,6 +125,14 @@ class Deliverer:
 
     async def _keeper(self) -> None:
         while True:
+            try:
+                await self._keep()
+            except StoreError as exc:  # e.g. the database busy for long: try again soon
+                log.error("delivery.store_failed", error=str(exc))
+                await asyncio.sleep(IDLE_RECHECK)
+
+    async def _keep(self) -> None:
+        while True:
             self._keeper_kick.clear()
             now = self._clock()
             if now >= self._next_deadline_check:
@@ -140,7 +148,11 @@ class Deliverer:
                 want = 0
             claimed = 0
             if results or want:
-                items = await self._outbox.settle(results, now=now, limit=want)
+                try:
+                    items = await self._outbox.settle(results, now=now, limit=want)
+                except StoreError:
+                    self._finished[:0] = results  # not recorded: keep them for the next try
+                    raise
                 for item_id, outcome in results:  # logged once committed
                     self._log(item_id, outcome, now)
                 self._ready.extend(items)

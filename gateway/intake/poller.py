@@ -17,7 +17,7 @@ import structlog
 
 from gateway import wire
 from gateway.delivery.api import ApiClient
-from gateway.errors import UpstreamError, WireError
+from gateway.errors import StoreError, UpstreamError, WireError
 from gateway.store.inbox import Inbox, NewEvent
 from gateway.timeutil import format_utc
 
@@ -71,6 +71,8 @@ class Poller:
                 await self.sweep()
             except UpstreamError as exc:
                 log.warning("poll.failed", error=str(exc), status=exc.status)
+            except StoreError as exc:  # the sweep's progress so far is kept
+                log.error("poll.store_failed", error=str(exc))
             await asyncio.sleep(self._interval)
 
     async def sweep(self) -> int:

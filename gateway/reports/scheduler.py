@@ -25,7 +25,7 @@ import structlog
 from gateway import contract, wire
 from gateway.config import Config
 from gateway.delivery.api import ServerClock
-from gateway.errors import WireError
+from gateway.errors import StoreError, WireError
 from gateway.metering.energy import IntervalEnergy
 from gateway.reports.builder import BuildResult, build_report
 from gateway.reports.clock import clock_problem
@@ -131,7 +131,11 @@ class ReportScheduler:
     async def run(self) -> None:
         while True:
             self._wake.clear()
-            next_due = await self.pass_once()
+            try:
+                next_due = await self.pass_once()
+            except StoreError as exc:  # e.g. the database busy for long: try again soon
+                log.error("reports.pass_failed", error=str(exc))
+                next_due = None
             timeout = PASS_EVERY
             if next_due is not None:
                 timeout = min(timeout, max(next_due - self._clock(), 0.0))

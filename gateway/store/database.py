@@ -112,6 +112,11 @@ def _check_version(version: int) -> None:
 async def _migrate(conn: aiosqlite.Connection) -> None:
     """Run the migrations this file lacks. Each step re-reads the version inside its own
     write lock, so processes opening a new database at the same moment take turns."""
+    async with conn.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    _check_version(int(row[0]) if row else 0)
+    if row and int(row[0]) == len(MIGRATIONS):
+        return  # the usual case: no write lock taken (CLI readers beside a running gateway)
     while True:
         await conn.execute("BEGIN IMMEDIATE")
         try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -153,6 +155,25 @@ def run_child(kind: str, root: str, n: int) -> dict[str, float]:
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+@contextlib.contextmanager
+def sandbox() -> Iterator[str]:
+    """``ecgw sandbox`` in its own process on a free loopback port; yields its root URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "sandbox", "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "ECGW_LOG_LEVEL": "warning"},
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        yield re.search(r"(http://\S+)", line).group(1)  # type: ignore[union-attr]
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--reports", type=int, default=3000)
@@ -163,25 +184,15 @@ def main() -> None:
     if args.child:
         child(args.child, args.root, args.reports)
         return
-    sandbox = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "sandbox", "--listen", "127.0.0.1:0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "ECGW_LOG_LEVEL": "warning"},
-    )
-    try:
-        assert sandbox.stdout is not None
-        line = sandbox.stdout.readline()
-        root = re.search(r"(http://\S+)", line).group(1)  # type: ignore[union-attr]
-        results: dict[str, list[dict[str, float]]] = {"bare": [], "gateway": []}
+    results: dict[str, list[dict[str, float]]] = {"bare": [], "gateway": []}
+    with sandbox() as root:
         run_child("bare", root, min(args.reports, 500))  # warm-up, not counted
-        for _ in range(args.rounds):
-            for kind in ("bare", "gateway"):
+    for _ in range(args.rounds):
+        for kind in ("bare", "gateway"):
+            # A fresh sandbox for each run: it keeps every report it receives and slows
+            # down as they pile up, which would favour whichever client runs first.
+            with sandbox() as root:
                 results[kind].append(run_child(kind, root, args.reports))
-    finally:
-        sandbox.terminate()
-        sandbox.wait()
     bare = statistics.median(r["rate"] for r in results["bare"])
     gw = statistics.median(r["rate"] for r in results["gateway"])
     print(f"reports per round: {args.reports}, rounds: {args.rounds}, in flight: {IN_FLIGHT}")

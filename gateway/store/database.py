@@ -73,9 +73,8 @@ class Database:
         await asyncio.shield(self.conn.rollback())
 
     async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        try:
-            async with self.conn.execute(sql, tuple(params)) as cur:
-                return list(await cur.fetchall())
+        try:  # one hand-off to SQLite's thread, not three (execute, fetch, close)
+            return list(await self.conn.execute_fetchall(sql, tuple(params)))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read {self.path}: {exc}") from exc
 

@@ -103,14 +103,13 @@ class Outbox:
             await _record(conn, results, now)
             if limit <= 0:
                 return []
-            async with conn.execute(
+            rows = await conn.execute_fetchall(
                 "UPDATE outbox SET state = 'in_flight', attempts = attempts + 1, updated_at = ? "
                 "WHERE id IN (SELECT id FROM outbox WHERE state = 'pending' "
                 "AND next_attempt_at <= ? ORDER BY id LIMIT ?) RETURNING *",
                 (now, now, limit),
-            ) as cur:
-                claimed = [OutboxItem.from_row(r) for r in await cur.fetchall()]
-        return sorted(claimed, key=lambda item: item.id)
+            )
+        return sorted((OutboxItem.from_row(r) for r in rows), key=lambda item: item.id)
 
     async def record(self, results: Sequence[tuple[int, Outcome]], *, now: float) -> None:
         """Write the outcomes of finished attempts, all in one transaction."""

@@ -3,7 +3,8 @@
 Both post the same bodies to the same sandbox (its own process, loopback) with
 16 requests in flight, in the same run, alternating. The gateway's figure
 includes everything it really does per report: claim from SQLite, POST with
-token and Idempotency-Key, record the outcome (WAL, synchronous=FULL).
+token and Idempotency-Key, record the outcome (WAL, synchronous=FULL), and log
+it as ``ecgw run`` does (JSON lines at level info).
 
     python bench/delivery.py [--reports 3000] [--rounds 3]
 
@@ -133,9 +134,9 @@ async def gateway(root: str, n: int, state: Path) -> float:
 
 
 def child(kind: str, root: str, n: int) -> None:
-    import structlog
+    from gateway.logs import configure_logging
 
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
+    configure_logging(level="info", json=True)  # as `ecgw run`: a JSON line per report
     if kind == "bare":
         rate = asyncio.run(bare_client(root, n))
     else:

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from gateway.sandbox import Fault, Sandbox, run_sandbox
 from tests.kit.gateway import (
@@ -105,14 +106,26 @@ async def test_a_rejected_report_goes_dead_and_the_others_go_on(
     config = make_config(sandbox_config(sandbox, tmp_path))
     bad = b'{"eventId":"bad","payloads":[{"payloadType":"EnergyUsage","resolution":"01:00:00"}]}'
     bodies = {"good-1": report_body("good-1"), "bad": bad, "good-2": report_body("good-2")}
-    async with running(config):
-        await queue_reports(config, bodies)
-        await wait_until(lambda: all_delivered(config, 3), timeout=10)
+    with capture_logs() as logs:
+        async with running(config):
+            await queue_reports(config, bodies)
+            await wait_until(lambda: all_delivered(config, 3), timeout=10)
     rows = await outbox_rows(config)
     assert rows["bad"].state == "dead"
     assert rows["bad"].last_status == 400
     assert "resourceId" in (rows["bad"].last_error or "")  # the API's answer is kept
     assert rows["good-1"].state == rows["good-2"].state == "delivered"
+    # Each recorded outcome is logged once, naming the event it belongs to.
+    outcomes = {
+        (line["event"], line["event_id"], line["kind"])
+        for line in logs
+        if line["event"] in ("outbox.delivered", "outbox.dead")
+    }
+    assert outcomes == {
+        ("outbox.delivered", "good-1", "EnergyUsage"),
+        ("outbox.delivered", "good-2", "EnergyUsage"),
+        ("outbox.dead", "bad", "EnergyUsage"),
+    }
 
 
 async def test_while_the_api_is_down_the_gateway_backs_off_as_a_whole(

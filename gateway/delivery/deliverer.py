@@ -73,7 +73,7 @@ class Deliverer:
         self._breaker = Breaker(initial=backoff_initial, maximum=backoff_max)
         self._ready: collections.deque[OutboxItem] = collections.deque()  # claimed, not sent
         self._sending: dict[int, OutboxItem] = {}  # by outbox id
-        self._finished: list[tuple[int, Outcome]] = []  # sent, outcome not yet recorded
+        self._finished: list[tuple[OutboxItem, Outcome]] = []  # sent, not yet recorded
         self._keeper_kick = asyncio.Event()  # outcomes to record, or something was queued
         self._workers_kick = asyncio.Condition()  # more ready, or the breaker moved
         self._next_deadline_check = 0.0
@@ -103,7 +103,7 @@ class Deliverer:
             outcome = await self._attempt(item)  # cancelled: the row stays for _abandon
             del self._sending[item.id]
             moved = self._hear(outcome, self._clock())
-            self._finished.append((item.id, outcome))
+            self._finished.append((item, outcome))
             self._keeper_kick.set()
             if moved:  # paused, or open again: every waiting worker must look
                 async with self._workers_kick:
@@ -153,12 +153,12 @@ class Deliverer:
             claimed = 0
             if results or want:
                 try:
-                    items = await self._outbox.settle(results, now=now, limit=want)
+                    items = await self._outbox.settle(_by_id(results), now=now, limit=want)
                 except StoreError:
                     self._finished[:0] = results  # not recorded: keep them for the next try
                     raise
-                for item_id, outcome in results:  # logged once committed
-                    self._log(item_id, outcome, now)
+                for item, outcome in results:  # logged once committed
+                    _log(item, outcome, now)
                 self._ready.extend(items)
                 claimed = len(items)
                 if items:
@@ -247,26 +247,13 @@ class Deliverer:
             case _:
                 return False  # a rejection says the API is up; it neither opens nor closes it
 
-    def _log(self, item_id: int, outcome: Outcome, now: float) -> None:
-        match outcome:
-            case Delivered(report_id=report_id):
-                log.info("outbox.delivered", outbox_id=item_id, report_id=report_id)
-            case Retry(status=status, error=error, next_attempt_at=next_at):
-                log.warning(
-                    "outbox.retry",
-                    outbox_id=item_id,
-                    status=status,
-                    error=error,
-                    retry_in=round(next_at - now, 3),
-                )
-            case Dead(status=status, error=error):
-                log.error("outbox.dead", outbox_id=item_id, status=status, error=error)
-
     async def _abandon(self) -> None:
         """At shutdown: record what finished, hand back what was claimed or cut off."""
         now = self._clock()
         results, self._finished = self._finished, []
-        await self._outbox.record(results, now=now)
+        await self._outbox.record(_by_id(results), now=now)
+        for item, outcome in results:
+            _log(item, outcome, now)
         await self._outbox.hand_back(list(self._sending), now=now)
         await self._outbox.hand_back([i.id for i in self._ready], now=now, unsent=True)
         self._sending.clear()
@@ -281,3 +268,22 @@ class Deliverer:
                 outbox_id=item.id,
                 hours_left=round(((item.deadline or now) - now) / 3600, 1),
             )
+
+
+def _by_id(results: list[tuple[OutboxItem, Outcome]]) -> list[tuple[int, Outcome]]:
+    return [(item.id, outcome) for item, outcome in results]
+
+
+def _log(item: OutboxItem, outcome: Outcome, now: float) -> None:
+    """One line per recorded outcome. The keeper logs it, outside the worker's context,
+    so the event is named here."""
+    ids = {"event_id": item.event_id, "kind": item.kind, "outbox_id": item.id}
+    match outcome:
+        case Delivered(report_id=report_id):
+            log.info("outbox.delivered", **ids, report_id=report_id)
+        case Retry(status=status, error=error, next_attempt_at=next_at):
+            log.warning(
+                "outbox.retry", **ids, status=status, error=error, retry_in=round(next_at - now, 3)
+            )
+        case Dead(status=status, error=error):
+            log.error("outbox.dead", **ids, status=status, error=error)

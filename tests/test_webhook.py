@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import io
@@ -163,4 +164,31 @@ async def test_slow_client_is_cut_off(hook: Hook) -> None:
     status_line = await asyncio.wait_for(reader.readline(), timeout=5)
     assert b" 408 " in status_line
     writer.close()
+    assert await hook.inbox.count() == 0
+
+
+async def test_a_client_that_never_finishes_its_headers_is_cut_off(hook: Hook) -> None:
+    """A request head trickled a byte at a time still has to arrive within read_timeout."""
+    host, port = hook.url.split("//")[1].split("/")[0].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"POST /notify HTTP/1.1\r\nHost: {host}\r\nX-Slow: ".encode())
+
+    async def trickle() -> None:
+        while not writer.is_closing():
+            writer.write(b"x")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    dripping = asyncio.create_task(trickle())
+    try:
+        answer = await asyncio.wait_for(reader.read(), timeout=5)  # b"" once closed
+    finally:
+        dripping.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await dripping
+        writer.close()
+    assert answer == b""
+    assert loop.time() - started < 0.5 + 1.0  # read_timeout, and a little slack
     assert await hook.inbox.count() == 0

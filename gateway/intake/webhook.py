@@ -136,6 +136,9 @@ async def serve_webhook(
         access_log=None,
         handle_signals=False,
         shutdown_timeout=5.0,
+        # aiohttp (>= 3.14.4) closes a connection that has not sent a whole request head
+        # this long after it opened or after its last answer: the deadline for headers.
+        keepalive_timeout=settings.read_timeout,
     )
     await runner.setup()
     try:

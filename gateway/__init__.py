@@ -4,6 +4,7 @@ What adapter authors may import from here: the plugin API and the errors an
 adapter raises. Everything else is the gateway's own business and may change.
 """
 
+from gateway.backoff import Backoff
 from gateway.errors import (
     AdapterError,
     AdapterLoadError,
@@ -34,6 +35,8 @@ __all__ = [
     "PushAdapter",
     "Reading",
     "Unit",
+    # helpers an adapter may use
+    "Backoff",
     # errors an adapter raises or meets
     "AdapterError",
     "AdapterLoadError",

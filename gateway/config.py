@@ -12,7 +12,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -20,9 +20,11 @@ from gateway.errors import ConfigError
 from gateway.timeutil import Duration
 
 __all__ = [
+    "DEFAULT_MAX_KW",
     "ApiConfig",
     "Config",
     "DeliveryConfig",
+    "Direction",
     "GatewayConfig",
     "LocationConfig",
     "MeteringConfig",
@@ -113,12 +115,25 @@ class MeteringConfig(Section, frozen=True):
     retention: Duration = Duration(62 * 86400.0)
 
 
+Direction = Literal["import", "net"]
+"""How a metered resource's energy counts. ``import`` (the default): only energy drawn
+from the grid counts; exported energy (negative power, a counter running back) is no
+consumption, so an interval of pure export reports 0 kWh. ``net``: import minus export,
+so an interval may report a negative kWh (a battery that discharged more than it charged)."""
+
+DEFAULT_MAX_KW = 1000.0
+"""A resource's or location's plausible maximum power, unless configured: readings that
+would need more (a counter jump, a power value) are rejected as glitches."""
+
+
 class ResourceConfig(Section, frozen=True):
     resource_id: str
     location_id: str
     adapter: str
     meter_point_id: str | None = None
     channel: str = "energy"
+    direction: Direction = "import"
+    max_kw: float = DEFAULT_MAX_KW
 
 
 class LocationConfig(Section, frozen=True):
@@ -126,6 +141,8 @@ class LocationConfig(Section, frozen=True):
     meter_point_id: str
     adapter: str
     channel: str = "energy"
+    direction: Direction = "import"
+    max_kw: float = DEFAULT_MAX_KW
 
 
 class Config(Section, frozen=True):

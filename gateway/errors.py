@@ -25,6 +25,10 @@ wrong" (WireError on inbound data, UpstreamError).
 
 from __future__ import annotations
 
+import re
+
+import msgspec
+
 __all__ = [
     "AdapterError",
     "AdapterLoadError",
@@ -40,6 +44,8 @@ __all__ = [
     "UpstreamRejected",
     "UpstreamUnavailable",
     "WireError",
+    "describe",
+    "validation_parts",
 ]
 
 
@@ -125,3 +131,43 @@ class AdapterLoadError(AdapterError):
 
 class AdapterReadError(AdapterError):
     """One read from a device failed; it produced no reading."""
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a log or a stored reason: ``ConnectionResetError: peer closed``.
+
+    Timeouts read ``timed out``; a message is folded onto one line and cut at 500
+    characters, so a device or peer cannot flood a log line or a database row.
+    """
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return "timed out"
+    try:
+        text = " ".join(str(exc).split())
+    except Exception:  # a hostile __str__ must not hide the error itself
+        text = "<unprintable>"
+    if len(text) > 500:
+        text = text[:497] + "..."
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name
+
+
+_AT_PATH = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_FIELD = re.compile(
+    r"^Object (?P<what>contains unknown|missing required) field `(?P<field>[^`]*)`$"
+)
+
+
+def validation_parts(exc: msgspec.MsgspecError) -> tuple[str, str]:
+    """A msgspec decode/validation error as ``(path, message)``: the one translator.
+
+    ``path`` is dotted from the document's root (``payload.curvePoints[3].value``;
+    ``""`` for the root), ``message`` one line without the location. An unknown or
+    missing field is moved into the path: ``("api.client_idd", "unknown key")``.
+    """
+    match = _AT_PATH.match(str(exc))
+    assert match is not None  # the pattern matches any text
+    message, path = " ".join(match["message"].split()), (match["path"] or "").lstrip(".")
+    if field := _FIELD.match(message):
+        path = f"{path}.{field['field']}".lstrip(".")
+        message = "unknown key" if field["what"] == "contains unknown" else "required key missing"
+    return path, message.rstrip(".")

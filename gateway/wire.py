@@ -5,16 +5,34 @@ adds both without a version bump. Enum-like fields are plain ``str`` for that
 reason. An unknown ``payloadType`` is kept as raw JSON (:class:`UnknownPayload`)
 and ignored, never an error. Outbound types (reports) write camelCase, UTC
 timestamps, and leave out optional fields that are unset.
+
+What the gateway cannot represent is refused here, at the boundary, as a
+:class:`~gateway.errors.WireError` naming the field, so that nothing downstream
+needs a ``try`` for it:
+
+* a timestamp must carry an offset and fall within 2000-01-01..2200-01-01 UTC
+  (:class:`SparkTime`; it keeps the text it was written as, so that a report
+  can carry the event's timestamps exactly as Spark wrote them);
+* a resolution must be 1 s .. 1 day in whole seconds, written as a .NET
+  time-span (``01:00:00``, ``1.00:00:00``) or ISO-8601 (``PT1H``); it is kept
+  normalised to ``hh:mm:ss`` (:class:`Resolution`; one day is ``1.00:00:00``);
+* envelope ids are non-empty strings of at most 256 characters;
+* numbers are finite (JSON has no NaN; msgspec refuses overflowing floats);
+* a document nests at most :data:`MAX_DEPTH` levels, checked by a byte scan
+  before decoding: a deep document never reaches msgspec's recursion.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
+import re
+import secrets
 from typing import Annotated, Any, TypeAlias
 
 import msgspec
 
-from gateway.errors import WireError
+from gateway.errors import WireError, validation_parts
 
 __all__ = [
     "EnergyCurvePoint",
@@ -33,6 +51,7 @@ __all__ = [
     "LocationLPC",
     "LocationLPCAcknowledgement",
     "LocationLPCTarget",
+    "MAX_DEPTH",
     "Pagination",
     "PostReportRequest",
     "PriceCurve",
@@ -43,21 +62,155 @@ __all__ = [
     "ResourceLPC",
     "ResourceLPCAcknowledgement",
     "ResourceLPCTarget",
+    "Resolution",
+    "SparkTime",
     "UnknownPayload",
     "UserEligibility",
     "decode_event_payload",
     "decode_events_page",
     "decode_notification",
+    "decode_polled_event",
+    "polled_event_id",
     "decode_report_request",
     "decode_report_response",
     "encode",
+    "normal_resolution",
     "payload_type",
     "report_kind",
 ]
 
 
-Timestamp: TypeAlias = Annotated[dt.datetime, msgspec.Meta(tz=True)]
-"""An aware datetime: a timestamp without an offset is refused, never guessed."""
+MAX_DEPTH = 32
+"""Deepest nesting accepted in a notification, an event or a report (Spark's need about 6)."""
+
+EARLIEST = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+LATEST = dt.datetime(2200, 1, 1, tzinfo=dt.UTC)
+SHORTEST = dt.timedelta(seconds=1)
+LONGEST = dt.timedelta(days=1)
+
+_STAMP = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,9}))?"
+    r"(?:[Zz]|([+-])(\d{2}):?(\d{2}))"
+)
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class SparkTime(dt.datetime):
+    """An aware datetime within 2000..2200 that remembers the text it was read from.
+
+    :attr:`text` is what Spark wrote (7 fractional digits and offset kept); the datetime
+    itself holds microseconds (the 7th digit rounds). A SparkTime made by arithmetic or
+    :meth:`of` has no text of its own and is written in UTC.
+    """
+
+    __slots__ = ("_text",)
+    _text: str
+
+    @classmethod
+    def parse(cls, value: object) -> SparkTime:
+        """Raises ValueError naming what is wrong (msgspec adds the field)."""
+        m = _STAMP.fullmatch(value) if isinstance(value, str) else None
+        if m is None:
+            raise ValueError(f"expected an ISO-8601 timestamp with offset, got {_shown(value)}")
+        year, month, day, hour, minute, second, frac, sign, off_h, off_m = m.groups()
+        if not 1999 <= int(year) <= 2200 or int(off_h or 0) > 23 or int(off_m or 0) > 59:
+            raise ValueError(f"timestamp {_shown(value)} is outside 2000-01-01..2200-01-01")
+        offset = dt.timedelta(hours=int(off_h or 0), minutes=int(off_m or 0))
+        zone = dt.timezone(-offset if sign == "-" else offset) if offset else dt.UTC
+        try:
+            y, mo, d, h, mi, sec = map(int, (year, month, day, hour, minute, second))
+            wall = dt.datetime(y, mo, d, h, mi, sec, tzinfo=zone)
+        except ValueError:
+            raise ValueError(f"{_shown(value)} is not a valid date and time") from None
+        wall += dt.timedelta(microseconds=round(int((frac or "0").ljust(9, "0")) / 1000))
+        if not EARLIEST <= wall <= LATEST:
+            raise ValueError(f"timestamp {_shown(value)} is outside 2000-01-01..2200-01-01")
+        stamp = cls.of(wall)
+        stamp._text = m.string
+        return stamp
+
+    @classmethod
+    def of(cls, moment: dt.datetime) -> SparkTime:
+        """The same instant and offset as a SparkTime (written in UTC: it has no text)."""
+        if isinstance(moment, cls):
+            return moment
+        return cls(*moment.timetuple()[:6], moment.microsecond, moment.tzinfo, fold=moment.fold)
+
+    @property
+    def text(self) -> str | None:
+        """The text this timestamp was read from, if it was read."""
+        return getattr(self, "_text", None)
+
+    def utc_text(self) -> str:
+        """As written when it was read in UTC (``Z`` or ``+00:00``, every fractional digit);
+        otherwise converted to UTC, its fractional digits kept as written."""
+        m = _STAMP.fullmatch(self.text or "")
+        if m is None:
+            utc: dt.datetime = self.astimezone(dt.UTC)
+            frac = f"{utc.microsecond:06d}".rstrip("0")
+        elif self.utcoffset() == dt.timedelta(0):
+            return m.string
+        else:
+            y, mo, d, h, mi, sec = map(int, m.groups()[:6])
+            utc = dt.datetime(y, mo, d, h, mi, sec, tzinfo=self.tzinfo).astimezone(dt.UTC)
+            frac = m[7] or ""
+        return utc.strftime("%Y-%m-%dT%H:%M:%S") + (f".{frac}" if frac else "") + "Z"
+
+
+class Resolution(str):
+    """An interval length of 1 s .. 1 day in whole seconds, normalised to ``hh:mm:ss``.
+
+    Read from a .NET time-span (``01:00:00``, ``1.00:00:00``, ``01:00:00.0000000``) or an
+    ISO-8601 duration (``PT1H``); one day is written ``1.00:00:00`` (.NET reads no ``24:``).
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def parse(cls, value: object) -> Resolution:
+        if not isinstance(value, str):
+            raise TypeError(f"expected a time-span like '01:00:00', got {_shown(value)}")
+        return cls(normal_resolution(value))
+
+
+_NET_SPAN = re.compile(r"(?:(\d{1,9})\.)?(\d{1,2}):(\d{2}):(\d{2})(?:\.(\d{1,7}))?")
+_ISO_SPAN = re.compile(r"P(?:(\d{1,9})D)?(?:T(?:(\d{1,9})H)?(?:(\d{1,9})M)?(?:(\d{1,9})S)?)?")
+
+
+def _span_parts(text: str) -> tuple[int, int, int, int, str]:
+    if m := _NET_SPAN.fullmatch(text):
+        days, hours, minutes, seconds, frac = m.groups()
+        if int(hours) > 23 or int(minutes) > 59 or int(seconds) > 59:
+            raise ValueError(f"time-span {_shown(text)} has a field out of range")
+        return int(days or 0), int(hours), int(minutes), int(seconds), frac or ""
+    if (m := _ISO_SPAN.fullmatch(text)) and text not in ("P", "PT") and not text.endswith("T"):
+        days, hours, minutes, seconds = (int(g or 0) for g in m.groups())
+        return days, hours, minutes, seconds, ""
+    raise ValueError(f"expected a time-span like '01:00:00', got {_shown(text)}")
+
+
+def normal_resolution(text: str) -> str:
+    """``"1:00:00"``, ``"01:00:00.0000000"``, ``"PT1H"`` -> ``"01:00:00"``; ValueError if bad."""
+    days, hours, minutes, seconds, frac = _span_parts(text.strip())
+    if frac.strip("0"):
+        raise ValueError(f"resolution {_shown(text)} is not a whole number of seconds")
+    total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    if not SHORTEST.total_seconds() <= total <= LONGEST.total_seconds():
+        raise ValueError(f"resolution {_shown(text)} is outside 00:00:01..1.00:00:00")
+    if total == LONGEST.total_seconds():
+        return "1.00:00:00"
+    return f"{total // 3600:02d}:{total // 60 % 60:02d}:{total % 60:02d}"
+
+
+Timestamp: TypeAlias = SparkTime
+"""An aware datetime in range: a timestamp without an offset is refused, never guessed."""
+
+Id: TypeAlias = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+"""An envelope id: a non-empty string (a GUID in practice)."""
 
 
 class Wire(msgspec.Struct, rename="camel", frozen=True, kw_only=True):
@@ -83,7 +236,7 @@ class PriceCurvePoint(Wire, frozen=True):
 
 class PriceCurveDelta(Wire, frozen=True):
     points: list[PriceCurvePoint] = []
-    resolution: str = "01:00:00"
+    resolution: Resolution = Resolution("01:00:00")
     energy_unit: str | None = None
     currency: str | None = None
 
@@ -108,7 +261,7 @@ class LPCDataPoint(Wire, frozen=True):
 class LocationLPCTarget(Wire, frozen=True):
     location_id: str
     meter_point_id: str
-    resolution: str
+    resolution: Resolution
     points: list[LPCDataPoint]
 
 
@@ -116,7 +269,7 @@ class ResourceLPCTarget(Wire, frozen=True):
     resource_id: str
     location_id: str
     meter_point_id: str
-    resolution: str
+    resolution: Resolution
     points: list[LPCDataPoint]
 
 
@@ -150,7 +303,7 @@ KNOWN_EVENT_TYPES = frozenset(
 
 
 class GetEventResponse(Wire, frozen=True):
-    id: str
+    id: Id
     created_at: Timestamp | None = None
     payload: msgspec.Raw = msgspec.Raw(b"null")
 
@@ -165,13 +318,16 @@ class Pagination(Wire, frozen=True):
 
 
 class GetEventsResponse(Wire, frozen=True):
+    """A page: each event is decoded alone (:func:`decode_polled_event`), so one bad event
+    fails alone. An event nested deeper than :data:`MAX_DEPTH` is here as Spark sent it."""
+
     pagination: Pagination
-    events: list[GetEventResponse] = []
+    events: list[msgspec.Raw] = []
 
 
 class EventNotification(Wire, frozen=True):
-    notification_id: str
-    event_id: str
+    notification_id: Id
+    event_id: Id
     event_created_at_utc: Timestamp
     notification_sent_utc: Timestamp
     notification_type: str
@@ -192,6 +348,8 @@ class EnergyUsage(Outbound, frozen=True, tag_field="payloadType", tag="EnergyUsa
     location_id: str | None = None
     meter_point_id: str | None = None
     points: list[EnergyCurvePoint] = []
+    curve_points: list[EnergyCurvePoint] | None = None
+    """Deprecated in the OpenAPI document, whose own example sends it as ``null``."""
 
 
 class LocationEnergyUsage(
@@ -242,7 +400,7 @@ ReportPayload: TypeAlias = (
 
 
 class PostReportRequest(Outbound, frozen=True):
-    event_id: str
+    event_id: Id
     payloads: list[ReportPayload]
 
 
@@ -252,6 +410,61 @@ class GetReportResponse(Wire, frozen=True):
     created_at: Timestamp | None = None
 
 
+# --- depth, checked before decoding -------------------------------------------
+
+_STRINGS = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+_TOKENS = re.compile(rb'"(?:[^"\\]++|\\.)*+"|[\[\]{}]')
+
+
+def json_depth(raw: bytes) -> int:
+    """How deep ``raw`` nests (brackets outside strings); cheap, never recursive."""
+    brackets = _STRINGS.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    opening = brackets.count(b"[") + brackets.count(b"{")
+    if opening <= 1:
+        return opening
+    return max(itertools.accumulate(_STEP[b] for b in brackets))
+
+
+def _check_depth(raw: bytes, what: str, limit: int = MAX_DEPTH) -> None:
+    if json_depth(raw) > limit:
+        raise WireError(f"{what}: nested deeper than {limit} levels")
+
+
+def _cut_deep(raw: bytes, limit: int) -> tuple[bytes, dict[bytes, bytes]]:
+    """``raw`` with every value nested deeper than ``limit`` replaced by a marker string.
+
+    Returns the shallow document and marker -> the bytes it replaced, so that the parts
+    can be put back into each event once the page around them is decoded.
+    """
+    nonce = secrets.token_hex(8).encode()
+    parts: list[bytes] = []
+    cuts: dict[bytes, bytes] = {}
+    depth = done = start = 0
+    for m in _TOKENS.finditer(raw):
+        char = raw[m.start()]
+        if char == 0x22:  # a string
+            continue
+        depth += 1 if char in b"[{" else -1
+        if char in b"[{" and depth == limit + 1:
+            start = m.start()
+        elif char in b"]}" and depth == limit:
+            marker = b'"\\u0000cut:' + nonce + b":%d" % len(cuts) + b'"'
+            cuts[marker] = raw[start : m.end()]
+            parts += (raw[done:start], marker)
+            done = m.end()
+    parts.append(raw[done:])
+    return b"".join(parts), cuts
+
+
+def _restore(raw: bytes, cuts: dict[bytes, bytes]) -> bytes:
+    for marker, part in cuts.items():
+        if marker in raw:
+            raw = raw.replace(marker, part)
+    return raw
+
+
 # --- codecs, built once ------------------------------------------------------
 
 
@@ -259,72 +472,131 @@ class _Tag(msgspec.Struct):
     payloadType: str = ""
 
 
-_encoder = msgspec.json.Encoder()
+def _dec_hook(kind: type, value: Any) -> Any:
+    if kind is SparkTime:
+        return SparkTime.parse(value)
+    if kind is Resolution:
+        return Resolution.parse(value)
+    raise NotImplementedError(f"no decoder for {kind}")
+
+
+def _enc_hook(value: Any) -> Any:
+    if isinstance(value, SparkTime):
+        return value.utc_text()
+    if isinstance(value, Resolution):
+        return str.__str__(value)
+    raise NotImplementedError(f"cannot encode {type(value).__name__}")
+
+
+_encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
 _tag_decoder = msgspec.json.Decoder(_Tag)
-_payload_decoder = msgspec.json.Decoder(KnownPayload)
-_notification_decoder = msgspec.json.Decoder(EventNotification)
-_events_decoder = msgspec.json.Decoder(GetEventsResponse)
-_report_request_decoder = msgspec.json.Decoder(PostReportRequest)
-_report_response_decoder = msgspec.json.Decoder(GetReportResponse)
+_payload_decoder = msgspec.json.Decoder(KnownPayload, dec_hook=_dec_hook)
+_notification_decoder = msgspec.json.Decoder(EventNotification, dec_hook=_dec_hook)
+_events_decoder = msgspec.json.Decoder(GetEventsResponse, dec_hook=_dec_hook)
+_event_decoder = msgspec.json.Decoder(GetEventResponse, dec_hook=_dec_hook)
+_report_request_decoder = msgspec.json.Decoder(PostReportRequest, dec_hook=_dec_hook)
+_report_response_decoder = msgspec.json.Decoder(GetReportResponse, dec_hook=_dec_hook)
+
+PAGE_DEPTH = MAX_DEPTH + 2
+"""A page nests its events two levels down: ``{"events": [event, ...]}``."""
 
 
-def _wire_error(exc: msgspec.DecodeError, what: str, prefix: str = "") -> WireError:
-    text = str(exc)
-    field = None
-    if " - at `$" in text:
-        text, _, path = text.partition(" - at `$")
-        field = (prefix + path.rstrip("`")).lstrip(".")
+def _wire_error(exc: msgspec.MsgspecError, what: str, prefix: str = "") -> WireError:
+    path, message = validation_parts(exc)
+    field = f"{prefix}.{path}".strip(".") if path or prefix else ""
     where = f" at {field}" if field else ""
-    return WireError(f"{what}: {text}{where}", field=field)
+    return WireError(f"{what}: {message}{where}", field=field or None)
 
 
 def decode_event_payload(raw: bytes) -> EventPayload:
     """Decode a ``payload`` object; unknown ``payloadType`` gives :class:`UnknownPayload`."""
+    _check_depth(raw, "event payload", MAX_DEPTH - 1)
     try:
         tag = _tag_decoder.decode(raw).payloadType
-    except msgspec.DecodeError as exc:
+    except msgspec.MsgspecError as exc:
         raise _wire_error(exc, "event payload", "payload") from exc
     if tag not in KNOWN_EVENT_TYPES:
         return UnknownPayload(payload_type=tag or "Unknown", raw=bytes(raw))
     try:
         payload: KnownPayload = _payload_decoder.decode(raw)
-    except msgspec.DecodeError as exc:
+    except msgspec.MsgspecError as exc:
         raise _wire_error(exc, f"{tag} payload", "payload") from exc
     return payload
 
 
 def decode_notification(body: bytes) -> tuple[EventNotification, EventPayload]:
     """A webhook body: the envelope and its decoded payload. Raises WireError."""
+    _check_depth(body, "notification")
     try:
         note = _notification_decoder.decode(body)
-    except msgspec.DecodeError as exc:
+    except msgspec.MsgspecError as exc:
         raise _wire_error(exc, "notification") from exc
     return note, decode_event_payload(note.payload)
 
 
 def decode_events_page(body: bytes) -> GetEventsResponse:
+    """A ``GET /events`` page; its events are left raw (see :func:`decode_polled_event`).
+
+    Raises WireError only when the page itself cannot be read: an event nested too deep is
+    handed back as Spark sent it, for :func:`decode_polled_event` to refuse on its own.
+    """
+    shallow, cuts = body, dict[bytes, bytes]()
+    if json_depth(body) > PAGE_DEPTH:
+        shallow, cuts = _cut_deep(body, PAGE_DEPTH)
     try:
-        return _events_decoder.decode(body)
-    except msgspec.DecodeError as exc:
+        page = _events_decoder.decode(shallow)
+    except msgspec.MsgspecError as exc:
         raise _wire_error(exc, "GET /events reply") from exc
+    if cuts:
+        events = [msgspec.Raw(_restore(bytes(e), cuts)) for e in page.events]
+        page = msgspec.structs.replace(page, events=events)
+    return page
+
+
+def decode_polled_event(raw: bytes) -> tuple[GetEventResponse, EventPayload]:
+    """One event of a page, and its decoded payload. Raises WireError naming the field."""
+    _check_depth(raw, "event")
+    try:
+        event = _event_decoder.decode(raw)
+    except msgspec.MsgspecError as exc:
+        raise _wire_error(exc, "event") from exc
+    return event, decode_event_payload(event.payload)
+
+
+class _IdOnly(msgspec.Struct):
+    id: Id
+
+
+_id_decoder = msgspec.json.Decoder(_IdOnly)
+
+
+def polled_event_id(raw: bytes) -> str | None:
+    """The ``id`` of an event that does not decode, if it has a usable one (else None)."""
+    shallow, _ = _cut_deep(raw, 1)  # nothing nested is read, however deep
+    try:
+        return _id_decoder.decode(shallow).id
+    except msgspec.MsgspecError:
+        return None
 
 
 def decode_report_request(body: bytes) -> PostReportRequest:
+    _check_depth(body, "report request")
     try:
         return _report_request_decoder.decode(body)
-    except msgspec.DecodeError as exc:
+    except msgspec.MsgspecError as exc:
         raise _wire_error(exc, "report request") from exc
 
 
 def decode_report_response(body: bytes) -> GetReportResponse:
+    _check_depth(body, "POST /reports reply")
     try:
         return _report_response_decoder.decode(body)
-    except msgspec.DecodeError as exc:
+    except msgspec.MsgspecError as exc:
         raise _wire_error(exc, "POST /reports reply") from exc
 
 
 def encode(message: Any) -> bytes:
-    """JSON bytes of a wire message (datetimes must be aware; they are written as UTC)."""
+    """JSON bytes of a wire message; timestamps in UTC, a read one as written when it was UTC."""
     return _encoder.encode(message)
 
 

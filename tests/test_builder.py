@@ -98,8 +98,8 @@ def test_energy_usage_body_is_exact() -> None:
                 "locationId": "home",
                 "meterPointId": "707057500012345678",
                 "points": [
-                    {"timestamp": "2025-03-11T10:00:00Z", "kiloWattHours": 2.4},
-                    {"timestamp": "2025-03-11T11:00:00Z", "kiloWattHours": 3.1},
+                    {"timestamp": "2025-03-11T10:00:00+00:00", "kiloWattHours": 2.4},
+                    {"timestamp": "2025-03-11T11:00:00+00:00", "kiloWattHours": 3.1},
                 ],
             },
             {
@@ -108,8 +108,8 @@ def test_energy_usage_body_is_exact() -> None:
                 "resolution": "01:00:00",
                 "locationId": "home",
                 "points": [
-                    {"timestamp": "2025-03-11T10:00:00Z", "kiloWattHours": 0.0},
-                    {"timestamp": "2025-03-11T11:00:00Z", "kiloWattHours": 11.5},
+                    {"timestamp": "2025-03-11T10:00:00+00:00", "kiloWattHours": 0.0},
+                    {"timestamp": "2025-03-11T11:00:00+00:00", "kiloWattHours": 11.5},
                 ],
             },
         ],
@@ -130,8 +130,8 @@ def test_intervals_without_data_are_absent_not_zero() -> None:
     result = build_report(job, {hwt: series(hwt, [1.0, None, 0.0, None])})
     (payload,) = body_json(result)["payloads"]
     assert payload["points"] == [
-        {"timestamp": "2025-03-11T10:00:00Z", "kiloWattHours": 1.0},
-        {"timestamp": "2025-03-11T12:00:00Z", "kiloWattHours": 0.0},
+        {"timestamp": "2025-03-11T10:00:00+00:00", "kiloWattHours": 1.0},
+        {"timestamp": "2025-03-11T12:00:00+00:00", "kiloWattHours": 0.0},
     ]
     assert result.notes == (
         "resource 'hwt': 2 of 4 intervals have no data: left out, not reported as 0",
@@ -215,7 +215,7 @@ def test_misaligned_energy_is_refused() -> None:
     assert build_report(job, {hwt: nudged}).request is not None  # float noise is not misalignment
 
 
-def test_volue_vector_timestamps_are_the_events_own_in_utc() -> None:
+def test_volue_vector_timestamps_are_the_events_own_as_spark_wrote_them() -> None:
     note, payload = wire.decode_notification((VECTORS / "price-curve-event.json").read_bytes())
     assert isinstance(payload, wire.PriceCurve)
     payload = msgspec.structs.replace(
@@ -226,8 +226,11 @@ def test_volue_vector_timestamps_are_the_events_own_in_utc() -> None:
     result = build_report(job, {hwt: series(hwt, [0.5 * i for i in range(24)])})
     (sent,) = body_json(result)["payloads"]
     assert sent["resolution"] == "01:00:00"
-    assert sent["points"][0] == {"timestamp": "2024-09-12T13:48:47.193686Z", "kiloWattHours": 0.0}
-    assert sent["points"][2]["timestamp"] == "2024-09-12T15:48:47.194055Z"
+    assert sent["points"][0] == {
+        "timestamp": "2024-09-12T13:48:47.1936858+00:00",
+        "kiloWattHours": 0.0,
+    }
+    assert sent["points"][2]["timestamp"] == "2024-09-12T15:48:47.194055+00:00"
     assert result.request is not None
     (usage,) = result.request.payloads
     assert isinstance(usage, wire.EnergyUsage)
@@ -245,8 +248,8 @@ def test_ten_second_curve_at_odd_sub_seconds_keeps_its_timestamps() -> None:
     (sent,) = body_json(result)["payloads"]
     assert sent["resolution"] == "00:00:10"
     assert sent["points"] == [
-        {"timestamp": "2025-03-11T10:00:03.123457Z", "kiloWattHours": 0.001},
-        {"timestamp": "2025-03-11T10:00:23.123457Z", "kiloWattHours": 0.002},
+        {"timestamp": "2025-03-11T10:00:03.1234567+00:00", "kiloWattHours": 0.001},
+        {"timestamp": "2025-03-11T10:00:23.1234567+00:00", "kiloWattHours": 0.002},
     ]
 
 
@@ -313,8 +316,8 @@ def test_location_lpc_ack_and_usage_bodies() -> None:
             "meterPointId": "707057500000000001",
             "resolution": "01:00:00",
             "points": [
-                {"timestamp": "2025-03-12T16:00:00Z", "kiloWattHours": 0.0},
-                {"timestamp": "2025-03-12T17:00:00Z", "kiloWattHours": 0.2},
+                {"timestamp": "2025-03-12T16:00:00+00:00", "kiloWattHours": 0.0},
+                {"timestamp": "2025-03-12T17:00:00+00:00", "kiloWattHours": 0.2},
             ],
         },
         {
@@ -322,7 +325,7 @@ def test_location_lpc_ack_and_usage_bodies() -> None:
             "locationId": "shop",
             "meterPointId": "2",
             "resolution": "00:15:00",
-            "points": [{"timestamp": "2025-03-12T16:15:00Z", "kiloWattHours": 0.05}],
+            "points": [{"timestamp": "2025-03-12T16:15:00+00:00", "kiloWattHours": 0.05}],
         },
     ]
 
@@ -366,8 +369,8 @@ def test_resource_lpc_ack_and_usage_bodies() -> None:
             "locationId": "home",
             "meterPointId": "707057500000000001",
             "points": [
-                {"timestamp": "2025-03-12T16:00:00Z", "kiloWattHours": 1.5},
-                {"timestamp": "2025-03-12T17:00:00Z", "kiloWattHours": 0.75},
+                {"timestamp": "2025-03-12T16:00:00+00:00", "kiloWattHours": 1.5},
+                {"timestamp": "2025-03-12T17:00:00+00:00", "kiloWattHours": 0.75},
             ],
         }
     ]

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from gateway import wire
 from gateway.config import Config, parse_config
+from gateway.errors import WireError
 from gateway.reports.planner import (
     ENERGY_USAGE,
     LOCATION_ACK,
@@ -294,13 +295,12 @@ def test_a_curve_without_points_is_not_reported() -> None:
     assert plan.no_report_reason == "the event has no points"
 
 
-def test_an_unreadable_resolution_means_no_report() -> None:
-    payload = price_curve([("hwt", "home")], hours("2025-03-11", 10, 1), "hourly")
-    plan = plan_event(EVENT, payload, make_config([res("hwt", "home")]), now=NOW)
-    assert plan.jobs == ()
-    assert plan.no_report_reason is not None
-    assert "resolution" in plan.no_report_reason
-    assert "hourly" in plan.no_report_reason
+def test_an_unreadable_resolution_never_reaches_the_planner() -> None:
+    """The wire refuses it, naming the field (the poller quarantines, the webhook answers 400)."""
+    with pytest.raises(WireError) as err:
+        price_curve([("hwt", "home")], hours("2025-03-11", 10, 1), "hourly")
+    assert err.value.field == "payload.priceCurveDelta.resolution"
+    assert "hourly" in str(err.value)
 
 
 def test_due_at_is_not_moved_when_already_past() -> None:
@@ -491,14 +491,10 @@ def test_location_lpc_target_listed_twice_is_merged_or_declined() -> None:
     assert any("'shop'" in n and "resolutions" in n for n in plan.notes)
 
 
-def test_location_lpc_target_with_unreadable_resolution_is_declined() -> None:
-    config = make_config(locations=[loc("home", "1")])
-    payload = location_lpc([("home", "1", "1h", hours("2025-03-12", 16, 1))])
-    plan = plan_event(EVENT, payload, config, now=NOW)
-    (ack,) = plan.jobs
-    assert isinstance(ack.acknowledgement, wire.LocationLPCAcknowledgement)
-    assert ack.acknowledgement.acknowledged_targets == []
-    assert any("resolution" in n and "declined" in n for n in plan.notes)
+def test_location_lpc_target_with_unreadable_resolution_never_reaches_the_planner() -> None:
+    with pytest.raises(WireError) as err:
+        location_lpc([("home", "1", "1h", hours("2025-03-12", 16, 1))])
+    assert err.value.field == "payload.targets[0].resolution"
 
 
 # --- ResourceLPC ---------------------------------------------------------------------------

@@ -153,4 +153,217 @@ def test_polled_page_decodes_with_pagination() -> None:
     }
     reply = wire.decode_events_page(json.dumps(page).encode())
     assert reply.pagination.next_page is None
-    assert isinstance(wire.decode_event_payload(reply.events[0].payload), wire.UserEligibility)
+    event, payload = wire.decode_polled_event(bytes(reply.events[0]))
+    assert event.id == "e"
+    assert isinstance(payload, wire.UserEligibility)
+
+
+# --- the boundary: what the gateway cannot represent is refused, naming the field ----------
+
+NOTE = {
+    "notificationId": "n1",
+    "eventId": "e1",
+    "eventCreatedAtUtc": "2025-03-10T12:00:00Z",
+    "notificationSentUtc": "2025-03-10T12:00:01Z",
+    "notificationType": "PriceCurveCreated",
+    "payload": {
+        "payloadType": "PriceCurve",
+        "targets": [{"resourceId": "r", "locationId": "l"}],
+        "priceCurveDelta": {
+            "points": [{"price": 0.5, "timestamp": "2025-03-11T10:00:00+00:00"}],
+            "resolution": "01:00:00",
+        },
+        "priceArea": "NO5",
+    },
+}
+
+
+def note_with(path: str, value: object) -> bytes:
+    """NOTE with the value at a dotted path (list indexes as numbers) replaced."""
+    data = json.loads(json.dumps(NOTE))
+    *parents, last = path.split(".")
+    node = data
+    for key in parents:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    node[int(last) if isinstance(node, list) else last] = value
+    return json.dumps(data).encode()
+
+
+def refused(body: bytes) -> WireError:
+    with pytest.raises(WireError) as err:
+        wire.decode_notification(body)
+    return err.value
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        "0001-01-01T00:00:00+01:00",  # overflows when converted to UTC
+        "9999-12-31T23:00:00Z",
+        "9999-12-31T23:59:59-01:00",  # overflows the other way
+        "1999-12-31T23:59:59Z",
+        "2000-01-01T00:30:00+01:00",  # 1999 in UTC
+        "2200-01-01T00:00:01Z",
+        "2025-02-30T00:00:00Z",
+        "2025-03-11T10:00:00+24:00",
+        "2025-03-11T10:00:00",
+        "yesterday",
+    ],
+)
+@pytest.mark.parametrize(
+    "field",
+    [
+        "eventCreatedAtUtc",
+        "notificationSentUtc",
+        "payload.priceCurveDelta.points.0.timestamp",
+    ],
+)
+def test_timestamps_outside_2000_2200_are_refused_naming_the_field(field: str, stamp: str) -> None:
+    error = refused(note_with(field, stamp))
+    assert error.field == field.replace(".0.", "[0].")
+
+
+@pytest.mark.parametrize(
+    "stamp", ["2000-01-01T00:00:00Z", "2200-01-01T00:00:00Z", "2199-12-31T23:00:00-01:00"]
+)
+def test_timestamps_at_the_edges_are_accepted(stamp: str) -> None:
+    _, payload = wire.decode_notification(
+        note_with("payload.priceCurveDelta.points.0.timestamp", stamp)
+    )
+    assert isinstance(payload, wire.PriceCurve)
+    assert payload.price_curve_delta.points[0].timestamp.text == stamp
+
+
+@pytest.mark.parametrize(
+    "resolution", ["99999999.00:00:00", "1.00:00:01", "00:00:00", "00:00:00.5", "25:00:00", "x", ""]
+)
+def test_resolutions_outside_a_second_to_a_day_are_refused(resolution: str) -> None:
+    error = refused(note_with("payload.priceCurveDelta.resolution", resolution))
+    assert error.field == "payload.priceCurveDelta.resolution"
+    lpc = (
+        b'{"payloadType":"LocationLPC","targets":[{"locationId":"l","meterPointId":"m",'
+        b'"resolution":' + json.dumps(resolution).encode() + b',"points":[]}]}'
+    )
+    with pytest.raises(WireError) as err:
+        wire.decode_event_payload(lpc)
+    assert err.value.field == "payload.targets[0].resolution"
+
+
+@pytest.mark.parametrize(
+    ("written", "normal"),
+    [
+        ("01:00:00", "01:00:00"),
+        ("1:00:00", "01:00:00"),
+        ("01:00:00.0000000", "01:00:00"),
+        ("00:15:00", "00:15:00"),
+        ("00:00:01", "00:00:01"),
+        ("1.00:00:00", "1.00:00:00"),
+        ("PT1H", "01:00:00"),
+        ("PT15M", "00:15:00"),
+        ("P1D", "1.00:00:00"),
+    ],
+)
+def test_resolutions_are_normalised_to_hh_mm_ss(written: str, normal: str) -> None:
+    _, payload = wire.decode_notification(note_with("payload.priceCurveDelta.resolution", written))
+    assert isinstance(payload, wire.PriceCurve)
+    assert payload.price_curve_delta.resolution == normal
+
+
+@pytest.mark.parametrize("field", ["eventId", "notificationId"])
+@pytest.mark.parametrize("value", [12345, "", None, "x" * 257, ["e"]])
+def test_ids_must_be_non_empty_strings(field: str, value: object) -> None:
+    assert refused(note_with(field, value)).field == field
+
+
+@pytest.mark.parametrize("number", [b"1e999", b"-1e400", b"NaN", b"Infinity"])
+def test_non_finite_numbers_are_refused(number: bytes) -> None:
+    body = note_with("payload.priceCurveDelta.points.0.price", 0.5).replace(b"0.5", number)
+    error = refused(body)
+    assert "payload" in str(error) or "malformed" in str(error)
+
+
+def deep(levels: int) -> object:
+    value: object = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+def test_nesting_is_limited_before_decoding() -> None:
+    body = note_with("payload.extra", "X").replace(b'"X"', b"[" * 10_000 + b"]" * 10_000)
+    error = refused(body)  # not RecursionError
+    assert "nested deeper than" in str(error)
+    with pytest.raises(WireError, match="nested deeper than"):
+        wire.decode_event_payload(
+            b'{"payloadType":"PriceCurve","x":' + b"[" * 5000 + b"]" * 5000 + b"}"
+        )
+    with pytest.raises(WireError, match="nested deeper than"):
+        wire.decode_report_request(b'{"eventId":"e","payloads":' + b"[" * 5000 + b"]" * 5000 + b"}")
+    # brackets inside strings are not nesting
+    shallow = note_with("payload.extra", "[" * 10_000 + '\\"' + "{" * 100)
+    assert isinstance(wire.decode_notification(shallow)[1], wire.PriceCurve)
+    assert wire.json_depth(json.dumps(deep(wire.MAX_DEPTH)).encode()) == wire.MAX_DEPTH
+
+
+def test_a_page_with_one_deep_event_still_gives_the_others_as_sent() -> None:
+    good = {"id": "a", "createdAt": "2025-01-01T00:00:00Z", "payload": {"payloadType": "X"}}
+    bad = {"id": "b", "payload": {"payloadType": "UserEligibility", "x": deep(10_000)}}
+    other = {"id": "c", "payload": {"payloadType": "UserEligibility"}}
+    body = (
+        b'{"pagination":{"currentPage":1},"events":['
+        + json.dumps(good).encode()
+        + b","
+        + b'{"id":"b","payload":{"payloadType":"UserEligibility","x":'
+        + b"[" * 10_000
+        + b"]" * 10_000
+        + b"}},"
+        + json.dumps(other).encode()
+        + b"]}"
+    )
+    assert bad["id"] == "b"
+    page = wire.decode_events_page(body)
+    raws = [bytes(e) for e in page.events]
+    assert len(raws) == 3
+    assert raws[1].count(b"[") == 10_000 and raws[1] in body  # given back exactly as sent
+    assert wire.decode_polled_event(raws[0])[0].id == "a"
+    assert wire.decode_polled_event(raws[2])[0].id == "c"
+    with pytest.raises(WireError, match="nested deeper than"):
+        wire.decode_polled_event(raws[1])
+
+
+def test_a_read_timestamp_is_written_back_exactly_as_spark_wrote_it() -> None:
+    stamp = "2024-05-01T10:00:00.1234567Z"
+    _, payload = wire.decode_notification(
+        note_with("payload.priceCurveDelta.points.0.timestamp", stamp)
+    )
+    assert isinstance(payload, wire.PriceCurve)
+    read = payload.price_curve_delta.points[0].timestamp
+    assert read == dt.datetime(2024, 5, 1, 10, 0, 0, 123457, tzinfo=dt.UTC)
+    point = wire.EnergyCurvePoint(timestamp=read, kilo_watt_hours=1.0)
+    assert json.loads(wire.encode(point))["timestamp"] == stamp
+    made = wire.SparkTime.of(
+        dt.datetime(2024, 5, 1, 12, 0, 0, 5, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    )
+    assert made.text is None
+    written = json.loads(wire.encode(wire.EnergyCurvePoint(timestamp=made, kilo_watt_hours=1.0)))
+    assert wire.SparkTime.parse(written["timestamp"]) == made
+
+
+def test_the_openapi_report_example_with_curve_points_null_decodes() -> None:
+    example = {
+        "eventId": "b8c9d0e1-f2a3-4567-1234-678901234567",
+        "payloads": [
+            {
+                "resourceId": "e5f6a7b8-c9d0-1234-ef12-345678901234",
+                "locationId": None,
+                "meterPointId": None,
+                "points": [{"timestamp": "2026-03-03T12:00:00+00:00", "kiloWattHours": 3.14}],
+                "resolution": "01:00:00",
+                "curvePoints": None,
+                "payloadType": "EnergyUsage",
+            }
+        ],
+    }
+    request = wire.decode_report_request(json.dumps(example).encode())
+    assert isinstance(request.payloads[0], wire.EnergyUsage)
+    assert request.payloads[0].curve_points is None

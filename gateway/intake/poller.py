@@ -5,11 +5,26 @@ Each sweep reads pages until it meets an event stamped by an earlier
 first start that is the whole history the API offers; afterwards one page is
 normally enough. Runs on start and every ``poll.interval``; a failed sweep is
 logged and tried again at the next interval (its progress is kept).
+
+One bad event fails alone. An event that does not match the contract (an id
+that is not a string, an unreadable ``createdAt``, a timestamp or resolution
+out of range, nesting too deep) is stored *quarantined*: ``plan_state``
+``invalid``, ``plan_note`` the reason, the whole event as it arrived in
+``payload``; it is logged once with its id and never planned. An event without
+a usable id is kept the same way under ``unreadable:<sha256 of its bytes>``,
+so that it is visible in ``ecgw events list`` and stored once however often
+it is polled. The other events of the page are stored as usual.
+
+A page that cannot be read at all (not JSON, ``"events": null``) fails the
+sweep: logged with the status and reason, tried again next interval. Paging
+stops, with a log line and without completing the sweep, when ``nextPage``
+repeats a page, points back or lies beyond ``totalPages``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Callable
 
@@ -17,34 +32,68 @@ import structlog
 
 from gateway import wire
 from gateway.delivery.api import ApiClient
-from gateway.errors import StoreError, UpstreamError, WireError
+from gateway.errors import StoreError, UpstreamError, WireError, describe
 from gateway.store.inbox import Inbox, NewEvent
 from gateway.timeutil import format_utc
 
-__all__ = ["Poller", "to_new_event"]
+__all__ = ["QUARANTINED", "Poller", "next_page", "to_new_event"]
 
 log = structlog.get_logger("gateway.poller")
 
 MAX_PAGES = 100_000  # a guard against a server that never stops giving nextPage
+QUARANTINED = "invalid"
+"""The ``plan_state`` of an event that arrived broken: kept with its reason, never planned."""
+UNREADABLE = "Unreadable"
+"""The ``payload_type`` of a quarantined event."""
 
 
-def to_new_event(event: wire.GetEventResponse) -> NewEvent:
-    """An inbox record from a polled event.
-
-    A payload that does not decode is still stored (its raw JSON, type
-    ``Unreadable``): the planner records why, and nothing is lost.
-    """
+def to_new_event(raw: bytes) -> NewEvent:
+    """An inbox record from one polled event as it arrived: decoded, or quarantined."""
     try:
-        payload_type = wire.payload_type(wire.decode_event_payload(event.payload))
+        event, payload = wire.decode_polled_event(raw)
     except WireError as exc:
-        log.warning("poll.event_unreadable", event_id=event.id, error=str(exc))
-        payload_type = "Unreadable"
+        return _quarantined(raw, str(exc))
     return NewEvent(
         event_id=event.id,
-        payload_type=payload_type,
+        payload_type=wire.payload_type(payload),
         created_at=format_utc(event.created_at) if event.created_at else None,
         payload=bytes(event.payload),
     )
+
+
+def _quarantined(raw: bytes, reason: str) -> NewEvent:
+    event_id = wire.polled_event_id(raw)
+    if event_id is None:
+        event_id = "unreadable:" + hashlib.sha256(raw).hexdigest()[:32]
+        reason = f"{reason}; no usable id, kept under this key"
+    return NewEvent(
+        event_id=event_id,
+        payload_type=UNREADABLE,
+        created_at=None,
+        payload=raw,
+        plan_state=QUARANTINED,
+        plan_note=f"quarantined: {reason} (payload holds the event as received)",
+    )
+
+
+def next_page(
+    pagination: wire.Pagination, requested: int | None, seen: set[int]
+) -> tuple[int | None, str | None]:
+    """The page to read after this one, or ``(None, why)`` when paging must stop early.
+
+    ``(None, None)`` is the normal end. Pages count from 1; ``seen`` holds the pages read.
+    """
+    after = pagination.next_page
+    if after is None:
+        return None, None
+    current = pagination.current_page or requested or 1
+    if after in seen or after == current:
+        return None, f"nextPage {after} repeats a page already read"
+    if after < current:
+        return None, f"nextPage {after} points back from page {current}"
+    if pagination.total_pages is not None and after > pagination.total_pages:
+        return None, f"nextPage {after} is beyond totalPages {pagination.total_pages}"
+    return after, None
 
 
 class Poller:
@@ -71,6 +120,8 @@ class Poller:
                 await self.sweep()
             except UpstreamError as exc:
                 log.warning("poll.failed", error=str(exc), status=exc.status)
+            except WireError as exc:  # the API client decodes only a 200's body
+                log.warning("poll.failed", error=describe(exc), status=200)
             except StoreError as exc:  # the sweep's progress so far is kept
                 log.error("poll.store_failed", error=str(exc))
             await asyncio.sleep(self._interval)
@@ -79,20 +130,35 @@ class Poller:
         """One sweep; returns how many new events it stored."""
         sweep = await self._inbox.begin_sweep()
         page: int | None = None
+        seen: set[int] = set()
         total = pages = 0
         while pages < MAX_PAGES:
             reply = await self._api.get_events(page=page, page_size=self._page_size)
             pages += 1
-            events = [to_new_event(e) for e in reply.events]
-            new, met_known = await self._inbox.add_polled_page(
-                events, sweep=sweep, at=self._clock()
-            )
+            seen.add(reply.pagination.current_page or page or 1)
+            new, met_known = await self._store_page(reply, sweep)
             total += new
-            for event in events:
-                self._on_event(event.event_id)
-            page = reply.pagination.next_page
-            if met_known or page is None or not reply.events:
+            if met_known or not reply.events:
+                break
+            page, stop = next_page(reply.pagination, page, seen)
+            if stop:
+                log.warning("poll.paging_stopped", sweep=sweep, pages=pages, new=total, reason=stop)
+                return total  # not complete: the next sweep reads these pages again
+            if page is None:
                 break
         await self._inbox.complete_sweep(sweep)
         log.info("poll.swept", sweep=sweep, pages=pages, new=total)
         return total
+
+    async def _store_page(self, reply: wire.GetEventsResponse, sweep: int) -> tuple[int, bool]:
+        """Store a page; (events stored new, met an event of a complete sweep)."""
+        events = [to_new_event(bytes(raw)) for raw in reply.events]
+        bad = [e for e in events if e.plan_state == QUARANTINED]
+        unseen = [e for e in bad if await self._inbox.get(e.event_id) is None]
+        new, met_known = await self._inbox.add_polled_page(events, sweep=sweep, at=self._clock())
+        for event in unseen:  # logged once, when first stored
+            log.warning("poll.event_quarantined", event_id=event.event_id, reason=event.plan_note)
+        for event in events:
+            if event.plan_state != QUARANTINED:
+                self._on_event(event.event_id)
+        return new, met_known

@@ -6,8 +6,9 @@ Rules that protect the money:
 
 * An interval without data (``None``) is **left out** of the payload, never sent as 0: a zero
   is a claim that nothing was used. A target with no data at all gets no payload.
-* Each point's timestamp is the event's own point timestamp (the interval start the planner
-  took from it), written in UTC, sub-second part kept.
+* Each point's timestamp is the event's own point timestamp, written exactly as Spark wrote it
+  (offset and up to 7 fractional digits kept: ``Target.starts``); a start the event did not
+  write is written in UTC.
 * kWh are rounded here and only here, to 6 decimals (1 mWh). Meters resolve at best to the
   watt-hour (0.001 kWh), so 6 decimals keep every watt-hour exact with three digits of margin
   while dropping binary noise such as ``2.4000000000000004``. Spark reads the value as a double,
@@ -63,7 +64,7 @@ def build_report(job: Job, energy: Mapping[Target, Sequence[IntervalEnergy | Non
     payloads: list[wire.ReportPayload] = []
     notes: list[str] = []
     table: list[Row] = []
-    stamps: dict[float, dt.datetime] = {}
+    stamps: dict[float, wire.SparkTime] = {}
     for target in job.targets:
         series = energy.get(target)
         if series is None:
@@ -105,7 +106,7 @@ def _points(
     series: Sequence[IntervalEnergy | None],
     index: int,
     table: list[Row],
-    stamps: dict[float, dt.datetime],
+    stamps: dict[float, wire.SparkTime],
 ) -> list[wire.EnergyCurvePoint]:
     """The points of the intervals with data, in interval order; one table row per interval.
 
@@ -117,13 +118,14 @@ def _points(
         )
     label = target.label
     points: list[wire.EnergyCurvePoint] = []
+    written = dict(zip((s for s, _ in target.intervals), target.starts, strict=False))
     for (start, end), value in zip(target.intervals, series, strict=True):
         kwh = None if value is None else _kwh(target, start, end, value, index, len(points))
         table.append((label, start, kwh))
         if kwh is not None:
-            stamp = stamps.get(start)
+            stamp = written.get(start) or stamps.get(start)
             if stamp is None:
-                stamp = stamps[start] = _utc(start)
+                stamp = stamps[start] = wire.SparkTime.of(_utc(start))
             points.append(wire.EnergyCurvePoint(timestamp=stamp, kilo_watt_hours=kwh))
     return points
 

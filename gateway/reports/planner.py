@@ -31,7 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, TypeAlias, TypeVar, assert_never
 
 from gateway import wire
@@ -75,6 +75,9 @@ class Target:
     """As the event wrote it, e.g. ``"01:00:00"``."""
     intervals: tuple[Interval, ...]
     """This target's intervals: sorted by start, no duplicates."""
+    starts: tuple[wire.SparkTime, ...] = field(default=(), compare=False)
+    """Each interval's start as the event wrote it (its first point there): the report's
+    timestamps. Empty when unknown; the builder then writes the start in UTC."""
 
     @property
     def label(self) -> str:
@@ -140,6 +143,7 @@ def _plan_price_curve(event_id: str, curve: wire.PriceCurve, config: Config) -> 
         return _no_report("the event has no points")
     try:
         intervals = _intervals((p.timestamp for p in delta.points), delta.resolution)
+        starts = _starts((p.timestamp for p in delta.points), intervals)
     except ValueError as exc:
         return _no_report(f"the event's resolution cannot be read: {exc}")
     notes = _overlap_notes("the price curve", intervals)
@@ -151,7 +155,7 @@ def _plan_price_curve(event_id: str, curve: wire.PriceCurve, config: Config) -> 
             notes.append(f"{why}: left out")
         elif t.resource_id not in targets:
             targets[t.resource_id] = _resource_target(
-                res, t.location_id, res.meter_point_id, delta.resolution, intervals
+                res, t.location_id, res.meter_point_id, delta.resolution, intervals, starts
             )
     if not targets:
         return Plan((), tuple(notes), _none_configured(len(curve.targets)))
@@ -194,9 +198,9 @@ def _plan_location_lpc(event_id: str, lpc: wire.LocationLPC, config: Config, *, 
             declined.append(item)
             continue
         acked.append(item)
-        resolution, intervals = schedule
+        resolution, intervals, starts = schedule
         if intervals:
-            usage.append(_location_target(loc, resolution, intervals))
+            usage.append(_location_target(loc, resolution, intervals, starts))
     ack = wire.LocationLPCAcknowledgement(acknowledged_targets=acked, declined_targets=declined)
     return _lpc_plan(event_id, LOCATION_ACK, ack, LOCATION_ENERGY_USAGE, usage, notes, config, now)
 
@@ -229,9 +233,11 @@ def _plan_resource_lpc(event_id: str, lpc: wire.ResourceLPC, config: Config, *, 
             declined.append(item)
             continue
         acked.append(item)
-        resolution, intervals = schedule
+        resolution, intervals, starts = schedule
         if intervals:
-            usage.append(_resource_target(res, location_id, meter_point_id, resolution, intervals))
+            usage.append(
+                _resource_target(res, location_id, meter_point_id, resolution, intervals, starts)
+            )
     ack = wire.ResourceLPCAcknowledgement(acknowledged_targets=acked, declined_targets=declined)
     return _lpc_plan(event_id, RESOURCE_ACK, ack, ENERGY_USAGE, usage, notes, config, now)
 
@@ -257,6 +263,16 @@ def _intervals(stamps: Iterable[dt.datetime], resolution: str) -> tuple[Interval
     """
     span = parse_timespan(resolution)
     return tuple(sorted({(t.timestamp(), (t + span).timestamp()) for t in stamps}))
+
+
+def _starts(
+    stamps: Iterable[wire.SparkTime], intervals: Sequence[Interval]
+) -> tuple[wire.SparkTime, ...]:
+    """Each interval's start as the event wrote it: its first point at that instant."""
+    first: dict[float, wire.SparkTime] = {}
+    for t in stamps:
+        first.setdefault(t.timestamp(), t)
+    return tuple(first[start] for start, _ in intervals)
 
 
 def _overlap_notes(name: str, intervals: Sequence[Interval]) -> list[str]:
@@ -299,6 +315,7 @@ def _resource_target(
     meter_point_id: str | None,
     resolution: str,
     intervals: tuple[Interval, ...],
+    starts: tuple[wire.SparkTime, ...],
 ) -> Target:
     return Target(
         kind="resource",
@@ -309,11 +326,15 @@ def _resource_target(
         channel=res.channel,
         resolution=resolution,
         intervals=intervals,
+        starts=starts,
     )
 
 
 def _location_target(
-    loc: LocationConfig, resolution: str, intervals: tuple[Interval, ...]
+    loc: LocationConfig,
+    resolution: str,
+    intervals: tuple[Interval, ...],
+    starts: tuple[wire.SparkTime, ...],
 ) -> Target:
     return Target(
         kind="location",
@@ -324,6 +345,7 @@ def _location_target(
         channel=loc.channel,
         resolution=resolution,
         intervals=intervals,
+        starts=starts,
     )
 
 
@@ -342,8 +364,9 @@ def _group(targets: Iterable[T], key: Callable[[T], K]) -> dict[K, list[T]]:
 
 def _schedule(
     name: str, group: Sequence[_LPCTarget], notes: list[str]
-) -> tuple[str, tuple[Interval, ...]] | None:
-    """One LPC target's resolution and intervals (its entries merged), or None: decline it."""
+) -> tuple[str, tuple[Interval, ...], tuple[wire.SparkTime, ...]] | None:
+    """One LPC target's resolution, intervals and their starts (its entries merged), or None:
+    decline it."""
     resolutions = {t.resolution for t in group}
     if len(resolutions) > 1:
         notes.append(f"{name} is listed with resolutions {sorted(resolutions)}: declined")
@@ -351,13 +374,14 @@ def _schedule(
     resolution = resolutions.pop()
     try:
         intervals = _intervals((p.timestamp for t in group for p in t.points), resolution)
+        starts = _starts((p.timestamp for t in group for p in t.points), intervals)
     except ValueError as exc:
         notes.append(f"{name} has a resolution that cannot be read ({exc}): declined")
         return None
     if not intervals:
         notes.append(f"{name} has no points: acknowledged, nothing to report")
     notes.extend(_overlap_notes(name, intervals))
-    return resolution, intervals
+    return resolution, intervals, starts
 
 
 def _usage_job(event_id: str, kind: str, targets: tuple[Target, ...], config: Config) -> Job:

@@ -3,6 +3,10 @@
 A repeated notification, or a polled copy of a pushed event, changes nothing.
 The first arrival's channel, time and notification id are kept.
 
+A polled event that does not match the contract is stored all the same,
+quarantined: ``plan_state`` ``invalid``, ``plan_note`` the reason, ``payload``
+the whole event as it arrived (see :mod:`gateway.intake.poller`).
+
 Polling bookkeeping: each ``GET /events`` sweep has a number. An event seen by
 a sweep is stamped with it; a sweep that reached its stopping point records
 itself in ``meta`` as complete. A later sweep stops at the first event stamped
@@ -33,6 +37,9 @@ class NewEvent:
     payload: bytes
     notification_id: str | None = None
     notification_type: str | None = None
+    plan_state: str = "new"
+    """``invalid`` for a quarantined event: it is kept, never planned."""
+    plan_note: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +73,9 @@ class InboxEvent:
 
 _INSERT = """
 INSERT INTO events (event_id, payload_type, created_at, received_via, received_at,
-                    notification_id, notification_type, poll_sweep, payload)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    notification_id, notification_type, poll_sweep, payload,
+                    plan_state, plan_note)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (event_id) DO NOTHING
 """
 
@@ -83,6 +91,8 @@ def _params(event: NewEvent, via: Via, at: float, sweep: int | None) -> tuple[ob
         event.notification_type,
         sweep,
         event.payload,
+        event.plan_state,
+        event.plan_note,
     )
 
 

@@ -60,7 +60,7 @@ def event_record(event: InboxEvent, *, payload: bool = False) -> dict[str, Any]:
     if payload:
         try:
             record["payload"] = json.loads(event.payload)
-        except ValueError:
+        except (ValueError, RecursionError):  # a quarantined event is kept as it came
             record["payload"] = event.payload.decode("utf-8", "replace")
     return record
 

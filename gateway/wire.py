@@ -74,6 +74,7 @@ __all__ = [
     "decode_report_request",
     "decode_report_response",
     "encode",
+    "json_depth",
     "normal_resolution",
     "payload_type",
     "report_kind",

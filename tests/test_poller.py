@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from gateway import wire
+from gateway import render, wire
 from gateway.config import Config, Secret
 from gateway.delivery.api import ApiClient, TokenSource
 from gateway.intake.poller import Poller, next_page
@@ -293,6 +293,10 @@ async def test_one_bad_event_is_quarantined_and_the_rest_of_the_page_stored(
         keyless = [e for e in await inbox.recent() if e.event_id.startswith("unreadable:")]
         assert sorted(e.payload for e in keyless) == sorted([events["id-number"], events["no-id"]])
         assert all("no usable id" in (e.plan_note or "") for e in keyless)
+        # what `ecgw events show` prints: the reason, and the event as it came, however deep
+        shown = render.event_record(await inbox.get("deep"), payload=True)  # type: ignore[arg-type]
+        assert shown["plan_state"] == "invalid" and "nested" in shown["plan_note"]
+        assert shown["payload"] == DEEP_EVENT.decode()
         quarantined = [entry for entry in logs if entry["event"] == "poll.event_quarantined"]
         assert sorted(entry["event_id"] for entry in quarantined) == sorted(
             ["bad-created", "deep", "late", *(e.event_id for e in keyless)]

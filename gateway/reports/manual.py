@@ -2,7 +2,11 @@
 
 The file must be a ``PostReportRequest`` within the OpenAPI contract, with an
 ``eventId`` (the outbox key) and at least one payload. It is re-encoded in
-the gateway's canonical form (timestamps in UTC) and that body is frozen.
+the gateway's canonical form and that body is frozen: timestamps in UTC (one
+written in UTC is kept as written, every fractional digit), resolutions as
+``hh:mm:ss``, unset optional fields left out. The deprecated ``curvePoints``
+is accepted as ``null`` or ``[]`` (the OpenAPI document's own example sends
+``null``) and left out; points in it are refused: they belong in ``points``.
 """
 
 from __future__ import annotations
@@ -15,9 +19,9 @@ import msgspec
 from gateway import contract, wire
 from gateway.errors import ReportInvalid, WireError
 from gateway.store.outbox import Outbox
-from gateway.timeutil import month_end, to_utc
+from gateway.timeutil import month_end
 
-__all__ = ["ManualReport", "parse_manual_report", "report_deadline", "submit", "utc_report"]
+__all__ = ["ManualReport", "canonical_report", "parse_manual_report", "report_deadline", "submit"]
 
 
 class ManualReport(msgspec.Struct, frozen=True):
@@ -27,17 +31,30 @@ class ManualReport(msgspec.Struct, frozen=True):
     deadline: float
 
 
-def _utc_points(points: list[wire.EnergyCurvePoint]) -> list[wire.EnergyCurvePoint]:
-    return [msgspec.structs.replace(p, timestamp=to_utc(p.timestamp)) for p in points]
+def _canonical_payload(payload: wire.ReportPayload, index: int) -> wire.ReportPayload:
+    if not isinstance(payload, wire.EnergyUsage | wire.LocationEnergyUsage):
+        return payload
+    where = f"payloads[{index}]"
+    try:
+        resolution = wire.normal_resolution(payload.resolution)
+    except ValueError as exc:
+        raise ReportInvalid(f"{where}.resolution: {exc}", field=f"{where}.resolution") from None
+    if isinstance(payload, wire.LocationEnergyUsage):
+        return msgspec.structs.replace(payload, resolution=resolution)
+    if payload.curve_points:
+        raise ReportInvalid(
+            f"{where}.curvePoints: deprecated; put the points in points",
+            field=f"{where}.curvePoints",
+        )
+    return msgspec.structs.replace(payload, resolution=resolution, curve_points=None)
 
 
-def utc_report(request: wire.PostReportRequest) -> wire.PostReportRequest:
-    """The same report with every timestamp in UTC."""
-    payloads: list[wire.ReportPayload] = []
-    for payload in request.payloads:
-        if isinstance(payload, wire.EnergyUsage | wire.LocationEnergyUsage):
-            payload = msgspec.structs.replace(payload, points=_utc_points(payload.points))
-        payloads.append(payload)
+def canonical_report(request: wire.PostReportRequest) -> wire.PostReportRequest:
+    """The report as the gateway writes it (resolutions ``hh:mm:ss``, no ``curvePoints``).
+
+    Timestamps need nothing here: :func:`gateway.wire.encode` writes them in UTC.
+    """
+    payloads = [_canonical_payload(p, i) for i, p in enumerate(request.payloads)]
     return msgspec.structs.replace(request, payloads=payloads)
 
 
@@ -55,6 +72,8 @@ def report_deadline(request: wire.PostReportRequest, *, now: float) -> float:
 
 def parse_manual_report(raw: bytes, *, now: float) -> ManualReport:
     """Validate and canonicalise; raises ReportInvalid naming the field."""
+    if wire.json_depth(raw) > wire.MAX_DEPTH:
+        raise ReportInvalid(f"nested deeper than {wire.MAX_DEPTH} levels")
     try:
         data = json.loads(raw)
     except ValueError as exc:
@@ -68,7 +87,7 @@ def parse_manual_report(raw: bytes, *, now: float) -> ManualReport:
         request = wire.decode_report_request(raw)
     except WireError as exc:
         raise ReportInvalid(str(exc), field=exc.field) from None
-    request = utc_report(request)
+    request = canonical_report(request)
     return ManualReport(
         event_id=request.event_id,
         kind=wire.report_kind(request),

@@ -28,10 +28,13 @@ from hypothesis import strategies as st
 
 from gateway import wire
 from gateway.config import Secret
+from gateway.delivery.api import ServerClock
 from gateway.intake.webhook import WebhookSettings, serve_webhook
 from gateway.reports.planner import plan_event
+from gateway.reports.scheduler import ReportScheduler
 from gateway.store.database import open_database
-from gateway.store.inbox import Inbox
+from gateway.store.inbox import Inbox, NewEvent
+from gateway.store.readings import ReadingsStore
 from tests.kit.gateway import make_config
 
 SECRET = "Secret123%"
@@ -393,3 +396,47 @@ def test_hostile_bodies_never_5xx_never_crash_never_store_invalid(tmp_path: Path
             runner.run(stack.aclose())
     print(f"hostile webhook bodies: {seen}")
     assert seen["cases"] >= 100 and seen["400"] > 0 and seen["stored"] > 0
+
+
+@pytest.mark.parametrize(
+    ("point", "resolution"),
+    [("9999-12-31T23:00:00Z", "01:00:00"), ("2025-03-11T10:00:00Z", "99999999.00:00:00")],
+    ids=["point-9999", "resolution-99999999-days"],
+)
+async def test_a_poison_event_stored_before_is_set_aside_not_a_crash(
+    tmp_path: Path, point: str, resolution: str
+) -> None:
+    """A database written by an older gateway may hold such an event: every pass met it and
+    died (OverflowError). It is now refused when read back, marked invalid, and passes go on."""
+    note = valid_note("poison")
+    delta = note["payload"]["priceCurveDelta"]
+    delta["points"] = [{"price": 1.0, "timestamp": point}]
+    delta["resolution"] = resolution
+    config = make_config(
+        {
+            "gateway": {"state_dir": str(tmp_path)},
+            "adapters": {"meter": {"type": "simulated"}},
+            "resources": [{"resource_id": "hwt", "location_id": "home", "adapter": "meter"}],
+        }
+    )
+    async with open_database(config.db_path) as db:
+        inbox = Inbox(db)
+        poison = NewEvent(
+            event_id="poison",
+            payload_type="PriceCurve",
+            created_at=None,
+            payload=json.dumps(note["payload"]).encode(),
+        )
+        assert await inbox.add(poison, via="webhook", at=0.0)
+        scheduler = ReportScheduler(
+            db=db,
+            readings=ReadingsStore(db),
+            config=config,
+            server_clock=ServerClock(),
+            on_queued=lambda: None,
+        )
+        await scheduler.pass_once()
+        await scheduler.pass_once()  # and again, as after a restart
+        stored = await inbox.get("poison")
+        assert stored is not None and stored.plan_state == "invalid"
+        assert "payload.priceCurveDelta" in (stored.plan_note or "")

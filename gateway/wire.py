@@ -11,8 +11,11 @@ What the gateway cannot represent is refused here, at the boundary, as a
 needs a ``try`` for it:
 
 * a timestamp must carry an offset and fall within 2000-01-01..2200-01-01 UTC
-  (:class:`SparkTime`; it keeps the text it was written as, so that a report
-  can carry the event's timestamps exactly as Spark wrote them);
+  (msgspec parses it natively; ``__post_init__`` checks the range, year first,
+  so an offset form of year 1 or 9999 never overflows). A payload decoded for
+  planning (:func:`decode_event_payload`) has its point timestamps as
+  :class:`SparkTime`, which keeps the text Spark wrote, so that a report can
+  carry the event's timestamps exactly as Spark wrote them;
 * a resolution must be 1 s .. 1 day in whole seconds, written as a .NET
   time-span (``01:00:00``, ``1.00:00:00``) or ISO-8601 (``PT1H``); it is kept
   normalised to ``hh:mm:ss`` (:class:`Resolution`; one day is ``1.00:00:00``);
@@ -25,10 +28,9 @@ needs a ``try`` for it:
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import re
 import secrets
-from typing import Annotated, Any, TypeAlias
+from typing import Annotated, Any, TypeAlias, TypeVar
 
 import msgspec
 
@@ -74,10 +76,10 @@ __all__ = [
     "decode_report_request",
     "decode_report_response",
     "encode",
-    "json_depth",
     "normal_resolution",
     "payload_type",
     "report_kind",
+    "too_deep",
 ]
 
 
@@ -112,34 +114,30 @@ class SparkTime(dt.datetime):
     _text: str
 
     @classmethod
-    def parse(cls, value: object) -> SparkTime:
-        """Raises ValueError naming what is wrong (msgspec adds the field)."""
-        m = _STAMP.fullmatch(value) if isinstance(value, str) else None
-        if m is None:
-            raise ValueError(f"expected an ISO-8601 timestamp with offset, got {_shown(value)}")
-        year, month, day, hour, minute, second, frac, sign, off_h, off_m = m.groups()
-        if not 1999 <= int(year) <= 2200 or int(off_h or 0) > 23 or int(off_m or 0) > 59:
-            raise ValueError(f"timestamp {_shown(value)} is outside 2000-01-01..2200-01-01")
-        offset = dt.timedelta(hours=int(off_h or 0), minutes=int(off_m or 0))
-        zone = dt.timezone(-offset if sign == "-" else offset) if offset else dt.UTC
-        try:
-            y, mo, d, h, mi, sec = map(int, (year, month, day, hour, minute, second))
-            wall = dt.datetime(y, mo, d, h, mi, sec, tzinfo=zone)
-        except ValueError:
-            raise ValueError(f"{_shown(value)} is not a valid date and time") from None
-        wall += dt.timedelta(microseconds=round(int((frac or "0").ljust(9, "0")) / 1000))
-        if not EARLIEST <= wall <= LATEST:
-            raise ValueError(f"timestamp {_shown(value)} is outside 2000-01-01..2200-01-01")
-        stamp = cls.of(wall)
-        stamp._text = m.string
+    def read(cls, moment: dt.datetime, text: str) -> SparkTime:
+        """``moment`` as read from ``text`` (by msgspec, which checked both)."""
+        stamp = cls._copy(moment)
+        stamp._text = text
         return stamp
 
     @classmethod
     def of(cls, moment: dt.datetime) -> SparkTime:
         """The same instant and offset as a SparkTime (written in UTC: it has no text)."""
-        if isinstance(moment, cls):
-            return moment
-        return cls(*moment.timetuple()[:6], moment.microsecond, moment.tzinfo, fold=moment.fold)
+        return moment if isinstance(moment, cls) else cls._copy(moment)
+
+    @classmethod
+    def _copy(cls, moment: dt.datetime) -> SparkTime:
+        return cls(
+            moment.year,
+            moment.month,
+            moment.day,
+            moment.hour,
+            moment.minute,
+            moment.second,
+            moment.microsecond,
+            moment.tzinfo,
+            fold=moment.fold,
+        )
 
     @property
     def text(self) -> str | None:
@@ -207,8 +205,19 @@ def normal_resolution(text: str) -> str:
     return f"{total // 3600:02d}:{total // 60 % 60:02d}:{total % 60:02d}"
 
 
-Timestamp: TypeAlias = SparkTime
-"""An aware datetime in range: a timestamp without an offset is refused, never guessed."""
+Timestamp: TypeAlias = Annotated[dt.datetime, msgspec.Meta(tz=True)]
+"""An aware datetime: a timestamp without an offset is refused, never guessed. A Struct that
+holds one checks its range in ``__post_init__`` (:func:`_check_times`)."""
+
+
+def _check_times(**stamps: dt.datetime | None) -> None:
+    """ValueError ``"name: why"`` for the first stamp outside 2000..2200 (the year first:
+    comparing a year-1 or year-9999 time that has an offset can overflow)."""
+    for name, stamp in stamps.items():
+        if stamp is not None and not (1999 <= stamp.year <= 2200 and EARLIEST <= stamp <= LATEST):
+            shown = stamp.isoformat() if stamp.tzinfo is None else f"{stamp:%Y-%m-%dT%H:%M:%S%z}"
+            raise ValueError(f"{name}: {shown} is outside 2000-01-01..2200-01-01")
+
 
 Id: TypeAlias = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 """An envelope id: a non-empty string (a GUID in practice)."""
@@ -234,6 +243,9 @@ class PriceCurvePoint(Wire, frozen=True):
     timestamp: Timestamp
     price: float | None = None
 
+    def __post_init__(self) -> None:
+        _check_times(timestamp=self.timestamp)
+
 
 class PriceCurveDelta(Wire, frozen=True):
     points: list[PriceCurvePoint] = []
@@ -253,10 +265,16 @@ class UserEligibility(Wire, frozen=True, tag_field="payloadType", tag="UserEligi
     added_users: list[str] = []
     removed_users: list[str] = []
 
+    def __post_init__(self) -> None:
+        _check_times(lastUpdated=self.last_updated)
+
 
 class LPCDataPoint(Wire, frozen=True):
     timestamp: Timestamp
     max_power_in_kilo_watts: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_times(timestamp=self.timestamp)
 
 
 class LocationLPCTarget(Wire, frozen=True):
@@ -308,6 +326,9 @@ class GetEventResponse(Wire, frozen=True):
     created_at: Timestamp | None = None
     payload: msgspec.Raw = msgspec.Raw(b"null")
 
+    def __post_init__(self) -> None:
+        _check_times(createdAt=self.created_at)
+
 
 class Pagination(Wire, frozen=True):
     total_records: int = 0
@@ -334,6 +355,12 @@ class EventNotification(Wire, frozen=True):
     notification_type: str
     payload: msgspec.Raw
 
+    def __post_init__(self) -> None:
+        _check_times(
+            eventCreatedAtUtc=self.event_created_at_utc,
+            notificationSentUtc=self.notification_sent_utc,
+        )
+
 
 # --- reports (outbound) ------------------------------------------------------
 
@@ -341,6 +368,9 @@ class EventNotification(Wire, frozen=True):
 class EnergyCurvePoint(Outbound, frozen=True):
     timestamp: Timestamp
     kilo_watt_hours: float
+
+    def __post_init__(self) -> None:
+        _check_times(timestamp=self.timestamp)
 
 
 class EnergyUsage(Outbound, frozen=True, tag_field="payloadType", tag="EnergyUsage"):
@@ -410,26 +440,44 @@ class GetReportResponse(Wire, frozen=True):
     event_id: str | None = None
     created_at: Timestamp | None = None
 
+    def __post_init__(self) -> None:
+        _check_times(createdAt=self.created_at)
+
 
 # --- depth, checked before decoding -------------------------------------------
 
-_STRINGS = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
+_STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+_ONE_KIND = bytes.maketrans(b"{}", b"[]")
 _TOKENS = re.compile(rb'"(?:[^"\\]++|\\.)*+"|[\[\]{}]')
 
 
-def json_depth(raw: bytes) -> int:
-    """How deep ``raw`` nests (brackets outside strings); cheap, never recursive."""
-    brackets = _STRINGS.sub(b"", raw).translate(None, _NOT_BRACKETS)
-    opening = brackets.count(b"[") + brackets.count(b"{")
-    if opening <= 1:
-        return opening
-    return max(itertools.accumulate(_STEP[b] for b in brackets))
+def too_deep(raw: bytes, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``raw`` nests deeper than ``limit`` (brackets outside strings count).
+
+    Cheap and never recursive: C-level bytes operations, one pass per level up to ``limit``.
+    Malformed nesting is left to the decoder to report, unless it opens too many levels.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    # without escapes every quote opens or closes a string
+    outside = _STRINGS.sub(b"", raw) if b"\\" in raw else b"".join(raw.split(b'"')[0::2])
+    brackets = outside.translate(_ONE_KIND, _NOT_BRACKETS)
+    run = b"[" * (limit + 1)
+    for _ in range(limit):
+        if run in brackets:  # the usual deep document: caught without peeling
+            return True
+        inner = brackets.replace(b"[]", b"")  # every innermost pair: one level less
+        if not inner:
+            return False
+        if len(inner) == len(brackets):  # unbalanced: what is left only opens or closes
+            return brackets.count(b"[") > limit
+        brackets = inner
+    return True
 
 
 def _check_depth(raw: bytes, what: str, limit: int = MAX_DEPTH) -> None:
-    if json_depth(raw) > limit:
+    if too_deep(raw, limit):
         raise WireError(f"{what}: nested deeper than {limit} levels")
 
 
@@ -474,8 +522,6 @@ class _Tag(msgspec.Struct):
 
 
 def _dec_hook(kind: type, value: Any) -> Any:
-    if kind is SparkTime:
-        return SparkTime.parse(value)
     if kind is Resolution:
         return Resolution.parse(value)
     raise NotImplementedError(f"no decoder for {kind}")
@@ -502,16 +548,83 @@ PAGE_DEPTH = MAX_DEPTH + 2
 """A page nests its events two levels down: ``{"events": [event, ...]}``."""
 
 
+T = TypeVar("T", PriceCurvePoint, LPCDataPoint, EnergyCurvePoint)
+L = TypeVar("L", LocationLPCTarget, ResourceLPCTarget)
+
+_NAMED = re.compile(r"([a-z][A-Za-z]*): (.*)", re.DOTALL)
+"""A ``__post_init__`` names its field first: ``"timestamp: ... is outside ..."``."""
+
+
 def _wire_error(exc: msgspec.MsgspecError, what: str, prefix: str = "") -> WireError:
     path, message = validation_parts(exc)
+    if isinstance(exc, msgspec.ValidationError) and (named := _NAMED.fullmatch(message)):
+        path, message = f"{path}.{named[1]}".lstrip("."), named[2]
     field = f"{prefix}.{path}".strip(".") if path or prefix else ""
     where = f" at {field}" if field else ""
     return WireError(f"{what}: {message}{where}", field=field or None)
 
 
 def decode_event_payload(raw: bytes) -> EventPayload:
-    """Decode a ``payload`` object; unknown ``payloadType`` gives :class:`UnknownPayload`."""
+    """Decode a ``payload`` object for planning; unknown ``payloadType`` gives
+    :class:`UnknownPayload`. Point timestamps are :class:`SparkTime`: they keep their text."""
+    raw = bytes(raw)
     _check_depth(raw, "event payload", MAX_DEPTH - 1)
+    return _with_texts(_decode_payload(raw), raw)
+
+
+class _Text(msgspec.Struct):
+    timestamp: str
+
+
+class _Points(msgspec.Struct):
+    points: list[_Text] = []
+
+
+class _CurveTexts(msgspec.Struct, rename="camel"):
+    price_curve_delta: _Points
+
+
+class _TargetTexts(msgspec.Struct):
+    targets: list[_Points] = []
+
+
+_curve_texts = msgspec.json.Decoder(_CurveTexts)
+_target_texts = msgspec.json.Decoder(_TargetTexts)
+
+
+def _texts(points: list[T], texts: list[_Text]) -> list[T]:
+    return [
+        msgspec.structs.replace(p, timestamp=SparkTime.read(p.timestamp, t.timestamp))
+        for p, t in zip(points, texts, strict=True)
+    ]
+
+
+def _targets(targets: list[L], raw: bytes) -> list[L]:
+    texts = _target_texts.decode(raw).targets
+    return [
+        msgspec.structs.replace(t, points=_texts(t.points, x.points))
+        for t, x in zip(targets, texts, strict=True)
+    ]
+
+
+def _with_texts(payload: EventPayload, raw: bytes) -> EventPayload:
+    """``payload`` (decoded from ``raw``) with each point timestamp's text attached."""
+    match payload:
+        case PriceCurve():
+            delta = payload.price_curve_delta
+            points = _texts(delta.points, _curve_texts.decode(raw).price_curve_delta.points)
+            return msgspec.structs.replace(
+                payload, price_curve_delta=msgspec.structs.replace(delta, points=points)
+            )
+        case LocationLPC() | LPCReservation():
+            return msgspec.structs.replace(payload, targets=_targets(payload.targets, raw))
+        case ResourceLPC():
+            return msgspec.structs.replace(payload, targets=_targets(payload.targets, raw))
+    return payload
+
+
+def _decode_payload(raw: bytes) -> EventPayload:
+    """A payload whose depth was checked with the document around it."""
     try:
         tag = _tag_decoder.decode(raw).payloadType
     except msgspec.MsgspecError as exc:
@@ -532,7 +645,7 @@ def decode_notification(body: bytes) -> tuple[EventNotification, EventPayload]:
         note = _notification_decoder.decode(body)
     except msgspec.MsgspecError as exc:
         raise _wire_error(exc, "notification") from exc
-    return note, decode_event_payload(note.payload)
+    return note, _decode_payload(note.payload)
 
 
 def decode_events_page(body: bytes) -> GetEventsResponse:
@@ -542,7 +655,7 @@ def decode_events_page(body: bytes) -> GetEventsResponse:
     handed back as Spark sent it, for :func:`decode_polled_event` to refuse on its own.
     """
     shallow, cuts = body, dict[bytes, bytes]()
-    if json_depth(body) > PAGE_DEPTH:
+    if too_deep(body, PAGE_DEPTH):
         shallow, cuts = _cut_deep(body, PAGE_DEPTH)
     try:
         page = _events_decoder.decode(shallow)
@@ -561,7 +674,7 @@ def decode_polled_event(raw: bytes) -> tuple[GetEventResponse, EventPayload]:
         event = _event_decoder.decode(raw)
     except msgspec.MsgspecError as exc:
         raise _wire_error(exc, "event") from exc
-    return event, decode_event_payload(event.payload)
+    return event, _decode_payload(event.payload)
 
 
 class _IdOnly(msgspec.Struct):
@@ -580,12 +693,28 @@ def polled_event_id(raw: bytes) -> str | None:
         return None
 
 
+class _ReportTexts(msgspec.Struct):
+    payloads: list[_Points] = []
+
+
+_report_texts = msgspec.json.Decoder(_ReportTexts)
+
+
 def decode_report_request(body: bytes) -> PostReportRequest:
+    """A report request; its point timestamps are :class:`SparkTime` (their text kept)."""
     _check_depth(body, "report request")
     try:
-        return _report_request_decoder.decode(body)
+        request: PostReportRequest = _report_request_decoder.decode(body)
     except msgspec.MsgspecError as exc:
         raise _wire_error(exc, "report request") from exc
+    texts = _report_texts.decode(body).payloads
+    payloads = [
+        msgspec.structs.replace(p, points=_texts(p.points, t.points))
+        if isinstance(p, EnergyUsage | LocationEnergyUsage)
+        else p
+        for p, t in zip(request.payloads, texts, strict=True)
+    ]
+    return msgspec.structs.replace(request, payloads=payloads)
 
 
 def decode_report_response(body: bytes) -> GetReportResponse:

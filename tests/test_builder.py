@@ -216,7 +216,8 @@ def test_misaligned_energy_is_refused() -> None:
 
 
 def test_volue_vector_timestamps_are_the_events_own_as_spark_wrote_them() -> None:
-    note, payload = wire.decode_notification((VECTORS / "price-curve-event.json").read_bytes())
+    note, _ = wire.decode_notification((VECTORS / "price-curve-event.json").read_bytes())
+    payload = wire.decode_event_payload(note.payload)  # as the scheduler reads it back
     assert isinstance(payload, wire.PriceCurve)
     payload = msgspec.structs.replace(
         payload, targets=[wire.PriceCurveTarget(resource_id="hwt", location_id="home")]

@@ -64,7 +64,7 @@ def build_report(job: Job, energy: Mapping[Target, Sequence[IntervalEnergy | Non
     payloads: list[wire.ReportPayload] = []
     notes: list[str] = []
     table: list[Row] = []
-    stamps: dict[float, wire.SparkTime] = {}
+    stamps: dict[float, dt.datetime] = {}
     for target in job.targets:
         series = energy.get(target)
         if series is None:
@@ -106,7 +106,7 @@ def _points(
     series: Sequence[IntervalEnergy | None],
     index: int,
     table: list[Row],
-    stamps: dict[float, wire.SparkTime],
+    stamps: dict[float, dt.datetime],
 ) -> list[wire.EnergyCurvePoint]:
     """The points of the intervals with data, in interval order; one table row per interval.
 
@@ -125,7 +125,7 @@ def _points(
         if kwh is not None:
             stamp = written.get(start) or stamps.get(start)
             if stamp is None:
-                stamp = stamps[start] = wire.SparkTime.of(_utc(start))
+                stamp = stamps[start] = _utc(start)
             points.append(wire.EnergyCurvePoint(timestamp=stamp, kilo_watt_hours=kwh))
     return points
 

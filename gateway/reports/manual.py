@@ -72,7 +72,7 @@ def report_deadline(request: wire.PostReportRequest, *, now: float) -> float:
 
 def parse_manual_report(raw: bytes, *, now: float) -> ManualReport:
     """Validate and canonicalise; raises ReportInvalid naming the field."""
-    if wire.json_depth(raw) > wire.MAX_DEPTH:
+    if wire.too_deep(raw):
         raise ReportInvalid(f"nested deeper than {wire.MAX_DEPTH} levels")
     try:
         data = json.loads(raw)

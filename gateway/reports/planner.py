@@ -75,9 +75,10 @@ class Target:
     """As the event wrote it, e.g. ``"01:00:00"``."""
     intervals: tuple[Interval, ...]
     """This target's intervals: sorted by start, no duplicates."""
-    starts: tuple[wire.SparkTime, ...] = field(default=(), compare=False)
-    """Each interval's start as the event wrote it (its first point there): the report's
-    timestamps. Empty when unknown; the builder then writes the start in UTC."""
+    starts: tuple[dt.datetime, ...] = field(default=(), compare=False)
+    """Each interval's start as the event gave it (its first point there; a
+    :class:`~gateway.wire.SparkTime` keeps Spark's text): the report's timestamps.
+    Empty when unknown; the builder then writes the start in UTC."""
 
     @property
     def label(self) -> str:
@@ -266,10 +267,10 @@ def _intervals(stamps: Iterable[dt.datetime], resolution: str) -> tuple[Interval
 
 
 def _starts(
-    stamps: Iterable[wire.SparkTime], intervals: Sequence[Interval]
-) -> tuple[wire.SparkTime, ...]:
+    stamps: Iterable[dt.datetime], intervals: Sequence[Interval]
+) -> tuple[dt.datetime, ...]:
     """Each interval's start as the event wrote it: its first point at that instant."""
-    first: dict[float, wire.SparkTime] = {}
+    first: dict[float, dt.datetime] = {}
     for t in stamps:
         first.setdefault(t.timestamp(), t)
     return tuple(first[start] for start, _ in intervals)
@@ -315,7 +316,7 @@ def _resource_target(
     meter_point_id: str | None,
     resolution: str,
     intervals: tuple[Interval, ...],
-    starts: tuple[wire.SparkTime, ...],
+    starts: tuple[dt.datetime, ...],
 ) -> Target:
     return Target(
         kind="resource",
@@ -334,7 +335,7 @@ def _location_target(
     loc: LocationConfig,
     resolution: str,
     intervals: tuple[Interval, ...],
-    starts: tuple[wire.SparkTime, ...],
+    starts: tuple[dt.datetime, ...],
 ) -> Target:
     return Target(
         kind="location",
@@ -364,7 +365,7 @@ def _group(targets: Iterable[T], key: Callable[[T], K]) -> dict[K, list[T]]:
 
 def _schedule(
     name: str, group: Sequence[_LPCTarget], notes: list[str]
-) -> tuple[str, tuple[Interval, ...], tuple[wire.SparkTime, ...]] | None:
+) -> tuple[str, tuple[Interval, ...], tuple[dt.datetime, ...]] | None:
     """One LPC target's resolution, intervals and their starts (its entries merged), or None:
     decline it."""
     resolutions = {t.resolution for t in group}

@@ -6,8 +6,9 @@ Rules that protect the money:
 
 * An interval without data (``None``) is **left out** of the payload, never sent as 0: a zero
   is a claim that nothing was used. A target with no data at all gets no payload.
-* Each point's timestamp is the event's own point timestamp, written exactly as Spark wrote it
-  (offset and up to 7 fractional digits kept: ``Target.starts``); a start the event did not
+* Each point's timestamp is the event's own point timestamp (``Target.starts``): written
+  exactly as Spark wrote it when it is in UTC (``Z`` or ``+00:00``, up to 7 fractional
+  digits), else converted to UTC with its fractional digits kept; a start the event did not
   write is written in UTC.
 * kWh are rounded here and only here, to 6 decimals (1 mWh). Meters resolve at best to the
   watt-hour (0.001 kWh), so 6 decimals keep every watt-hour exact with three digits of margin

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import pytest
 
-from gateway import wire
+from gateway import contract, wire
+from gateway.config import parse_config
 from gateway.errors import WireError
+from gateway.metering.energy import IntervalEnergy, Quality
+from gateway.reports.builder import build_report
+from gateway.reports.planner import plan_event
 from tests.conftest import vector
 
 
@@ -369,3 +374,38 @@ def test_the_openapi_report_example_with_curve_points_null_decodes() -> None:
     request = wire.decode_report_request(json.dumps(example).encode())
     assert isinstance(request.payloads[0], wire.EnergyUsage)
     assert request.payloads[0].curve_points is None
+
+
+def test_a_report_carries_sparks_timestamps_and_a_normalised_resolution() -> None:
+    """Event in -> report out, through the planner and builder as the scheduler runs them."""
+    stamps = ["2024-05-01T10:00:00.1234567Z", "2024-05-01T11:00:00.1234567+00:00"]
+    shifted = "2024-05-01T14:00:00.7654321+02:00"  # 12:00 UTC
+    payload = {
+        "payloadType": "PriceCurve",
+        "targets": [{"resourceId": "hwt", "locationId": "home"}],
+        "priceCurveDelta": {
+            "points": [{"price": 1.0, "timestamp": s} for s in [*stamps, shifted]],
+            "resolution": "PT1H",
+        },
+        "priceArea": "NO5",
+    }
+    config = parse_config(
+        {
+            "adapters": {"meter": {"type": "simulated"}},
+            "resources": [{"resource_id": "hwt", "location_id": "home", "adapter": "meter"}],
+        },
+        base=Path("/"),
+    )
+    decoded = wire.decode_event_payload(json.dumps(payload).encode())
+    (job,) = plan_event("e1", decoded, config, now=0.0).jobs
+    (target,) = job.targets
+    energy = [IntervalEnergy(s, e, 1.0, Quality.MEASURED) for s, e in target.intervals]
+    result = build_report(job, {target: energy})
+    assert result.body is not None
+    contract.check("PostReportRequest", json.loads(result.body))
+    (sent,) = json.loads(result.body)["payloads"]
+    assert sent["resolution"] == "01:00:00"
+    assert [p["timestamp"] for p in sent["points"]] == [
+        *stamps,  # exactly as Spark wrote them
+        "2024-05-01T12:00:00.7654321Z",  # an offset form: in UTC, every digit kept
+    ]

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import socket
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ __all__ = [
     "check_values",
     "key_name",
     "parse_listen",
+    "listen_problem",
     "shown",
     "state_dir_problem",
 ]
@@ -290,7 +292,27 @@ def check_values(cfg: Config) -> None:
     _check_rules(cfg)
 
 
-# --- state directory ----------------------------------------------------------------------------
+# --- what this machine offers ------------------------------------------------------------------
+
+
+def listen_problem(host: str) -> str | None:
+    """None if every address ``host`` resolves to can be bound here, else why not.
+
+    Binds each to port 0 and closes it at once, so it neither needs the configured port
+    nor disturbs a gateway already listening there (whether that port is free is only
+    known when ``run`` binds it).
+    """
+    try:
+        found = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:
+        return f"cannot resolve {shown(host)}: {getattr(exc, 'strerror', None) or exc}"
+    for family, kind, proto, _, address in found:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.bind(address)
+        except OSError as exc:
+            return f"cannot listen on {shown(host)}: {exc.strerror or exc}"
+    return None
 
 
 def state_dir_problem(path: Path) -> str | None:

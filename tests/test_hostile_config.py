@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import socket
 import string
 import typing
 from collections.abc import Iterator, Mapping
@@ -21,6 +22,8 @@ import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.app import webhook_settings
+from gateway.backoff import Backoff
 from gateway.cli import check_config, main
 from gateway.config import LIMITS, Config, LocationConfig, ResourceConfig, load_config
 from gateway.errors import ConfigError
@@ -45,12 +48,18 @@ def tomlify(value: Any) -> str:
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)
+        return toml_string(value)
     if isinstance(value, list):
         return "[" + ", ".join(tomlify(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(k)} = {tomlify(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{toml_string(k)} = {tomlify(v)}" for k, v in value.items()) + "}"
     raise TypeError(type(value))
+
+
+def toml_string(text: str) -> str:
+    """A TOML basic string: JSON's escapes, but astral characters as themselves (TOML has no
+    surrogate pairs) and DEL escaped (TOML forbids it raw)."""
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007F")
 
 
 def document(data: Mapping[str, Any]) -> str:
@@ -59,13 +68,13 @@ def document(data: Mapping[str, Any]) -> str:
     for name, table in data.items():
         if isinstance(table, list) and all(isinstance(t, dict) for t in table) and table:
             for item in table:
-                lines.append(f"[[{json.dumps(name)}]]")
-                lines += [f"{json.dumps(k)} = {tomlify(v)}" for k, v in item.items()]
+                lines.append(f"[[{toml_string(name)}]]")
+                lines += [f"{toml_string(k)} = {tomlify(v)}" for k, v in item.items()]
         elif isinstance(table, dict):
-            lines.append(f"[{json.dumps(name)}]")
-            lines += [f"{json.dumps(k)} = {tomlify(v)}" for k, v in table.items()]
+            lines.append(f"[{toml_string(name)}]")
+            lines += [f"{toml_string(k)} = {tomlify(v)}" for k, v in table.items()]
         else:
-            lines.insert(0, f"{json.dumps(name)} = {tomlify(table)}")
+            lines.insert(0, f"{toml_string(name)} = {tomlify(table)}")
     return "\n".join(lines) + "\n"
 
 
@@ -281,6 +290,31 @@ def test_a_state_dir_run_could_not_create_is_refused_by_check(
         assert_refused(capsys, write(tmp_path, data), "gateway.state_dir")
 
 
+@pytest.mark.parametrize(
+    "listen",
+    [
+        "203.0.113.1:8080",  # TEST-NET-3: no interface here has it
+        "no-such-host.invalid:8080",
+    ],
+)
+def test_a_listen_host_run_could_not_bind_is_refused_by_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], listen: str
+) -> None:
+    data = base(tmp_path, webhook={**WEBHOOK, "listen": listen})
+    assert_refused(capsys, write(tmp_path, data), "webhook.listen")
+
+
+def test_check_does_not_need_the_port_a_running_gateway_holds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        data = base(tmp_path, webhook={**WEBHOOK, "listen": f"127.0.0.1:{port}"})
+        assert run_check(capsys, "-c", str(write(tmp_path, data))) == (0, [])
+
+
 def test_weird_names_stay_on_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = base(tmp_path, adapters={"two\nlines": {"type": "no\nsuch\ntype"}})
     line = assert_refused(capsys, write(tmp_path, data), "adapters.")
@@ -421,81 +455,142 @@ SCALARS = st.one_of(
         ]
     ),
 )
-VALUES = st.recursive(
+VALUES = st.one_of(
     SCALARS,
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
-    ),
-    max_leaves=8,
+    st.lists(SCALARS, max_size=3),
+    st.dictionaries(st.text(max_size=6), SCALARS, max_size=2),
 )
-SECTIONS: dict[str, tuple[str, ...]] = {
-    "gateway": ("state_dir",),
-    "api": ("base_url", "token_url", "client_id", "client_secret", "client_secret_file"),
-    "webhook": ("listen", "path", "secret", "secret_file", "max_body", "read_timeout"),
-    "poll": ("interval", "page_size"),
-    "delivery": ("timeout", "backoff_initial", "backoff_max", "concurrency", "retry_after_max"),
-    "reporting": ("grace",),
-    "metering": ("max_gap", "raw_retention", "retention"),
+DURATIONS = st.sampled_from(["10s", "30s", "5m", "1h", "2d", 45, 120.5, "500ms"])
+SECTIONS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
+    "gateway": {"state_dir": st.sampled_from(["state", "state/deeper", "."])},
+    "api": {
+        "base_url": st.sampled_from(["https://api.example.test/v1", "http://127.0.0.1:8900/v1"]),
+        "token_url": st.sampled_from(["https://auth.example.test/token", "http://[::1]:1/t"]),
+        "client_id": st.text(min_size=1, max_size=10),
+        "client_secret": st.text(min_size=1, max_size=10),
+        "client_secret_file": st.just("secret.txt"),
+    },
+    "webhook": {
+        "listen": st.sampled_from(["127.0.0.1:0", "[::1]:8080", "localhost:65535"]),
+        "path": st.sampled_from(["/notify", "/", "/a/b-c_d.e~f"]),
+        "secret": st.text(min_size=1, max_size=10),
+        "secret_file": st.just("secret.txt"),
+        "max_body": st.integers(1024, 64 * 1024 * 1024),
+        "read_timeout": DURATIONS,
+    },
+    "poll": {"interval": DURATIONS, "page_size": st.integers(1, 1000)},
+    "delivery": {
+        "timeout": DURATIONS,
+        "backoff_initial": DURATIONS,
+        "backoff_max": DURATIONS,
+        "concurrency": st.integers(1, 64),
+        "retry_after_max": DURATIONS,
+    },
+    "reporting": {"grace": DURATIONS},
+    "metering": {
+        "max_gap": DURATIONS,
+        "raw_retention": st.sampled_from(["2h", "48h", "30d"]),
+        "retention": st.sampled_from(["32d", "62d", "10000d"]),
+    },
 }
-RESOURCE_KEYS = ("resource_id", "location_id", "adapter", "meter_point_id", "channel", "max_kw")
-ADAPTER_KEYS = ("type", "poll_interval", "read_timeout", "power_kw", "start_kwh")
+ENTRY_KEYS: dict[str, st.SearchStrategy[Any]] = {
+    "resource_id": st.text(min_size=1, max_size=8),
+    "location_id": st.text(min_size=1, max_size=8),
+    "meter_point_id": st.text(min_size=1, max_size=8),
+    "adapter": st.sampled_from(["a", "b"]),
+    "channel": st.sampled_from(["energy", "power", "nope"]),
+    "direction": st.sampled_from(["import", "net", "export"]),
+    "max_kw": st.floats(0.001, 1e6),
+}
+ADAPTER_KEYS: dict[str, st.SearchStrategy[Any]] = {
+    "type": st.sampled_from(["simulated", "simulated", "modbus", "mqtt", "nope"]),
+    "poll_interval": DURATIONS,
+    "read_timeout": DURATIONS,
+    "power_kw": st.floats(-10, 10),
+    "start_kwh": st.floats(0, 1e6),
+}
 KEYS = st.text(alphabet=string.ascii_lowercase + "_", min_size=1, max_size=12)
 
 
+def table_of(
+    draw: st.DrawFn, keys: Mapping[str, st.SearchStrategy[Any]], required: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Some of ``keys``, each with a good value (two times in three) or a hostile one."""
+    chosen = list(required) + draw(st.lists(st.sampled_from(sorted(keys)), max_size=4))
+    table = {key: draw(st.one_of(keys[key], keys[key], VALUES)) for key in chosen}
+    if draw(st.integers(0, 9)) == 5:
+        table[draw(KEYS)] = draw(VALUES)  # an unknown key
+    return table
+
+
 @st.composite
-def hostile_configs(draw: st.DrawFn, state_dir: str) -> str | bytes:
-    """A config document: the real structure with a random value at some keys, or bytes."""
-    if draw(st.integers(0, 9)) == 0:
+def hostile_configs(draw: st.DrawFn) -> str | bytes:
+    """A config document: the real structure with good and hostile values, or bytes."""
+    if draw(st.integers(0, 9)) == 5:
         return draw(st.binary(max_size=200))
-    data: dict[str, Any] = {"gateway": {"state_dir": state_dir}, "api": dict(API)}
+    data: dict[str, Any] = {"api": dict(API)}
     for section, keys in SECTIONS.items():
         if draw(st.booleans()):
-            table = data.setdefault(section, {})
-            for key in draw(st.lists(st.sampled_from(keys), max_size=3)):
-                table[key] = draw(VALUES)
-            if draw(st.integers(0, 5)) == 0:
-                table[draw(KEYS)] = draw(VALUES)  # maybe unknown
-    if draw(st.booleans()):
-        data["adapters"] = {
-            draw(st.sampled_from(["a", "b", "", "x y"])): {
-                key: draw(st.just("simulated") | VALUES)
-                for key in draw(st.lists(st.sampled_from(ADAPTER_KEYS), max_size=3))
-            }
-        }
-    for name in ("resources", "locations"):
+            data[section] = {**data.get(section, {}), **table_of(draw, keys)}
+    names = draw(st.lists(st.sampled_from(["a", "b", "", "x y"]), max_size=2, unique=True))
+    if names:
+        data["adapters"] = {name: table_of(draw, ADAPTER_KEYS, ("type",)) for name in names}
+    required = {
+        "resources": ("resource_id", "location_id", "adapter"),
+        "locations": ("location_id", "meter_point_id", "adapter"),
+    }
+    for name, keys in required.items():
         if draw(st.booleans()):
-            data[name] = [
-                {
-                    key: draw(VALUES | st.just("a"))
-                    for key in draw(st.lists(st.sampled_from(RESOURCE_KEYS)))
-                }
-                for _ in range(draw(st.integers(1, 2)))
-            ]
-    if draw(st.integers(0, 9)) == 0:
+            count = draw(st.integers(1, 2))
+            data[name] = [table_of(draw, ENTRY_KEYS, keys) for _ in range(count)]
+    if draw(st.integers(0, 9)) == 5:
         data[draw(KEYS)] = draw(VALUES)
     text = document(data)
-    if draw(st.integers(0, 9)) == 0:  # a cut or a stray byte in otherwise valid TOML
+    if draw(st.integers(0, 9)) == 5:  # a cut or a stray byte in otherwise valid TOML
         cut = draw(st.integers(0, len(text)))
         return text[:cut].encode() + draw(st.binary(max_size=4)) + text[cut:].encode()
     return text
 
 
 @settings(
-    max_examples=300,
+    max_examples=200,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(data=st.data())
 def test_generated_configs_are_ok_or_one_config_error(tmp_path: Path, data: st.DataObject) -> None:
-    state_dir = str(tmp_path / "state")
-    doc = data.draw(hostile_configs(state_dir))
-    error = refusal(write(tmp_path, doc))  # anything but a ConfigError fails the test
-    if error is not None:
+    (tmp_path / "secret.txt").write_text("from-a-file\n")
+    path = write(tmp_path, data.draw(hostile_configs()))
+    error = refusal(path)  # anything but a ConfigError fails the test
+    if error is None:
+        assert_runnable(load_config(str(path)))
+    else:
         text = str(error)
         assert "\n" not in text and "\r" not in text
         assert len(text) < 2000
         if error.key is not None:
             assert text.startswith(f"{error.key}: ")
+
+
+def assert_runnable(config: Config) -> None:
+    """What the running gateway takes for granted of a config that passed ``check``."""
+    durations = [
+        value
+        for table in (config.webhook, config.poll, config.delivery, config.metering)
+        if table is not None
+        for value in msgspec.structs.astuple(table)
+        if isinstance(value, Duration)
+    ]
+    assert all(0 < d < math.inf for d in durations)
+    assert 0 <= config.reporting.grace < math.inf
+    metering = config.metering
+    assert 0 < metering.max_gap < metering.raw_retention < metering.retention  # compaction's
+    Backoff(config.delivery.backoff_initial, config.delivery.backoff_max)  # raises if unusable
+    assert 1 <= config.delivery.concurrency <= 64
+    assert config.poll is None or 1 <= config.poll.page_size <= 1000
+    settings = webhook_settings(config)
+    assert settings is None or (0 <= settings.port <= 65535 and settings.max_body > 0)
+    assert all(0 < r.max_kw < math.inf for r in [*config.resources, *config.locations])
 
 
 def refusal(path: Path) -> ConfigError | None:

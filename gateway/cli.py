@@ -424,6 +424,19 @@ def _exit_cleanly(signum: int, frame: object) -> None:
     raise SystemExit(EXIT_OK)
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _log_level(default: str) -> str:
+    """``ECGW_LOG_LEVEL`` (any case), or ``default``; another value is a config error."""
+    level = os.environ.get("ECGW_LOG_LEVEL") or default
+    if level.lower() not in LOG_LEVELS:
+        raise ConfigError(
+            f"expected one of {', '.join(LOG_LEVELS)}, got {level!r}", key="ECGW_LOG_LEVEL"
+        )
+    return level.lower()
+
+
 def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_cleanly)
@@ -435,8 +448,7 @@ def main(argv: list[str] | None = None) -> int:
             register_secrets(
                 s.reveal() for s in (config.client_secret, config.webhook_secret) if s is not None
             )
-        default_level = "warning" if args.handler in QUIET else "info"
-        configure_logging(level=os.environ.get("ECGW_LOG_LEVEL", default_level))
+        configure_logging(level=_log_level("warning" if args.handler in QUIET else "info"))
         handler: Handler = args.handler
         return asyncio.run(handler(args, config))
     except (ConfigError, UsageError) as exc:

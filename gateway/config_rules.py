@@ -49,7 +49,7 @@ class Limit:
     low: float
     high: float
     why: str
-    kind: Literal["duration", "integer", "number"] = "duration"
+    kind: Literal["duration", "integer", "bytes", "number"] = "duration"
     low_inclusive: bool = True
 
     def problem(self, value: float) -> str | None:
@@ -66,7 +66,11 @@ class Limit:
     def show(self, value: float) -> str:
         if self.kind == "duration" and math.isfinite(value) and value >= 0:
             return format_duration(value)
-        return str(value) if self.kind == "integer" else f"{value:g}"
+        if self.kind == "bytes" and value > 0:
+            for unit, size in (("MiB", 1024 * 1024), ("KiB", 1024)):
+                if value % size == 0:
+                    return f"{value // size} {unit}"
+        return str(value) if self.kind in ("integer", "bytes") else f"{value:g}"
 
 
 _DAY = 86400.0
@@ -76,7 +80,7 @@ needed for up to a (31-day) month after it was taken."""
 
 LIMITS: dict[str, Limit] = {
     "webhook.max_body": Limit(
-        1024, 64 * 1024 * 1024, "a notification is a few KiB; 64 MiB bounds memory", "integer"
+        1024, 64 * 1024 * 1024, "a notification is a few KiB; 64 MiB bounds memory", "bytes"
     ),
     "webhook.read_timeout": Limit(
         1.0, 3600.0, "shorter cuts off real clients; the bound stops slow-loris holds"

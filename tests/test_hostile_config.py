@@ -281,6 +281,13 @@ def test_a_secret_file_that_is_not_utf8_is_named(
     assert "UTF-8" in line
 
 
+def test_a_symlink_loop_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    data = base(tmp_path, gateway={"state_dir": str(tmp_path / "a" / "state")})
+    assert "cannot resolve" in assert_refused(capsys, write(tmp_path, data), "gateway.state_dir")
+
+
 def test_a_state_dir_run_could_not_create_is_refused_by_check(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -315,6 +322,15 @@ def test_check_does_not_need_the_port_a_running_gateway_holds(
         assert run_check(capsys, "-c", str(write(tmp_path, data))) == (0, [])
 
 
+def test_an_unknown_log_level_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ECGW_LOG_LEVEL", "loud")
+    assert_refused(capsys, write(tmp_path, base(tmp_path)), "ECGW_LOG_LEVEL")
+    monkeypatch.setenv("ECGW_LOG_LEVEL", "WARNING")
+    assert run_check(capsys, "-c", str(write(tmp_path, base(tmp_path)))) == (0, [])
+
+
 def test_weird_names_stay_on_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = base(tmp_path, adapters={"two\nlines": {"type": "no\nsuch\ntype"}})
     line = assert_refused(capsys, write(tmp_path, data), "adapters.")
@@ -347,12 +363,13 @@ def _config_with(tmp_path: Path, key: str, value: float) -> dict[str, Any]:
 @pytest.mark.parametrize("key", sorted(LIMITS))
 def test_each_limit_is_enforced_at_both_ends(tmp_path: Path, key: str) -> None:
     limit = LIMITS[key]
-    step = 1 if limit.kind == "integer" else 0.001
+    whole = limit.kind in ("integer", "bytes")
+    step = 1 if whole else 0.001
     cases = [
         (limit.low, limit.low_inclusive),
         (limit.high, True),
         (limit.low - step if limit.low_inclusive else limit.low - 1, False),
-        (limit.high + step if limit.kind == "integer" else limit.high + 1, False),
+        (limit.high + step if whole else limit.high + 1, False),
     ]
     for value, ok in cases:
         path = write(tmp_path, _config_with(tmp_path, key, value))

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway import render, wire
-from gateway.app import Gateway, load_adapters
-from gateway.config import Config, load_config
+from gateway.app import Gateway, load_adapters, webhook_settings
+from gateway.config import Config, key_name, load_config
 from gateway.errors import AdapterLoadError, ConfigError, GatewayError, ReportInvalid, WireError
 from gateway.logs import configure_logging, register_secrets
 from gateway.reports import manual
@@ -34,7 +34,7 @@ from gateway.store.meta import Meta
 from gateway.store.outbox import Outbox
 from gateway.store.readings import ReadingsStore
 
-__all__ = ["main"]
+__all__ = ["check_config", "main"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -77,17 +77,33 @@ async def run_until_signalled(main: Coroutine[Any, Any, None]) -> None:
 # --- commands ----------------------------------------------------------------
 
 
+def check_config(config: Config) -> Config:
+    """Everything ``ecgw run`` refuses before it starts, checked without starting anything.
+
+    Beyond parsing (ranges, names, URLs, secrets): the API table and a usable state
+    directory (:meth:`Config.require_runnable`), the webhook's address, and every adapter
+    built from its table with the channels the config asks of it. ``run`` keeps running
+    beside an adapter whose plugin cannot be loaded; ``check`` refuses it. Raises
+    ConfigError naming the key.
+    """
+    config.require_runnable()
+    webhook_settings(config)
+    _, errors = load_adapters(config)
+    if errors:
+        names = sorted(errors)
+        key = f"adapters.{key_name(names[0])}" if len(names) == 1 else "adapters"
+        raise ConfigError("; ".join(str(errors[name]) for name in names), key=key)
+    return config
+
+
 async def cmd_run(args: argparse.Namespace, config: Config) -> int:
-    config.require_api()
+    config.require_runnable()
     await run_until_signalled(Gateway(config).run())
     return EXIT_OK
 
 
 async def cmd_check(args: argparse.Namespace, config: Config) -> int:
-    config.require_api()
-    _, errors = load_adapters(config)
-    if errors:
-        raise UsageError("; ".join(str(e) for e in errors.values()))
+    check_config(config)
     parts = [
         f"state_dir={config.gateway.state_dir}",
         f"webhook={'on' if config.webhook else 'off'}",
@@ -408,6 +424,19 @@ def _exit_cleanly(signum: int, frame: object) -> None:
     raise SystemExit(EXIT_OK)
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _log_level(default: str) -> str:
+    """``ECGW_LOG_LEVEL`` (any case), or ``default``; another value is a config error."""
+    level = os.environ.get("ECGW_LOG_LEVEL") or default
+    if level.lower() not in LOG_LEVELS:
+        raise ConfigError(
+            f"expected one of {', '.join(LOG_LEVELS)}, got {level!r}", key="ECGW_LOG_LEVEL"
+        )
+    return level.lower()
+
+
 def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_cleanly)
@@ -419,8 +448,7 @@ def main(argv: list[str] | None = None) -> int:
             register_secrets(
                 s.reveal() for s in (config.client_secret, config.webhook_secret) if s is not None
             )
-        default_level = "warning" if args.handler in QUIET else "info"
-        configure_logging(level=os.environ.get("ECGW_LOG_LEVEL", default_level))
+        configure_logging(level=_log_level("warning" if args.handler in QUIET else "info"))
         handler: Handler = args.handler
         return asyncio.run(handler(args, config))
     except (ConfigError, UsageError) as exc:

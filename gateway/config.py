@@ -3,20 +3,34 @@
 Secrets are wrapped in :class:`Secret` as soon as they are read, so a repr, a
 log line or an error message can never show them. Relative paths are taken
 relative to the config file's folder.
+
+Every value has a range and the keys obey rules between them
+(:mod:`gateway.config_rules`), so what loads is what the gateway can run with: a
+config problem is one :class:`ConfigError` naming the key, found by ``ecgw check``
+as well as ``ecgw run``, never a crash later.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
-from gateway.errors import ConfigError
+from gateway.config_rules import (
+    LIMITS,
+    Limit,
+    check_values,
+    key_name,
+    listen_problem,
+    parse_listen,
+    state_dir_problem,
+)
+from gateway.config_rules import shown as _shown
+from gateway.errors import ConfigError, validation_parts
 from gateway.timeutil import Duration
 
 __all__ = [
@@ -26,6 +40,8 @@ __all__ = [
     "DeliveryConfig",
     "Direction",
     "GatewayConfig",
+    "LIMITS",
+    "Limit",
     "LocationConfig",
     "MeteringConfig",
     "PollConfig",
@@ -35,13 +51,17 @@ __all__ = [
     "WebhookConfig",
     "config_path",
     "convert",
+    "key_name",
     "load_config",
     "parse_config",
+    "parse_listen",
 ]
 
 ENV_CONFIG = "ECGW_CONFIG"
 ENV_CLIENT_SECRET = "ECGW_CLIENT_SECRET"  # noqa: S105 - an environment variable's name
 ENV_WEBHOOK_SECRET = "ECGW_WEBHOOK_SECRET"  # noqa: S105 - an environment variable's name
+MAX_CONFIG_BYTES = 1024 * 1024  # a config file is a few KiB; /dev/zero is not one
+MAX_SECRET_BYTES = 64 * 1024
 
 
 class Secret:
@@ -71,14 +91,17 @@ class Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=T
     """Base of every config table: a typo is an error that names the key."""
 
 
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+
+
 class GatewayConfig(Section, frozen=True):
-    state_dir: str = "/var/lib/ecgw"
+    state_dir: NonEmpty = "/var/lib/ecgw"
 
 
 class ApiConfig(Section, frozen=True):
     base_url: str
     token_url: str
-    client_id: str
+    client_id: NonEmpty
     client_secret: str | None = None
     client_secret_file: str | None = None
 
@@ -127,20 +150,20 @@ would need more (a counter jump, a power value) are rejected as glitches."""
 
 
 class ResourceConfig(Section, frozen=True):
-    resource_id: str
-    location_id: str
-    adapter: str
-    meter_point_id: str | None = None
-    channel: str = "energy"
+    resource_id: NonEmpty
+    location_id: NonEmpty
+    adapter: NonEmpty
+    meter_point_id: NonEmpty | None = None
+    channel: NonEmpty = "energy"
     direction: Direction = "import"
     max_kw: float = DEFAULT_MAX_KW
 
 
 class LocationConfig(Section, frozen=True):
-    location_id: str
-    meter_point_id: str
-    adapter: str
-    channel: str = "energy"
+    location_id: NonEmpty
+    meter_point_id: NonEmpty
+    adapter: NonEmpty
+    channel: NonEmpty = "energy"
     direction: Direction = "import"
     max_kw: float = DEFAULT_MAX_KW
 
@@ -180,11 +203,25 @@ class Config(Section, frozen=True):
             )
         return self.api
 
+    def require_runnable(self) -> ApiConfig:
+        """What ``ecgw run`` needs beyond a parsed config: the API, a state directory it
+        can create or open, and a webhook host this machine can listen on. Looks, never
+        changes: ``ecgw check`` runs it beside a running gateway."""
+        api = self.require_api()
+        if problem := state_dir_problem(self.state_path):
+            raise ConfigError(problem, key="gateway.state_dir")
+        if self.webhook is not None:
+            host, _ = parse_listen(self.webhook.listen)
+            if problem := listen_problem(host):
+                raise ConfigError(problem, key="webhook.listen")
+        return api
+
+
+# --- loading ------------------------------------------------------------------------------------
 
 T = TypeVar("T")
 
 _LOADER_ONLY = {"client_secret", "webhook_secret", "source"}
-_PATH = re.compile(r" - at `\$(.*)`$")
 
 
 def _dec_hook(type_: type, value: Any) -> Any:
@@ -198,18 +235,20 @@ def convert(data: Mapping[str, Any], type_: type[T], *, prefix: str = "") -> T:
     try:
         return msgspec.convert(data, type_, dec_hook=_dec_hook)
     except msgspec.ValidationError as exc:
-        text = str(exc)
-        match = _PATH.search(text)
-        path = match.group(1) if match else ""
-        text = _PATH.sub("", text)
-        unknown = re.match(r"Object contains unknown field `(.+)`", text)
-        if unknown:
-            path, text = f"{path}.{unknown.group(1)}", "unknown key"
-        missing = re.match(r"Object missing required field `(.+)`", text)
-        if missing:
-            path, text = f"{path}.{missing.group(1)}", "required key is missing"
-        key = (prefix + path).replace("$", "").lstrip(".") or None
-        raise ConfigError(text.rstrip("."), key=key) from None
+        path, message = validation_parts(exc)
+        key = ".".join(p for p in (prefix, path) if p) or None
+        raise ConfigError(message, key=key) from None
+
+
+def _read_bounded(path: Path, limit: int) -> bytes:
+    """At most ``limit`` bytes of ``path``; raises ValueError if there are more, OSError."""
+    if "\x00" in str(path):
+        raise ValueError("the path contains a NUL character")
+    with path.open("rb") as file:
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"it is larger than {limit // 1024} KiB")
+    return data
 
 
 def _read_secret(
@@ -221,41 +260,31 @@ def _read_secret(
         raise ConfigError(f"give {key} or {key}_file, not both", key=key)
     if value is not None:
         return Secret(value)
-    if file is not None:
-        path = base / file
-        try:
-            return Secret(path.read_text(encoding="utf-8").rstrip("\r\n"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror}", key=f"{key}_file") from None
-    return None
+    if file is None:
+        return None
+    path = base / file
+    try:
+        return Secret(_read_bounded(path, MAX_SECRET_BYTES).decode().rstrip("\r\n"))
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"cannot read {_shown(str(path))}: {reason}", key=f"{key}_file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{_shown(str(path))} is not UTF-8 (byte {exc.start})", key=f"{key}_file"
+        ) from None
+    except ValueError as exc:
+        raise ConfigError(f"cannot read {_shown(str(path))}: {exc}", key=f"{key}_file") from None
 
 
-def _check(cfg: Config) -> None:
-    names = set(cfg.adapters)
-    for i, res in enumerate(cfg.resources):
-        if res.adapter not in names:
-            raise ConfigError(f"no [adapters.{res.adapter}] table", key=f"resources[{i}].adapter")
-    for i, loc in enumerate(cfg.locations):
-        if loc.adapter not in names:
-            raise ConfigError(f"no [adapters.{loc.adapter}] table", key=f"locations[{i}].adapter")
-    seen: set[str] = set()
-    for i, res in enumerate(cfg.resources):
-        if res.resource_id in seen:
-            raise ConfigError(f"{res.resource_id!r} is listed twice", key=f"resources[{i}]")
-        seen.add(res.resource_id)
-    for name, table in cfg.adapters.items():
-        if not isinstance(table.get("type"), str):
-            raise ConfigError("required key is missing", key=f"adapters.{name}.type")
-    if cfg.delivery.concurrency < 1:
-        raise ConfigError("must be at least 1", key="delivery.concurrency")
-    if cfg.webhook is not None:
-        host, _, port = cfg.webhook.listen.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError("expected HOST:PORT", key="webhook.listen")
-        if not cfg.webhook.path.startswith("/"):
-            raise ConfigError("must start with '/'", key="webhook.path")
-    if cfg.poll is not None and not 1 <= cfg.poll.page_size <= 1000:
-        raise ConfigError("must be between 1 and 1000", key="poll.page_size")
+def _state_dir(written: str, base: Path) -> str:
+    if "\x00" in written:
+        raise ConfigError("contains a NUL character", key="gateway.state_dir")
+    try:
+        return str((base / written).resolve())
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+        raise ConfigError(
+            f"cannot resolve {_shown(written)}: {exc}", key="gateway.state_dir"
+        ) from None
 
 
 def parse_config(data: Mapping[str, Any], *, base: Path, source: str = "<memory>") -> Config:
@@ -264,7 +293,7 @@ def parse_config(data: Mapping[str, Any], *, base: Path, source: str = "<memory>
         if key in data:
             raise ConfigError("unknown key", key=key)
     cfg = convert(data, Config)
-    state_dir = str((base / cfg.gateway.state_dir).resolve())
+    state_dir = _state_dir(cfg.gateway.state_dir, base)
     client_secret = None
     if cfg.api is not None:
         client_secret = _read_secret(
@@ -274,6 +303,8 @@ def parse_config(data: Mapping[str, Any], *, base: Path, source: str = "<memory>
             base,
             "api.client_secret",
         )
+        if client_secret is not None and not client_secret.reveal():
+            raise ConfigError("the client secret is empty", key="api.client_secret")
     webhook_secret = None
     if cfg.webhook is not None:
         webhook_secret = _read_secret(
@@ -301,7 +332,7 @@ def parse_config(data: Mapping[str, Any], *, base: Path, source: str = "<memory>
         webhook_secret=webhook_secret,
         source=source,
     )
-    _check(cfg)
+    check_values(cfg)
     return cfg
 
 
@@ -313,14 +344,35 @@ def config_path(given: str | None) -> Path:
     return Path(name)
 
 
+def _parse_toml(path: Path) -> dict[str, Any]:
+    shown = _shown(str(path))
+    try:
+        raw = _read_bounded(path, MAX_CONFIG_BYTES)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"cannot read config file {shown}: {reason}") from None
+    except ValueError as exc:
+        raise ConfigError(f"cannot read config file {shown}: {exc}") from None
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{shown} is not UTF-8 (byte {exc.start} is {raw[exc.start]:#04x})"
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except RecursionError:
+        raise ConfigError(f"{shown} is not valid TOML: nested too deeply") from None
+    except ValueError as exc:  # TOMLDecodeError, and int() of a 5,000-digit literal
+        message = " ".join(str(exc).split())[:300]
+        raise ConfigError(f"{shown} is not valid TOML: {message}") from None
+
+
 def load_config(given: str | None) -> Config:
     path = config_path(given)
+    data = _parse_toml(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    return parse_config(data, base=path.resolve().parent, source=str(path))
+        base = path.resolve().parent
+    except (OSError, RuntimeError) as exc:
+        raise ConfigError(f"cannot resolve {_shown(str(path))}: {exc}") from None
+    return parse_config(data, base=base, source=str(path))

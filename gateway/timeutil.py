@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 
 __all__ = [
     "Duration",
+    "MAX_DURATION",
     "UTC",
+    "format_duration",
     "format_timespan",
     "format_utc",
     "month_end",
@@ -19,8 +22,10 @@ __all__ = [
 
 UTC = dt.UTC
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*$", re.ASCII)
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+MAX_DURATION = 100 * 365.25 * 86400.0
+"""No duration is longer than 100 years: beyond it a value is a typo, not a wish."""
 # .NET TimeSpan "c" format: [-][d.]hh:mm:ss[.fffffff]
 _TIMESPAN = re.compile(r"^(?:(\d+)\.)?(\d{1,2}):(\d{2}):(\d{2})(?:\.(\d{1,7}))?$")
 
@@ -28,19 +33,53 @@ _TIMESPAN = re.compile(r"^(?:(\d+)\.)?(\d{1,2}):(\d{2}):(\d{2})(?:\.(\d{1,7}))?$
 def parse_duration(value: object) -> float:
     """Seconds from ``"500ms"``, ``"10s"``, ``"5m"``, ``"1h"``, ``"62d"`` or a number.
 
-    Raises ValueError naming what was wrong; callers add the config key.
+    Always finite, never negative, at most :data:`MAX_DURATION`: ``nan``, ``inf``,
+    ``"1e400s"`` and ``-1`` are refused. Zero is a valid duration here; a config key
+    that needs more says so with its own limit. Raises ValueError naming what was
+    wrong (the value cut short); callers add the config key.
     """
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        seconds = (
+            float(value) if abs(value) <= MAX_DURATION else (math.inf if value > 0 else -math.inf)
+        )
+    elif isinstance(value, float):
+        seconds = value
     elif isinstance(value, str) and (m := _DURATION.match(value)):
         seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
     else:
         raise ValueError(
-            f"expected a duration like '500ms', '10s', '5m', '1h' or '2d', got {value!r}"
+            f"expected a duration like '500ms', '10s', '5m', '1h' or '2d', got {_shown(value)}"
         )
+    if math.isnan(seconds):
+        raise ValueError(f"a duration must be finite, got {_shown(value)}")
     if seconds < 0:
-        raise ValueError(f"a duration cannot be negative, got {value!r}")
+        raise ValueError(f"a duration cannot be negative, got {_shown(value)}")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"a duration must be at most 100 years, got {_shown(value)}")
     return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """``86400`` -> ``"1d"``, ``0.5`` -> ``"500ms"``, ``90`` -> ``"90s"``: as config writes it."""
+    if seconds == 0:
+        return "0s"
+    for unit in ("d", "h", "m", "s"):
+        size = _UNIT_SECONDS[unit]
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{int(seconds / size)}{unit}"
+    millis = seconds * 1000.0
+    if millis.is_integer():
+        return f"{int(millis)}ms"
+    return f"{seconds:g}s"
+
+
+def _shown(value: object) -> str:
+    """A value for an error message: its repr, one line, cut at 40 characters."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long for str()
+        return "a number with thousands of digits"
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def parse_timespan(value: str) -> dt.timedelta:
@@ -114,7 +153,8 @@ class Duration(float):
     """Seconds, as written in config (``"10s"``, ``"5m"``, ``"62d"`` or a number).
 
     A float subclass so config Structs can name it as a field type; the config
-    loader turns the written form into seconds with :func:`parse_duration`.
+    loader turns the written form into seconds with :func:`parse_duration`, so a
+    parsed Duration is finite, not negative and at most 100 years.
     """
 
     __slots__ = ()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 
-from gateway.config import load_config, parse_config
+from gateway.config import load_config, parse_config, parse_listen
 from gateway.errors import ConfigError
-from gateway.timeutil import parse_duration
+from gateway.timeutil import MAX_DURATION, format_duration, parse_duration
 
 FULL = """
 [gateway]
@@ -139,3 +140,199 @@ def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
         load_config(str(tmp_path / "missing.toml"))
     with pytest.raises(ConfigError, match="ECGW_CONFIG"):
         load_config(None)
+
+
+# --- ranges of single values --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        math.nan,
+        math.inf,
+        -math.inf,
+        "nan",
+        "inf",
+        "infs",
+        "1e400s",
+        "9" * 400 + "s",
+        10**400,
+        -(10**400),
+        -1,
+        "-1s",
+        True,
+        "\u0663s",  # an Arabic-Indic digit: float() would take it
+        "1 parsec",
+        None,
+        [1],
+        MAX_DURATION + 1,
+    ],
+)
+def test_durations_refused(value: object) -> None:
+    with pytest.raises(ValueError, match="duration") as err:
+        parse_duration(value)
+    assert len(str(err.value)) < 200 and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0, "0s"), (0.5, "500ms"), (10, "10s"), (90, "90s"), (300, "5m"), (7200, "2h"), (86400, "1d")],
+)
+def test_durations_are_shown_as_written(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [
+        ("127.0.0.1:8080", ("127.0.0.1", 8080)),
+        ("[::1]:0", ("::1", 0)),
+        ("localhost:65535", ("localhost", 65535)),
+        ("gw-1.example.com.:443", ("gw-1.example.com.", 443)),
+        ("0.0.0.0:1", ("0.0.0.0", 1)),
+    ],
+)
+def test_listen_addresses(listen: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(listen) == expected
+
+
+@pytest.mark.parametrize(
+    "listen",
+    [
+        "127.0.0.1:65536",
+        "127.0.0.1:99999",
+        "127.0.0.1:-1",
+        "127.0.0.1:+80",
+        "127.0.0.1:\u0663",
+        "127.0.0.1:",
+        ":8080",
+        "::1:8080",
+        "[::1:8080",
+        "[not-v6]:80",
+        "host",
+        "under_score:80",
+        "-dash.example:80",
+        "a..b:80",
+        "two words:80",
+        "x" * 64 + ":80",
+    ],
+)
+def test_listen_addresses_refused(listen: str) -> None:
+    with pytest.raises(ValueError) as err:
+        parse_listen(listen)
+    assert "\n" not in str(err.value)
+
+
+def api(**overrides: str) -> dict[str, object]:
+    table = {
+        "base_url": "https://api.example.test/v1",
+        "token_url": "https://auth.example.test/connect/token",
+        "client_id": "partner",
+        "client_secret": "s",
+    }
+    return {"api": {**table, **overrides}}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://api.example.test/v1",
+        "http://127.0.0.1:8900/v1/",
+        "https://[::1]:443/v1",
+        "https://api.example.test",
+    ],
+)
+def test_urls_accepted(url: str) -> None:
+    cfg = parse_config(api(base_url=url, token_url=url), base=Path("/"))
+    assert cfg.api is not None and cfg.api.base_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("api.example.test/v1", "https://"),
+        ("ftp://api.example.test/v1", "https://"),
+        ("https:///v1", "no host"),
+        ("https://:443/v1", "no host"),
+        ("https://api.example.test:99999/v1", "not a URL"),
+        ("https://user:pw@api.example.test/v1", "credentials"),
+        ("https://api.example.test/v1?x=1", "query"),
+        ("https://api example.test/v1", "spaces"),
+        ("https://api.example.test/v1\n", "spaces"),
+        ("https://bad_host.test/v1", "not a host name"),
+    ],
+)
+def test_urls_refused(url: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(api(base_url=url), base=Path("/"))
+    assert err.value.key == "api.base_url"
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("path", ["notify", "/{name}", "/a b", "/a?b", "/" + "x" * 256, ""])
+def test_webhook_paths_refused(path: str) -> None:
+    data = {"webhook": {"listen": "127.0.0.1:1", "path": path, "secret": "s"}}
+    with pytest.raises(ConfigError) as err:
+        parse_config(data, base=Path("/"))
+    assert err.value.key == "webhook.path"
+
+
+def test_ids_and_names_must_not_be_empty() -> None:
+    adapters = {"adapters": {"a": {"type": "simulated"}}}
+    for key, table in [
+        ("resources[0].resource_id", {"resource_id": "", "location_id": "l", "adapter": "a"}),
+        ("resources[0].location_id", {"resource_id": "r", "location_id": "", "adapter": "a"}),
+        (
+            "resources[0].channel",
+            {"resource_id": "r", "location_id": "l", "adapter": "a", "channel": ""},
+        ),
+        (
+            "resources[0].meter_point_id",
+            {"resource_id": "r", "location_id": "l", "adapter": "a", "meter_point_id": ""},
+        ),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            parse_config({**adapters, "resources": [table]}, base=Path("/"))
+        assert err.value.key == key
+    with pytest.raises(ConfigError) as err:
+        parse_config(api(client_id=""), base=Path("/"))
+    assert err.value.key == "api.client_id"
+    with pytest.raises(ConfigError) as err:
+        parse_config({"adapters": {"": {"type": "simulated"}}}, base=Path("/"))
+    assert err.value.key == 'adapters.""'
+    with pytest.raises(ConfigError) as err:
+        parse_config({"gateway": {"state_dir": ""}}, base=Path("/"))
+    assert err.value.key == "gateway.state_dir"
+
+
+def test_duplicate_resources_and_locations_refused() -> None:
+    adapters = {"adapters": {"a": {"type": "simulated"}}}
+    res = {"resource_id": "r", "location_id": "l", "adapter": "a"}
+    with pytest.raises(ConfigError) as err:
+        parse_config({**adapters, "resources": [res, {**res, "location_id": "m"}]}, base=Path("/"))
+    assert err.value.key == "resources[1]"
+    loc = {"location_id": "l", "meter_point_id": "mp", "adapter": "a"}
+    with pytest.raises(ConfigError) as err:
+        parse_config({**adapters, "locations": [loc, dict(loc)]}, base=Path("/"))
+    assert err.value.key == "locations[1]"
+    ok = parse_config(
+        {**adapters, "locations": [loc, {**loc, "meter_point_id": "mp2"}]}, base=Path("/")
+    )
+    assert len(ok.locations) == 2
+
+
+def test_state_dir_must_be_usable(tmp_path: Path) -> None:
+    def runnable(state_dir: Path) -> None:
+        parse_config(
+            {**api(), "gateway": {"state_dir": str(state_dir)}}, base=tmp_path
+        ).require_runnable()
+
+    runnable(tmp_path / "new" / "deeper")  # created by run; check creates nothing
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "db-is-dir" / "ecgw.sqlite3").mkdir(parents=True)
+    for bad in (tmp_path / "file", tmp_path / "file" / "below", tmp_path / "db-is-dir"):
+        with pytest.raises(ConfigError) as err:
+            runnable(bad)
+        assert err.value.key == "gateway.state_dir"

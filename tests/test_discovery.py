@@ -297,12 +297,23 @@ def test_config_is_the_adapters_own_struct() -> None:
         ),
         ({"type": "simulated", "poll_interval": True}, "adapters.heater.poll_interval", "True"),
         ({"type": "simulated", "read_timeout": "-1s"}, "adapters.heater.read_timeout", "duration"),
-        ({"type": "simulated", "poll_interval": 0}, "adapters.heater.poll_interval", "longer than"),
+        ({"type": "simulated", "poll_interval": 0}, "adapters.heater.poll_interval", "10ms"),
+        ({"type": "simulated", "read_timeout": "0s"}, "adapters.heater.read_timeout", "10ms"),
+        ({"type": "simulated", "poll_interval": "1ms"}, "adapters.heater.poll_interval", "10ms"),
         (
-            {"type": "simulated", "read_timeout": "0s"},
-            "adapters.heater.read_timeout",
-            "longer than",
+            {"type": "simulated", "poll_interval": float("nan")},
+            "adapters.heater.poll_interval",
+            "finite",
         ),
+        ({"type": "simulated", "poll_interval": "nan"}, "adapters.heater.poll_interval", "'nan'"),
+        (
+            {"type": "simulated", "read_timeout": float("inf")},
+            "adapters.heater.read_timeout",
+            "100 years",
+        ),
+        ({"type": "simulated", "read_timeout": "1e400s"}, "adapters.heater.read_timeout", "1e400"),
+        ({"type": "simulated", "read_timeout": 10**400}, "adapters.heater.read_timeout", "years"),
+        ({"type": "simulated", "poll_interval": -1e308}, "adapters.heater.poll_interval", "neg"),
     ],
 )
 def test_config_errors_name_the_key(table: Mapping[str, Any], key: str, message: str) -> None:
@@ -348,6 +359,42 @@ def test_config_error_path_into_nested_values(install: Install) -> None:
     with pytest.raises(ConfigError) as info:
         convert_adapter_config("boiler", cls, table)
     assert info.value.key == "adapters.boiler.registers[0].address"
+
+
+def test_a_plugins_own_default_interval_is_checked_too(install: Install) -> None:
+    """A default never passes through the duration parser: a zero default is still refused."""
+    install(
+        "ecgw-test-eager",
+        {"eager": "ecgw_test_eager:Eager"},
+        {
+            "ecgw_test_eager": """
+                from gateway.plugin import AdapterConfig
+                from gateway.timeutil import Duration
+
+                class EagerConfig(AdapterConfig, frozen=True, kw_only=True):
+                    poll_interval: Duration = Duration(0.0)
+
+                class Eager:
+                    Config = EagerConfig
+                    def channels(self): return []
+                    async def __aenter__(self): return self
+                    async def __aexit__(self, *exc_info): return None
+                    async def read(self): return []
+            """
+        },
+    )
+    cls = load_plugin(plugin(find_plugins(), "eager"))
+    with pytest.raises(ConfigError) as info:
+        convert_adapter_config("busy", cls, {"type": "eager"})
+    assert info.value.key == "adapters.busy.poll_interval"
+    assert convert_adapter_config("busy", cls, {"type": "eager", "poll_interval": "1s"})
+
+
+def test_names_that_are_not_bare_keys_are_quoted_on_one_line() -> None:
+    with pytest.raises(ConfigError) as info:
+        convert_adapter_config("two\nlines", SimulatedAdapter, {"type": "simulated", "x": 1})
+    assert info.value.key == 'adapters."two\\nlines".x'
+    assert "\n" not in str(info.value)
 
 
 # --- build --------------------------------------------------------------------------------------

@@ -18,16 +18,17 @@ is recorded against that adapter's name and the others are built anyway.
 from __future__ import annotations
 
 import importlib.metadata
-import re
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 import msgspec
 
-from gateway.errors import AdapterLoadError, ConfigError
+from gateway.config_rules import key_name
+from gateway.errors import AdapterLoadError, ConfigError, describe, validation_parts
 from gateway.plugin import Adapter, AdapterConfig
-from gateway.timeutil import Duration
+from gateway.timeutil import Duration, format_duration
 
 __all__ = [
     "GROUP",
@@ -84,7 +85,7 @@ def load_plugin(plugin: AdapterPlugin) -> type[Adapter]:
     try:
         obj = entry_point.load()
     except Exception as exc:
-        raise AdapterLoadError(f"{plugin.describe()} failed to import: {_one_line(exc)}") from exc
+        raise AdapterLoadError(f"{plugin.describe()} failed to import: {describe(exc)}") from exc
     problems = _adapter_class_problems(obj)
     if problems:
         raise AdapterLoadError(
@@ -114,24 +115,33 @@ def _adapter_class_problems(obj: object) -> list[str]:
 # --- config -------------------------------------------------------------------------------------
 
 
+MIN_POLL_INTERVAL = 0.01
+"""An adapter's poll_interval and read_timeout are at least 10 ms: shorter is a busy loop."""
+
+
 def convert_adapter_config(
     name: str, cls: type[Adapter], table: Mapping[str, Any]
 ) -> AdapterConfig:
     """``table`` (one ``[adapters.NAME]`` section, ``type`` included) as ``cls.Config``.
 
-    Durations may be written ``"10s"``, ``"500ms"`` or as a number of seconds.
+    Durations may be written ``"10s"``, ``"500ms"`` or as a number of seconds; each is
+    finite and at most 100 years (:func:`gateway.timeutil.parse_duration`), and
+    ``poll_interval`` and ``read_timeout`` at least 10 ms, even as a plugin's default.
     Raises ConfigError whose ``key`` is the offending ``adapters.NAME.KEY``.
     """
-    base = f"adapters.{name}"
+    base = f"adapters.{key_name(name)}"
     try:
         config = msgspec.convert(dict(table), type=cls.Config, dec_hook=_dec_hook)
     except msgspec.ValidationError as exc:
-        key, message = _config_error(base, str(exc))
-        raise ConfigError(message, key=key) from exc
-    if config.poll_interval <= 0:
-        raise ConfigError("must be longer than 0 s", key=f"{base}.poll_interval")
-    if config.read_timeout is not None and config.read_timeout <= 0:
-        raise ConfigError("must be longer than 0 s", key=f"{base}.read_timeout")
+        path, message = validation_parts(exc)
+        raise ConfigError(message, key=f"{base}.{path}" if path else base) from exc
+    for field in ("poll_interval", "read_timeout"):
+        value = getattr(config, field)
+        if value is not None and not (MIN_POLL_INTERVAL <= value < math.inf):
+            shown = format_duration(value) if 0 <= value < math.inf else repr(value)
+            raise ConfigError(
+                f"must be at least 10ms and finite, got {shown}", key=f"{base}.{field}"
+            )
     return config
 
 
@@ -139,24 +149,6 @@ def _dec_hook(tp: Any, obj: object) -> object:
     if tp is Duration:
         return Duration.parse(obj)  # its ValueError becomes a ValidationError with the path
     raise NotImplementedError(f"config values of type {tp!r} are not supported")
-
-
-_VALIDATION = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
-_FIELD = re.compile(
-    r"^Object (?P<what>contains unknown|missing required) field `(?P<field>[^`]*)`$"
-)
-
-
-def _config_error(base: str, text: str) -> tuple[str, str]:
-    """A msgspec validation message as (dotted config key, one-line message)."""
-    m = _VALIDATION.match(text)
-    assert m is not None  # the pattern matches any text
-    message, path = " ".join(m["message"].split()), m["path"] or ""
-    key = base + path
-    if field := _FIELD.match(message):
-        key = f"{key}.{field['field']}"
-        message = "unknown key" if field["what"] == "contains unknown" else "required key missing"
-    return key, message
 
 
 # --- build --------------------------------------------------------------------------------------
@@ -209,7 +201,7 @@ def _build_one(
         adapter = cls(name, config)  # type: ignore[call-arg]  # the protocol cannot declare __init__
     except Exception as exc:
         raise AdapterLoadError(
-            f"{plugin.describe()} failed to initialise: {_one_line(exc)}", adapter=name
+            f"{plugin.describe()} failed to initialise: {describe(exc)}", adapter=name
         ) from exc
     if getattr(adapter, "config", None) is not config:
         # The runtime reads poll_interval and read_timeout from adapter.config.
@@ -224,11 +216,13 @@ def _plugin_for(
     name: str, table: object, by_type: Mapping[str, list[AdapterPlugin]]
 ) -> AdapterPlugin:
     if not isinstance(table, Mapping):
-        error = ConfigError("expected a table", key=f"adapters.{name}")
+        error = ConfigError("expected a table", key=f"adapters.{key_name(name)}")
         raise AdapterLoadError(str(error), adapter=name) from error
     kind = table.get("type")
     if not isinstance(kind, str):
-        error = ConfigError("required key missing (the adapter type)", key=f"adapters.{name}.type")
+        error = ConfigError(
+            "required key missing (the adapter type)", key=f"adapters.{key_name(name)}.type"
+        )
         raise AdapterLoadError(str(error), adapter=name) from error
     candidates = by_type.get(kind, [])
     if not candidates:
@@ -240,9 +234,3 @@ def _plugin_for(
             f"adapter type {kind!r} is registered more than once: {sources}", adapter=name
         )
     return candidates[0]
-
-
-def _one_line(exc: BaseException) -> str:
-    """``ImportError: No module named 'x'``, on one line."""
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,341 @@
+"""The ranges and rules a parsed config must meet, so that what loads can run.
+
+Each numeric key has a range in :data:`LIMITS` (with the reason for it); the rules
+between keys are in :func:`check_rules`; names, URLs and the webhook address are
+checked by :func:`check_names` and :func:`check_endpoints`. Pure, but for
+:func:`state_dir_problem`, which looks at (and never changes) the file system.
+Every problem is a :class:`~gateway.errors.ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import os
+import re
+import socket
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from gateway.errors import ConfigError
+from gateway.timeutil import MAX_DURATION, format_duration
+
+if TYPE_CHECKING:
+    from gateway.config import Config
+
+__all__ = [
+    "LIMITS",
+    "MONTH",
+    "Limit",
+    "check_values",
+    "key_name",
+    "parse_listen",
+    "listen_problem",
+    "shown",
+    "state_dir_problem",
+]
+
+# --- ranges -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The range of one numeric key: ``low`` .. ``high``, and why."""
+
+    low: float
+    high: float
+    why: str
+    kind: Literal["duration", "integer", "bytes", "number"] = "duration"
+    low_inclusive: bool = True
+
+    def problem(self, value: float) -> str | None:
+        """None if ``value`` is in range, else what is wrong with it."""
+        above_low = value >= self.low if self.low_inclusive else value > self.low
+        if math.isfinite(value) and above_low and value <= self.high:
+            return None
+        return f"must be {self.describe()}, got {self.show(value)}"
+
+    def describe(self) -> str:
+        low = "at least" if self.low_inclusive else "more than"
+        return f"{low} {self.show(self.low)} and at most {self.show(self.high)}"
+
+    def show(self, value: float) -> str:
+        if self.kind == "duration" and math.isfinite(value) and value >= 0:
+            return format_duration(value)
+        if self.kind == "bytes" and value > 0:
+            for unit, size in (("MiB", 1024 * 1024), ("KiB", 1024)):
+                if value % size == 0:
+                    return f"{value // size} {unit}"
+        return str(value) if self.kind in ("integer", "bytes") else f"{value:g}"
+
+
+_DAY = 86400.0
+MONTH = 31 * _DAY
+"""Spark takes a report until the end of the month of its intervals: a reading may be
+needed for up to a (31-day) month after it was taken."""
+
+LIMITS: dict[str, Limit] = {
+    "webhook.max_body": Limit(
+        1024, 64 * 1024 * 1024, "a notification is a few KiB; 64 MiB bounds memory", "bytes"
+    ),
+    "webhook.read_timeout": Limit(
+        1.0, 3600.0, "shorter cuts off real clients; the bound stops slow-loris holds"
+    ),
+    "poll.interval": Limit(10.0, _DAY, "0 polled 2,500 times in 7 s; a day still polls daily"),
+    "poll.page_size": Limit(1, 1000, "the API's maximum pageSize is 1000", "integer"),
+    "delivery.timeout": Limit(0.1, 600.0, "0 sent nothing ever; 10 min is a hung request"),
+    "delivery.backoff_initial": Limit(
+        0.01, 3600.0, "a first retry sooner than 10 ms hammers; also <= backoff_max"
+    ),
+    "delivery.backoff_max": Limit(0.1, _DAY, "retry at least daily, never in a tight loop"),
+    "delivery.concurrency": Limit(
+        1, 64, "0 sends nothing; 1,000,000 workers took 1.6 GB of RAM", "integer"
+    ),
+    "delivery.retry_after_max": Limit(
+        1.0, _DAY, "a 429's Retry-After is honoured for at least 1 s, at most a day"
+    ),
+    "reporting.grace": Limit(
+        0.0, _DAY, "0 reports at the interval's end; a day is past 'next day'"
+    ),
+    "metering.max_gap": Limit(1.0, _DAY, "readings further apart than this are a gap"),
+    "metering.raw_retention": Limit(
+        3600.0, 30 * _DAY, "raw rows are compacted after this; also > max_gap, < retention"
+    ),
+    "metering.retention": Limit(
+        MONTH,
+        MAX_DURATION,
+        "reports may be built until month end: at least 31 d + max_gap + grace",
+        low_inclusive=False,
+    ),
+    "resources[].max_kw": Limit(
+        0.0, 1e6, "the most a resource can draw; above 1 GW is a typo", "number", False
+    ),
+    "locations[].max_kw": Limit(
+        0.0, 1e6, "the most a location can draw; above 1 GW is a typo", "number", False
+    ),
+}
+"""The range of every numeric config key. Durations are also finite, not negative and at
+most 100 years (:func:`gateway.timeutil.parse_duration`)."""
+
+
+def _numbers(cfg: Config) -> Iterator[tuple[str, str, float]]:
+    """``(LIMITS key, config key, value)`` for every numeric value the config holds."""
+    for key in LIMITS:
+        section, _, name = key.partition(".")
+        if section.endswith("[]"):
+            items = getattr(cfg, section[:-2])
+            for i, item in enumerate(items):
+                yield key, f"{section[:-2]}[{i}].{name}", getattr(item, name)
+        elif (table := getattr(cfg, section)) is not None:
+            yield key, key, getattr(table, name)
+
+
+def _check_ranges(cfg: Config) -> None:
+    for limit_key, key, value in _numbers(cfg):
+        if problem := LIMITS[limit_key].problem(value):
+            raise ConfigError(problem, key=key)
+
+
+def _check_rules(cfg: Config) -> None:
+    """The rules between keys, after each key is in its own range."""
+    delivery, metering, grace = cfg.delivery, cfg.metering, cfg.reporting.grace
+    if delivery.backoff_initial > delivery.backoff_max:
+        raise ConfigError(
+            f"must not be longer than delivery.backoff_max "
+            f"({format_duration(delivery.backoff_max)})",
+            key="delivery.backoff_initial",
+        )
+    if metering.raw_retention <= metering.max_gap:
+        # Compaction settles a minute from the samples up to max_gap after it.
+        raise ConfigError(
+            f"must be longer than metering.max_gap ({format_duration(metering.max_gap)})",
+            key="metering.raw_retention",
+        )
+    if metering.raw_retention >= metering.retention:
+        raise ConfigError(
+            f"must be shorter than metering.retention ({format_duration(metering.retention)})",
+            key="metering.raw_retention",
+        )
+    needed = MONTH + metering.max_gap + grace
+    if metering.retention < needed:
+        raise ConfigError(
+            f"must be at least 31d + metering.max_gap + reporting.grace "
+            f"({format_duration(needed)}): a report may be built until the month's end",
+            key="metering.retention",
+        )
+
+
+# --- names, addresses, URLs ---------------------------------------------------------------------
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+", re.ASCII)
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)", re.ASCII)
+_WEBHOOK_PATH = re.compile(r"/[A-Za-z0-9._~/-]{0,255}", re.ASCII)
+
+
+def key_name(name: str) -> str:
+    """A TOML key as a config key names it: bare if it can be, else quoted on one line."""
+    return name if _BARE_KEY.fullmatch(name) else json.dumps(name)
+
+
+def shown(text: str) -> str:
+    """``text`` for an error message: as is if printable, else quoted with escapes."""
+    text = text if len(text) <= 200 else text[:197] + "..."
+    return text if text.isprintable() else json.dumps(text)
+
+
+def _host_problem(host: str) -> str | None:
+    """None for an IP address (IPv6 in brackets) or a DNS name, else what is wrong."""
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return f"{shown(host)} is not an IPv6 address"
+        return None
+    if ":" in host:
+        return "write an IPv6 address in brackets, like [::1]:8080"
+    labels = host.removesuffix(".").split(".")
+    if len(host) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        return f"{shown(host)} is not a host name or IP address"
+    return None
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``"127.0.0.1:8080"`` or ``"[::1]:0"`` -> (host without brackets, port).
+
+    Port 0 asks the system for a free port (``ecgw status`` shows the URL).
+    Raises ValueError naming what is wrong.
+    """
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not (port.isascii() and port.isdigit()) or len(port) > 5:
+        raise ValueError(f"expected HOST:PORT, got {shown(text)}")
+    if int(port) > 65535:
+        raise ValueError(f"port {port} is out of range (0..65535)")
+    if problem := _host_problem(host):
+        raise ValueError(problem)
+    return host.strip("[]"), int(port)
+
+
+def _url_problem(url: str, *, base: bool) -> str | None:
+    """None for an ``http(s)://host[:port]/path`` URL, else what is wrong with it."""
+    if not url.isprintable() or any(c.isspace() for c in url):
+        return f"{shown(url)} contains spaces or control characters"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # ValueError when out of range
+    except ValueError as exc:
+        return f"{shown(url)} is not a URL: {exc}"
+    if parts.scheme not in ("http", "https"):
+        return f"{shown(url)} must start with https:// (or http://)"
+    if "@" in parts.netloc:
+        return "must not carry credentials: give api.client_id and the secret instead"
+    host = parts.netloc
+    if port is not None or host.endswith(":"):
+        host = host.rpartition(":")[0]
+    if not host:
+        return f"{shown(url)} has no host"
+    if problem := _host_problem(host):
+        return problem
+    if base and (parts.query or parts.fragment):
+        return "must not have a query or fragment: paths are added to it"
+    return None
+
+
+def _check_names(cfg: Config) -> None:
+    for name, table in cfg.adapters.items():
+        if not name:
+            raise ConfigError("an adapter needs a name", key='adapters.""')
+        if not isinstance(table.get("type"), str):
+            raise ConfigError("required key missing", key=f"adapters.{key_name(name)}.type")
+    wanted = [(f"resources[{i}]", r.adapter) for i, r in enumerate(cfg.resources)]
+    wanted += [(f"locations[{i}]", r.adapter) for i, r in enumerate(cfg.locations)]
+    for where, adapter in wanted:
+        if adapter not in cfg.adapters:
+            raise ConfigError(f"no [adapters.{key_name(adapter)}] table", key=f"{where}.adapter")
+    seen: set[object] = set()
+    for i, res in enumerate(cfg.resources):
+        if res.resource_id in seen:
+            raise ConfigError(f"{shown(res.resource_id)} is listed twice", key=f"resources[{i}]")
+        seen.add(res.resource_id)
+    for i, loc in enumerate(cfg.locations):
+        if (loc.location_id, loc.meter_point_id) in seen:
+            raise ConfigError(
+                f"location {shown(loc.location_id)} with meter point "
+                f"{shown(loc.meter_point_id)} is listed twice",
+                key=f"locations[{i}]",
+            )
+        seen.add((loc.location_id, loc.meter_point_id))
+
+
+def _check_endpoints(cfg: Config) -> None:
+    if cfg.api is not None:
+        for name in ("base_url", "token_url"):
+            if problem := _url_problem(getattr(cfg.api, name), base=name == "base_url"):
+                raise ConfigError(problem, key=f"api.{name}")
+    if cfg.webhook is not None:
+        try:
+            parse_listen(cfg.webhook.listen)
+        except ValueError as exc:
+            raise ConfigError(str(exc), key="webhook.listen") from None
+        if not _WEBHOOK_PATH.fullmatch(cfg.webhook.path):
+            raise ConfigError(
+                f"must be '/' and up to 255 of A-Z a-z 0-9 . _ ~ / -, got "
+                f"{shown(cfg.webhook.path)}",
+                key="webhook.path",
+            )
+
+
+def check_values(cfg: Config) -> None:
+    """Every name, endpoint, range and rule; raises ConfigError naming the first bad key."""
+    _check_names(cfg)
+    _check_endpoints(cfg)
+    _check_ranges(cfg)
+    _check_rules(cfg)
+
+
+# --- what this machine offers ------------------------------------------------------------------
+
+
+def listen_problem(host: str) -> str | None:
+    """None if every address ``host`` resolves to can be bound here, else why not.
+
+    Binds each to port 0 and closes it at once, so it neither needs the configured port
+    nor disturbs a gateway already listening there (whether that port is free is only
+    known when ``run`` binds it).
+    """
+    try:
+        found = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:
+        return f"cannot resolve {shown(host)}: {getattr(exc, 'strerror', None) or exc}"
+    for family, kind, proto, _, address in found:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.bind(address)
+        except OSError as exc:
+            return f"cannot listen on {shown(host)}: {exc.strerror or exc}"
+    return None
+
+
+def state_dir_problem(path: Path) -> str | None:
+    """None if ``ecgw run`` can create (or open) its database under ``path``.
+
+    Reads only: nothing is created. The nearest existing folder must be a folder we
+    may write in; an existing database file must be a file we may read and write.
+    """
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{shown(str(probe))} is not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"cannot write in {shown(str(probe))}"
+    db = path / "ecgw.sqlite3"
+    if probe == path and db.exists():
+        if not db.is_file():
+            return f"{shown(str(db))} is not a file"
+        if not os.access(db, os.R_OK | os.W_OK):
+            return f"cannot read and write {shown(str(db))}"
+    return None

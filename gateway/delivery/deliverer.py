@@ -26,12 +26,14 @@ from gateway.crashpoints import crashpoint
 from gateway.delivery.api import ApiClient
 from gateway.delivery.policy import (
     Breaker,
+    BreakerState,
     Dead,
     Delivered,
     Outcome,
     Retry,
     classify,
     parse_retry_after,
+    signal_for,
 )
 from gateway.errors import StoreError, UpstreamError, UpstreamUnavailable
 from gateway.store.outbox import Outbox, OutboxItem
@@ -99,26 +101,26 @@ class Deliverer:
 
     async def _worker(self) -> None:
         while True:
-            item = await self._take()
+            item, probe = await self._take()
             self._sending[item.id] = item
             outcome = await self._attempt(item)  # cancelled: the row stays for _abandon
             del self._sending[item.id]
-            moved = self._hear(outcome, self._clock())
+            moved = self._hear(outcome, probe=probe, now=self._clock())
             self._finished.append((item, outcome))
             self._keeper_kick.set()
             if moved:  # paused, or open again: every waiting worker must look
                 async with self._workers_kick:
                     self._workers_kick.notify_all()
 
-    async def _take(self) -> OutboxItem:
-        """The next claimed report, once the breaker lets one more go out."""
+    async def _take(self) -> tuple[OutboxItem, bool]:
+        """The next claimed report, once the breaker lets one more go out; True if it
+        goes out as the breaker's probe."""
         async with self._workers_kick:
             while True:
                 now = self._clock()
                 free = self._concurrency - len(self._sending)
                 if self._ready and self._breaker.allowance(now, free) > 0:
-                    self._breaker.started(1)
-                    return self._ready.popleft()
+                    return self._ready.popleft(), self._breaker.start()
                 if now < self._breaker.resumes_at():
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(self._breaker.resumes_at() - now):
@@ -172,7 +174,7 @@ class Deliverer:
     def _wanted(self, now: float) -> int:
         """How many rows to claim: enough to keep every worker busy while the keeper commits."""
         busy = len(self._sending) + len(self._ready)
-        if self._breaker.failures:  # probing: one at a time, nothing claimed ahead
+        if self._breaker.state is not BreakerState.CLOSED:  # one probe, nothing claimed ahead
             return 0 if busy else self._breaker.allowance(now, 1)
         return max(CLAIM_PER_WORKER * self._concurrency - busy, 0)
 
@@ -235,18 +237,12 @@ class Deliverer:
             report_id=report_id,
         )
 
-    def _hear(self, outcome: Outcome, now: float) -> bool:
-        """Tell the breaker; True if it changed state (paused, or open again)."""
-        match outcome:
-            case Delivered():
-                was_failing = self._breaker.failures > 0
-                self._breaker.succeeded()
-                return was_failing
-            case Retry(next_attempt_at=next_at):
-                self._breaker.failed(now=now, rand=self._rand(), not_before=next_at)
-                return True
-            case _:
-                return False  # a rejection says the API is up; it neither opens nor closes it
+    def _hear(self, outcome: Outcome, *, probe: bool, now: float) -> bool:
+        """Tell the breaker; True if it moved (paused, probe over, or closed again)."""
+        not_before = outcome.next_attempt_at if isinstance(outcome, Retry) else 0.0
+        return self._breaker.apply(
+            signal_for(outcome, probe=probe), now=now, rand=self._rand(), not_before=not_before
+        )
 
     async def _abandon(self) -> None:
         """At shutdown: record what finished, hand back what was claimed or cut off."""

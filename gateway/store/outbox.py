@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import aiosqlite
 
 from gateway.crashpoints import crashpoint
-from gateway.delivery.policy import Dead, Delivered, Outcome, Retry, idempotency_key
+from gateway.store.outbox_states import Dead, Delivered, Outcome, Retry, idempotency_key
 from gateway.store.database import Database
 
 __all__ = ["Outbox", "OutboxItem"]

@@ -35,7 +35,7 @@ from gateway.delivery.policy import (
     parse_retry_after,
     signal_for,
 )
-from gateway.errors import StoreError, UpstreamError, UpstreamUnavailable
+from gateway.errors import StoreError, UpstreamError, UpstreamUnavailable, describe
 from gateway.store.outbox import Outbox, OutboxItem
 
 __all__ = ["Deliverer"]
@@ -207,7 +207,7 @@ class Deliverer:
             return self._classify(item, None, str(exc), retry_after)
         except Exception as exc:  # a bug must not strand the row in_flight
             log.exception("delivery.unexpected_error")
-            return self._classify(item, None, f"internal error: {type(exc).__name__}", None)
+            return self._classify(item, None, f"internal error: {describe(exc)}", None)
         crashpoint("delivery.sent")
         if 200 <= result.status < 300:
             crashpoint("delivery.answered_2xx")

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import aiosqlite
 
 from gateway.crashpoints import crashpoint
-from gateway.store.outbox_states import Dead, Delivered, Outcome, Retry, idempotency_key
 from gateway.store.database import Database
+from gateway.store.outbox_states import Dead, Delivered, Outcome, Retry, idempotency_key
 
 __all__ = ["Outbox", "OutboxItem"]
 

@@ -156,17 +156,17 @@ class Deliverer:
             claimed = 0
             if results or want:
                 try:
-                    items = await self._outbox.settle(_by_id(results), now=now, limit=want)
+                    done = await self._outbox.settle(_by_id(results), now=now, limit=want)
                 except StoreError:
                     self._finished[:0] = results  # not recorded: keep them for the next try
                     raise
                 for item, outcome in results:  # logged once committed
-                    _log(item, outcome, now)
-                self._ready.extend(items)
-                claimed = len(items)
-                if items:
+                    _log(item, outcome, now, done.unrecorded.get(item.id))
+                self._ready.extend(done.claimed)
+                claimed = len(done.claimed)
+                if claimed:
                     async with self._workers_kick:
-                        self._workers_kick.notify(len(items))
+                        self._workers_kick.notify(claimed)
             if claimed or self._finished:
                 continue  # there may be more right away
             await self._idle(now)
@@ -248,9 +248,9 @@ class Deliverer:
         """At shutdown: record what finished, hand back what was claimed or cut off."""
         now = self._clock()
         results, self._finished = self._finished, []
-        await self._outbox.record(_by_id(results), now=now)
+        unrecorded = await self._outbox.record(_by_id(results), now=now)
         for item, outcome in results:
-            _log(item, outcome, now)
+            _log(item, outcome, now, unrecorded.get(item.id))
         await self._outbox.hand_back(list(self._sending), now=now)
         await self._outbox.hand_back([i.id for i in self._ready], now=now, unsent=True)
         self._sending.clear()
@@ -271,10 +271,19 @@ def _by_id(results: list[tuple[OutboxItem, Outcome]]) -> list[tuple[int, Outcome
     return [(item.id, outcome) for item, outcome in results]
 
 
-def _log(item: OutboxItem, outcome: Outcome, now: float) -> None:
-    """One line per recorded outcome. The keeper logs it, outside the worker's context,
-    so the event is named here."""
+def _log(item: OutboxItem, outcome: Outcome, now: float, unrecorded: str | None) -> None:
+    """One line per outcome: recorded, or why not. The keeper logs it, outside the worker's
+    context, so the event is named here."""
     ids = {"event_id": item.event_id, "kind": item.kind, "outbox_id": item.id}
+    if unrecorded is not None:
+        log.error(
+            "outbox.outcome_not_recorded",
+            **ids,
+            outcome=type(outcome).__name__.lower(),
+            status=outcome.status,
+            reason=unrecorded,
+        )
+        return
     match outcome:
         case Delivered(report_id=report_id):
             log.info("outbox.delivered", **ids, report_id=report_id)

@@ -147,9 +147,13 @@ class Deliverer:
                 self._next_deadline_check = now + DEADLINE_CHECK_EVERY
             results, self._finished = self._finished, []
             if self._ready and now < self._breaker.resumes_at():  # paused: give them back
-                unsent = [item.id for item in self._ready]
+                unsent = list(self._ready)
                 self._ready.clear()  # before the await: no worker may take one meanwhile
-                await self._outbox.hand_back(unsent, now=now, unsent=True)
+                try:
+                    await self._outbox.hand_back([i.id for i in unsent], now=now, unsent=True)
+                except StoreError:
+                    self._ready.extendleft(reversed(unsent))  # still claimed: keep them
+                    raise
             want = self._wanted(now)
             if want and not results and not await self._due(now):
                 want = 0  # nothing to record and nothing due: no write transaction

@@ -4,6 +4,7 @@ outcomes recorded one by one in effect, and claims that ignore delivered rows.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -216,9 +217,12 @@ async def test_the_keeper_goes_on_when_a_row_vanishes_while_its_report_is_sent(
 
     async def delete_then_accept(request: web.Request) -> web.StreamResponse:
         if b'"doomed"' in (await request.read()):
-            with sqlite3.connect(path) as other:
-                other.execute("DELETE FROM outbox WHERE event_id = 'doomed'")
+            await asyncio.to_thread(delete_doomed)  # not on the loop: the keeper may be writing
         return await json_reply({"id": "rep"})(request)
+
+    def delete_doomed() -> None:
+        with contextlib.closing(sqlite3.connect(path, timeout=10)) as other, other:
+            other.execute("DELETE FROM outbox WHERE event_id = 'doomed'")
 
     fake.reports = [delete_then_accept]
     app = web.Application()
@@ -337,7 +341,7 @@ async def round_steps(path: Path) -> dict[str, int]:
 
         async def record() -> None:
             outcomes = [(c.id, Delivered(status=200, report_id="r")) for c in claimed]
-            assert await outbox.record(outcomes, now=2.0) == {}
+            await outbox.record(outcomes, now=2.0)
 
         result = {
             "enqueue": await measured(enqueue),
@@ -345,6 +349,7 @@ async def round_steps(path: Path) -> dict[str, int]:
             "record": await measured(record),
         }
         assert len(claimed) == 128
+        assert {r.state for r in await outbox.find("p0")} == {"delivered"}
         return result
 
 

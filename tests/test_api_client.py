@@ -396,3 +396,45 @@ async def test_errors_name_no_secret(fake: FakeApi, session: aiohttp.ClientSessi
     with pytest.raises(UpstreamError) as caught:
         await client(fake, session).get_events(page=None, page_size=10)
     assert "s3cret-value" not in repr(caught.value) + str(caught.value.body)
+
+
+async def test_the_gateway_stays_up_through_a_token_with_crlf(
+    fake: FakeApi, tmp_path: Path
+) -> None:
+    """Issue 8: a token with CR/LF made the gateway exit within 2 s (the poller met a
+    ValueError from aiohttp's header check). Now the poll and the delivery fail with a
+    clear line, the gateway stays up, and once the token is good a report goes out."""
+    from tests.kit.gateway import make_config, queue_reports, running
+
+    page = {"events": [], "pagination": {"totalRecords": 0, "pageSize": 10, "currentPage": 1}}
+    fake.events = [json_reply(page)]
+    bad = json_reply({"access_token": "abc\r\nX-Evil: 1", "expires_in": 3600})
+    fake.token = [bad, bad, bad, bad, json_reply(GOOD_TOKEN)]
+    config = make_config(
+        {
+            "gateway": {"state_dir": str(tmp_path)},
+            "api": {
+                "base_url": fake.base_url,
+                "token_url": fake.token_url,
+                "client_id": "gw",
+                "client_secret": "s3cret-value",
+            },
+            "delivery": {"timeout": "1s", "backoff_initial": "300ms", "backoff_max": "600ms"},
+            "poll": {"interval": "300ms", "page_size": 10},
+        }
+    )
+    with capture_logs() as logs:
+        async with running(config) as gateway:
+            await queue_reports(config, {"e1": report_body("e1")})
+            await asyncio.sleep(2.5)  # the old gateway was gone within 2 s
+            async with open_database(config.db_path) as db:
+                for _ in range(100):
+                    if [r.state for r in await Outbox(db).items()] == ["delivered"]:
+                        break
+                    await asyncio.sleep(0.05)
+                rows = await Outbox(db).items()
+            assert gateway.ready.is_set()
+    assert [r.state for r in rows] == ["delivered"]
+    assert sum(1 for line in logs if line["event"] == "token.reply_unusable") >= 2
+    assert all("X-Evil" not in str(line) for line in logs)
+    assert any(s[1] == "/v1/events" for s in fake.seen), "polling resumed with the good token"

@@ -209,3 +209,23 @@ async def test_the_gateway_outlives_a_database_locked_for_long(
     (row,) = (await outbox_rows(config)).values()
     assert row.state == "delivered" and row.report_id == sandbox.reports[0].id
     assert len([r for r in sandbox.reports if not r.duplicate]) == 1
+
+
+async def test_a_rejected_probe_ends_the_probe_and_delivery_goes_on(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """The API is down (503), so one report probes; the probe is answered 400 (its report
+    goes dead). The breaker must not stay "probing": the other reports still go out."""
+    config = make_config(sandbox_config(sandbox, tmp_path, delivery={"concurrency": 1}))
+    sandbox.add_faults(Fault(status=503), Fault(status=400, body='"resourceId: unknown"'))
+    bodies = {f"event-{i}": report_body(f"event-{i}") for i in range(3)}
+    async with running(config):
+        await queue_reports(config, bodies)
+        await wait_until(lambda: all_delivered(config, 3), timeout=10)
+    rows = await outbox_rows(config)
+    states = sorted(r.state for r in rows.values())
+    assert states == ["dead", "delivered", "delivered"]
+    (dead,) = [r for r in rows.values() if r.state == "dead"]
+    assert dead.last_status == 400
+    assert [a.status for a in sandbox.attempts[:2]] == [503, 400]
+    assert len(accepted_keys(sandbox)) == 2

@@ -26,14 +26,16 @@ from gateway.crashpoints import crashpoint
 from gateway.delivery.api import ApiClient
 from gateway.delivery.policy import (
     Breaker,
+    BreakerState,
     Dead,
     Delivered,
     Outcome,
     Retry,
     classify,
     parse_retry_after,
+    signal_for,
 )
-from gateway.errors import StoreError, UpstreamError, UpstreamUnavailable
+from gateway.errors import StoreError, UpstreamError, UpstreamUnavailable, describe
 from gateway.store.outbox import Outbox, OutboxItem
 
 __all__ = ["Deliverer"]
@@ -99,26 +101,26 @@ class Deliverer:
 
     async def _worker(self) -> None:
         while True:
-            item = await self._take()
+            item, probe = await self._take()
             self._sending[item.id] = item
             outcome = await self._attempt(item)  # cancelled: the row stays for _abandon
             del self._sending[item.id]
-            moved = self._hear(outcome, self._clock())
+            moved = self._hear(outcome, probe=probe, now=self._clock())
             self._finished.append((item, outcome))
             self._keeper_kick.set()
             if moved:  # paused, or open again: every waiting worker must look
                 async with self._workers_kick:
                     self._workers_kick.notify_all()
 
-    async def _take(self) -> OutboxItem:
-        """The next claimed report, once the breaker lets one more go out."""
+    async def _take(self) -> tuple[OutboxItem, bool]:
+        """The next claimed report, once the breaker lets one more go out; True if it
+        goes out as the breaker's probe."""
         async with self._workers_kick:
             while True:
                 now = self._clock()
                 free = self._concurrency - len(self._sending)
                 if self._ready and self._breaker.allowance(now, free) > 0:
-                    self._breaker.started(1)
-                    return self._ready.popleft()
+                    return self._ready.popleft(), self._breaker.start()
                 if now < self._breaker.resumes_at():
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(self._breaker.resumes_at() - now):
@@ -145,26 +147,30 @@ class Deliverer:
                 self._next_deadline_check = now + DEADLINE_CHECK_EVERY
             results, self._finished = self._finished, []
             if self._ready and now < self._breaker.resumes_at():  # paused: give them back
-                unsent = [item.id for item in self._ready]
+                unsent = list(self._ready)
                 self._ready.clear()  # before the await: no worker may take one meanwhile
-                await self._outbox.hand_back(unsent, now=now, unsent=True)
+                try:
+                    await self._outbox.hand_back([i.id for i in unsent], now=now, unsent=True)
+                except StoreError:
+                    self._ready.extendleft(reversed(unsent))  # still claimed: keep them
+                    raise
             want = self._wanted(now)
             if want and not results and not await self._due(now):
                 want = 0  # nothing to record and nothing due: no write transaction
             claimed = 0
             if results or want:
                 try:
-                    items = await self._outbox.settle(_by_id(results), now=now, limit=want)
+                    done = await self._outbox.settle(_by_id(results), now=now, limit=want)
                 except StoreError:
                     self._finished[:0] = results  # not recorded: keep them for the next try
                     raise
                 for item, outcome in results:  # logged once committed
-                    _log(item, outcome, now)
-                self._ready.extend(items)
-                claimed = len(items)
-                if items:
+                    _log(item, outcome, now, done.unrecorded.get(item.id))
+                self._ready.extend(done.claimed)
+                claimed = len(done.claimed)
+                if claimed:
                     async with self._workers_kick:
-                        self._workers_kick.notify(len(items))
+                        self._workers_kick.notify(claimed)
             if claimed or self._finished:
                 continue  # there may be more right away
             await self._idle(now)
@@ -172,7 +178,7 @@ class Deliverer:
     def _wanted(self, now: float) -> int:
         """How many rows to claim: enough to keep every worker busy while the keeper commits."""
         busy = len(self._sending) + len(self._ready)
-        if self._breaker.failures:  # probing: one at a time, nothing claimed ahead
+        if self._breaker.state is not BreakerState.CLOSED:  # one probe, nothing claimed ahead
             return 0 if busy else self._breaker.allowance(now, 1)
         return max(CLAIM_PER_WORKER * self._concurrency - busy, 0)
 
@@ -205,7 +211,7 @@ class Deliverer:
             return self._classify(item, None, str(exc), retry_after)
         except Exception as exc:  # a bug must not strand the row in_flight
             log.exception("delivery.unexpected_error")
-            return self._classify(item, None, f"internal error: {type(exc).__name__}", None)
+            return self._classify(item, None, f"internal error: {describe(exc)}", None)
         crashpoint("delivery.sent")
         if 200 <= result.status < 300:
             crashpoint("delivery.answered_2xx")
@@ -235,26 +241,20 @@ class Deliverer:
             report_id=report_id,
         )
 
-    def _hear(self, outcome: Outcome, now: float) -> bool:
-        """Tell the breaker; True if it changed state (paused, or open again)."""
-        match outcome:
-            case Delivered():
-                was_failing = self._breaker.failures > 0
-                self._breaker.succeeded()
-                return was_failing
-            case Retry(next_attempt_at=next_at):
-                self._breaker.failed(now=now, rand=self._rand(), not_before=next_at)
-                return True
-            case _:
-                return False  # a rejection says the API is up; it neither opens nor closes it
+    def _hear(self, outcome: Outcome, *, probe: bool, now: float) -> bool:
+        """Tell the breaker; True if it moved (paused, probe over, or closed again)."""
+        not_before = outcome.next_attempt_at if isinstance(outcome, Retry) else 0.0
+        return self._breaker.apply(
+            signal_for(outcome, probe=probe), now=now, rand=self._rand(), not_before=not_before
+        )
 
     async def _abandon(self) -> None:
         """At shutdown: record what finished, hand back what was claimed or cut off."""
         now = self._clock()
         results, self._finished = self._finished, []
-        await self._outbox.record(_by_id(results), now=now)
+        unrecorded = await self._outbox.record(_by_id(results), now=now)
         for item, outcome in results:
-            _log(item, outcome, now)
+            _log(item, outcome, now, unrecorded.get(item.id))
         await self._outbox.hand_back(list(self._sending), now=now)
         await self._outbox.hand_back([i.id for i in self._ready], now=now, unsent=True)
         self._sending.clear()
@@ -275,10 +275,19 @@ def _by_id(results: list[tuple[OutboxItem, Outcome]]) -> list[tuple[int, Outcome
     return [(item.id, outcome) for item, outcome in results]
 
 
-def _log(item: OutboxItem, outcome: Outcome, now: float) -> None:
-    """One line per recorded outcome. The keeper logs it, outside the worker's context,
-    so the event is named here."""
+def _log(item: OutboxItem, outcome: Outcome, now: float, unrecorded: str | None) -> None:
+    """One line per outcome: recorded, or why not. The keeper logs it, outside the worker's
+    context, so the event is named here."""
     ids = {"event_id": item.event_id, "kind": item.kind, "outbox_id": item.id}
+    if unrecorded is not None:
+        log.error(
+            "outbox.outcome_not_recorded",
+            **ids,
+            outcome=type(outcome).__name__.lower(),
+            status=outcome.status,
+            reason=unrecorded,
+        )
+        return
     match outcome:
         case Delivered(report_id=report_id):
             log.info("outbox.delivered", **ids, report_id=report_id)

@@ -25,7 +25,7 @@ import pytest
 from gateway.intake.signature import sign
 from gateway.sandbox import Sandbox, run_sandbox
 from tests.kit.gateway import make_config, sandbox_config, toml
-from tests.kit.proc import start_ecgw
+from tests.kit.proc import ecgw, start_ecgw
 
 pytestmark = pytest.mark.slow
 
@@ -169,4 +169,22 @@ async def test_a_full_disk_answers_503_keeps_running_and_recovers(
         assert "webhook.store_failed" in text and "the disk is full" in text
         assert "Traceback" not in text and "damaged" not in text
         assert set(acked) <= stored_events(db_path)  # nothing acknowledged was lost
+        assert integrity(db_path) == "ok"
+
+        # Started on a full disk, it stops with one line (not "damaged"), and the next
+        # start after space returns serves again: systemd's RestartSec bridges the gap.
+        filler = fill(disk)
+        result = await asyncio.to_thread(ecgw, "run", config=config_path, timeout=60)
+        assert result.returncode == 1, result.stderr[-3000:]
+        (line,) = [x for x in result.stderr.splitlines() if x.startswith("ecgw: ")]
+        assert str(db_path) in line and "damaged" not in line and "Traceback" not in result.stderr
+        filler.unlink()
+        proc = await start_ecgw("run", config=config_path, log=log)
+        try:
+            async with aiohttp.ClientSession() as session:
+                assert await post_when_up(session, url, "restarted") == 200
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), timeout=30) == 0
+        assert {*acked, "restarted"} <= stored_events(db_path)
         assert integrity(db_path) == "ok"

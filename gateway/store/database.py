@@ -46,12 +46,16 @@ _CORRUPT = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 
 def store_error(exc: sqlite3.Error, doing: str) -> StoreError:
     """The StoreError for a sqlite3 error met while ``doing`` (e.g. "cannot write to x")."""
-    code = (exc.sqlite_errorcode or 0) & 0xFF  # the primary code, without extended bits
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF  # primary code, no extended bits
+    name = getattr(exc, "sqlite_errorname", None)
+    detail = f"{exc} [{name}]" if name else str(exc)
     if code in _CORRUPT:
-        return StoreCorrupt(f"{doing}: the database is damaged ({exc})")
+        return StoreCorrupt(f"{doing}: the database is damaged ({detail})")
     if code == sqlite3.SQLITE_FULL:
-        return StoreError(f"{doing}: the disk is full ({exc}); nothing of it was stored")
-    return StoreError(f"{doing}: {exc}")
+        return StoreError(f"{doing}: the disk is full ({detail}); nothing of it was stored")
+    if code == sqlite3.SQLITE_IOERR:
+        return StoreError(f"{doing}: {detail}; is the disk full, read-only or failing?")
+    return StoreError(f"{doing}: {detail}")
 
 
 class Database:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -223,3 +225,25 @@ async def test_the_wal_is_bounded_in_a_burst_and_handed_back_when_idle(db: Datab
     await Meta(db).heartbeat(now=1.0)  # the periodic heartbeat truncates the WAL
     assert wal_size(db) <= 64 * 1024
     assert await inbox.count() == 300
+
+
+async def test_truncating_the_wal_gives_way_to_a_reader_on_an_old_snapshot(db: Database) -> None:
+    inbox = Inbox(db)
+    await inbox.add(event("first", size=20_000), via="poll", at=1.0)
+    other = sqlite3.connect(db.path, isolation_level=None)  # e.g. `ecgw status` reading
+    try:
+        other.execute("BEGIN")
+        other.execute("SELECT COUNT(*) FROM events").fetchall()  # holds its snapshot
+        await inbox.add(event("second", size=20_000), via="poll", at=2.0)
+        started = time.monotonic()
+        assert not await db.truncate_wal()  # not now: the reader still needs the WAL
+        assert time.monotonic() - started < 5.0  # well under the writers' 10 s busy timeout
+        assert wal_size(db) > 0
+        (timeout,) = (await db.conn.execute_fetchall("PRAGMA busy_timeout"))[0]  # type: ignore[index]
+        assert timeout == 10_000  # restored for the writers
+        other.execute("COMMIT")
+    finally:
+        other.close()
+    assert await db.truncate_wal()
+    assert wal_size(db) == 0
+    assert await inbox.count() == 2

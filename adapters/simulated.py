@@ -26,8 +26,7 @@ from typing import Annotated, ClassVar
 
 import msgspec
 
-from gateway.errors import AdapterReadError
-from gateway.plugin import AdapterConfig, Channel, ChannelKind, Reading, Unit
+from gateway import AdapterConfig, AdapterReadError, Channel, ChannelKind, Reading, Unit
 
 __all__ = ["SimulatedAdapter", "SimulatedConfig"]
 

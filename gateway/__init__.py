@@ -22,7 +22,7 @@ from gateway.plugin import (
     Reading,
     Unit,
 )
-from gateway.timeutil import Duration
+from gateway.timeutil import Duration, parse_timestamp
 
 __all__ = [
     # the plugin API
@@ -37,6 +37,7 @@ __all__ = [
     "Unit",
     # helpers an adapter may use
     "Backoff",
+    "parse_timestamp",
     # errors an adapter raises or meets
     "AdapterError",
     "AdapterLoadError",

@@ -28,8 +28,15 @@ from adapters.modbus.transport import (
     SessionOptions,
     default_registry,
 )
-from gateway.errors import AdapterLoadError, AdapterReadError
-from gateway.plugin import AdapterConfig, Channel, ChannelKind, Reading, Unit
+from gateway import (
+    AdapterConfig,
+    AdapterLoadError,
+    AdapterReadError,
+    Channel,
+    ChannelKind,
+    Reading,
+    Unit,
+)
 
 __all__ = ["ModbusAdapter"]
 

@@ -32,8 +32,7 @@ from typing import Literal
 
 import msgspec
 
-from gateway.plugin import AdapterConfig, ChannelKind, Unit
-from gateway.timeutil import Duration
+from gateway import AdapterConfig, ChannelKind, Duration, Unit
 
 __all__ = [
     "ByteOrder",

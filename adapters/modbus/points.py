@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from adapters.modbus.codec import CodecType, decode, register_count, scaled
-from gateway.plugin import Channel, ChannelKind, Reading, Unit
+from gateway import Channel, ChannelKind, Reading, Unit
 
 __all__ = [
     "MAX_REGISTERS_PER_READ",

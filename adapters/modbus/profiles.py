@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from adapters.modbus.config import RegisterSpec
 from adapters.modbus.points import Point
-from gateway.plugin import ChannelKind, Unit
+from gateway import ChannelKind, Unit
 
 __all__ = ["EASTRON_SDM120", "EASTRON_SDM630", "PROFILES", "Profile", "generic_profile"]
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 from adapters.modbus.codec import ACC32_MODULUS
 from adapters.modbus.points import Point
-from gateway.plugin import ChannelKind, Unit
+from gateway import ChannelKind, Unit
 
 __all__ = [
     "BASES",

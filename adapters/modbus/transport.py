@@ -34,7 +34,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient, Modbu
 from pymodbus.pdu import ModbusPDU
 
 from adapters.modbus.points import Block
-from gateway.errors import AdapterReadError
+from gateway import AdapterReadError
 
 __all__ = [
     "Backoff",

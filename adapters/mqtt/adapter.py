@@ -48,8 +48,7 @@ from structlog.typing import FilteringBoundLogger
 
 from adapters.mqtt.config import MqttConfig
 from adapters.mqtt.profiles import Decoder, build_profile
-from gateway.errors import AdapterLoadError
-from gateway.plugin import AdapterConfig, Channel, Reading
+from gateway import AdapterConfig, AdapterLoadError, Channel, Reading
 
 __all__ = ["Backoff", "LogThrottle", "MqttAdapter", "default_client_id"]
 

@@ -32,8 +32,7 @@ from typing import Annotated, Any
 import msgspec
 
 from adapters.mqtt.jsonpath import JsonPath
-from gateway.plugin import AdapterConfig, Channel, ChannelKind, Unit
-from gateway.timeutil import Duration
+from gateway import AdapterConfig, Channel, ChannelKind, Duration, Unit
 
 __all__ = ["Broker", "ChannelSpec", "MqttConfig", "ProfileName", "parse_broker_url"]
 

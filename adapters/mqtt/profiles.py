@@ -32,8 +32,7 @@ import msgspec
 
 from adapters.mqtt.config import ChannelSpec, MqttConfig, ProfileName
 from adapters.mqtt.jsonpath import MISSING, JsonPath
-from gateway.plugin import Channel, ChannelKind, Reading, Unit
-from gateway.timeutil import parse_timestamp
+from gateway import Channel, ChannelKind, Reading, Unit, parse_timestamp
 
 __all__ = [
     "Decoded",

@@ -1,12 +1,23 @@
-"""The one SQLite database: open, check, migrate, and short write transactions.
+"""The one SQLite database: open, check, migrate, short write transactions, snapshot reads.
 
 WAL journal, ``synchronous=FULL`` (a committed transaction survives a power
 cut), versioned migrations in :mod:`gateway.store.schema`, and ``PRAGMA
 quick_check`` at start. A corrupt or unreadable file raises
 :class:`StoreCorrupt` and is never deleted or overwritten.
 
-Transactions are short and never span a network await: callers gather what
-they need, then write in one ``async with db.write() as conn:`` block.
+Two connections: writes go through the writer, one ``BEGIN IMMEDIATE`` ...
+``COMMIT`` at a time (``async with db.write() as conn:``); reads
+(:meth:`Database.fetchall`) go through a read-only reader, where WAL gives each
+statement a snapshot of what was committed, so a read never sees a
+transaction that is still open or is later rolled back. Transactions are short
+and never span a network await: callers gather what they need, then write.
+
+Every sqlite3 error leaves as :class:`StoreError` (:class:`StoreCorrupt` only for
+SQLITE_CORRUPT and SQLITE_NOTADB). A full disk (SQLITE_FULL) is a StoreError that
+says so: nothing of the transaction was stored, and the same connection writes
+again once there is room. The WAL is kept small: SQLite checkpoints it every
+``WAL_AUTOCHECKPOINT`` pages and cuts the file back to ``WAL_SIZE_LIMIT`` when it
+restarts it; :meth:`Database.truncate_wal` (run by the heartbeat) empties it.
 """
 
 from __future__ import annotations
@@ -23,14 +34,38 @@ import aiosqlite
 from gateway.errors import StoreCorrupt, StoreError
 from gateway.store.schema import MIGRATIONS
 
-__all__ = ["Database", "open_database"]
+__all__ = ["WAL_AUTOCHECKPOINT", "WAL_SIZE_LIMIT", "Database", "open_database"]
+
+BUSY_TIMEOUT_MS = 10_000
+CHECKPOINT_BUSY_TIMEOUT_MS = 200  # truncate_wal gives way to a slow reader rather than wait
+WAL_AUTOCHECKPOINT = 1000  # pages (SQLite's default, stated): about 4 MB of WAL at most
+WAL_SIZE_LIMIT = 1024 * 1024  # bytes of WAL kept on disk after a checkpoint restarts it
+
+_CORRUPT = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+
+def store_error(exc: sqlite3.Error, doing: str) -> StoreError:
+    """The StoreError for a sqlite3 error met while ``doing`` (e.g. "cannot write to x")."""
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF  # primary code, no extended bits
+    name = getattr(exc, "sqlite_errorname", None)
+    detail = f"{exc} [{name}]" if name else str(exc)
+    if code in _CORRUPT:
+        return StoreCorrupt(f"{doing}: the database is damaged ({detail})")
+    if code == sqlite3.SQLITE_FULL:
+        return StoreError(f"{doing}: the disk is full ({detail}); nothing of it was stored")
+    if code == sqlite3.SQLITE_IOERR:
+        return StoreError(f"{doing}: {detail}; is the disk full, read-only or failing?")
+    return StoreError(f"{doing}: {detail}")
 
 
 class Database:
     """An open database. Built by :func:`open_database`; do not construct directly."""
 
-    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
-        self.conn = conn
+    def __init__(
+        self, conn: aiosqlite.Connection, reader: aiosqlite.Connection, path: Path
+    ) -> None:
+        self.conn = conn  # the writer: use it only inside ``write()``
+        self._reader = reader
         self.path = path
         self._writing = asyncio.Lock()
 
@@ -38,7 +73,8 @@ class Database:
     async def write(self) -> AsyncIterator[aiosqlite.Connection]:
         """One ``BEGIN IMMEDIATE`` ... ``COMMIT`` transaction; rolled back on error.
 
-        Writers on this connection take turns (one transaction at a time).
+        Writers take turns (one transaction at a time). A sqlite3 error raised in the
+        block leaves it as StoreError, after the rollback.
         """
         async with self._writing, self._transaction() as conn:
             yield conn
@@ -48,7 +84,7 @@ class Database:
         try:
             await self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot start a transaction on {self.path}: {exc}") from exc
+            raise store_error(exc, f"cannot start a transaction on {self.path}") from exc
         except BaseException:
             # Cancelled while BEGIN was on its way to SQLite's thread: it still runs there,
             # so roll back behind it, or the next writer finds a transaction left open.
@@ -56,6 +92,9 @@ class Database:
             raise
         try:
             yield self.conn
+        except sqlite3.Error as exc:
+            await self._roll_back()
+            raise store_error(exc, f"cannot write to {self.path}") from exc
         except BaseException:
             await self._roll_back()
             raise
@@ -63,7 +102,7 @@ class Database:
             await self.conn.commit()
         except sqlite3.Error as exc:
             await self._roll_back()
-            raise StoreError(f"cannot commit to {self.path}: {exc}") from exc
+            raise store_error(exc, f"cannot commit to {self.path}") from exc
         except BaseException:
             await self._roll_back()  # after the COMMIT in SQLite's queue: a no-op if it ran
             raise
@@ -73,20 +112,44 @@ class Database:
         await asyncio.shield(self.conn.rollback())
 
     async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        """Rows of one statement, read from a snapshot of what is committed."""
         try:  # one hand-off to SQLite's thread, not three (execute, fetch, close)
-            return list(await self.conn.execute_fetchall(sql, tuple(params)))
+            return list(await self._reader.execute_fetchall(sql, tuple(params)))
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot read {self.path}: {exc}") from exc
+            raise store_error(exc, f"cannot read {self.path}") from exc
 
     async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
+
+    async def truncate_wal(self) -> bool:
+        """Checkpoint the whole WAL into the database and cut the WAL file to zero bytes.
+
+        Waits for other writers (it takes the write turn) but only briefly for readers:
+        if one still reads an old snapshot, this returns False and the WAL stays as it is
+        (bounded by the auto-checkpoint) until the next call.
+        """
+        async with self._writing:
+            try:
+                await self.conn.execute(f"PRAGMA busy_timeout = {CHECKPOINT_BUSY_TIMEOUT_MS}")
+                try:
+                    rows = await self.conn.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
+                finally:
+                    await asyncio.shield(
+                        self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                    )
+            except sqlite3.Error as exc:
+                raise store_error(exc, f"cannot checkpoint {self.path}") from exc
+        busy = next(iter(rows))[0]
+        return not busy
 
 
 async def _configure(conn: aiosqlite.Connection) -> None:
     await conn.execute("PRAGMA journal_mode = WAL")
     await conn.execute("PRAGMA synchronous = FULL")
     await conn.execute("PRAGMA foreign_keys = ON")
+    await conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT}")
+    await conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
 
 
 async def _quick_check(conn: aiosqlite.Connection, path: Path) -> None:
@@ -136,6 +199,41 @@ async def _migrate(conn: aiosqlite.Connection) -> None:
         await conn.commit()
 
 
+async def _connect(path: Path) -> aiosqlite.Connection:
+    try:
+        conn = await aiosqlite.connect(path, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open database {path}: {exc}") from exc
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+async def _prepare(conn: aiosqlite.Connection, path: Path, *, existed: bool) -> None:
+    """Check (an existing file, before anything could write to it), configure, migrate."""
+    try:
+        await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if existed:
+            await _quick_check(conn, path)
+        await _configure(conn)
+        await _migrate(conn)
+    except sqlite3.Error as exc:
+        error = store_error(exc, f"cannot prepare database {path}")
+        if isinstance(error, StoreCorrupt):
+            raise StoreCorrupt(
+                f"{path} is not a usable SQLite database ({exc}); it was left untouched"
+            ) from exc
+        raise error from exc
+
+
+async def _prepare_reader(conn: aiosqlite.Connection, path: Path) -> None:
+    try:
+        await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        await conn.execute("PRAGMA synchronous = FULL")  # for the checkpoint if it closes last
+        await conn.execute("PRAGMA query_only = ON")
+    except sqlite3.Error as exc:
+        raise store_error(exc, f"cannot open a reader on {path}") from exc
+
+
 @contextlib.asynccontextmanager
 async def open_database(path: Path) -> AsyncIterator[Database]:
     """Open (creating if missing), check and migrate the database at ``path``."""
@@ -144,24 +242,14 @@ async def open_database(path: Path) -> AsyncIterator[Database]:
     except OSError as exc:
         raise StoreError(f"cannot create state directory {path.parent}: {exc.strerror}") from exc
     existed = path.exists()  # noqa: ASYNC240 - one stat at start-up
+    conn = await _connect(path)
     try:
-        conn = await aiosqlite.connect(path, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open database {path}: {exc}") from exc
-    try:
-        conn.row_factory = sqlite3.Row
+        await _prepare(conn, path, existed=existed)
+        reader = await _connect(path)
         try:
-            await conn.execute("PRAGMA busy_timeout = 10000")
-            if existed:  # check before anything could write to the file
-                await _quick_check(conn, path)
-            await _configure(conn)
-            await _migrate(conn)
-        except sqlite3.DatabaseError as exc:
-            if "not a database" in str(exc) or "malformed" in str(exc):
-                raise StoreCorrupt(
-                    f"{path} is not a usable SQLite database ({exc}); it was left untouched"
-                ) from exc
-            raise StoreError(f"cannot prepare database {path}: {exc}") from exc
-        yield Database(conn, path)
+            await _prepare_reader(reader, path)
+            yield Database(conn, reader, path)
+        finally:
+            await reader.close()
     finally:
         await conn.close()

@@ -44,7 +44,6 @@ import math
 import sqlite3
 from collections.abc import Sequence
 
-from gateway.errors import StoreError
 from gateway.store.database import Database
 from gateway.store.readings_writer import chunked_union
 
@@ -100,11 +99,8 @@ _IN_CHUNK = 500
 
 
 async def fetch(db: Database, sql: str, params: Sequence[object]) -> list[sqlite3.Row]:
-    """One query in one trip to the database thread."""
-    try:
-        return list(await db.conn.execute_fetchall(sql, params))
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot read readings from {db.path}: {exc}") from exc
+    """One query in one trip to the reader's thread (a snapshot of what is committed)."""
+    return await db.fetchall(sql, params)
 
 
 @functools.lru_cache(maxsize=_EDGE_CHUNK // 8)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Literal, TypeAlias, TypeVar, assert_never
 
 from gateway import wire
-from gateway.config import Config, LocationConfig, ResourceConfig
+from gateway.config import DEFAULT_MAX_KW, Config, Direction, LocationConfig, ResourceConfig
 from gateway.timeutil import parse_timespan
 
 __all__ = [
@@ -75,6 +75,10 @@ class Target:
     """As the event wrote it, e.g. ``"01:00:00"``."""
     intervals: tuple[Interval, ...]
     """This target's intervals: sorted by start, no duplicates."""
+    direction: Direction = "import"
+    """Which energy counts, from the config (see :mod:`gateway.metering.energy`)."""
+    max_kw: float = DEFAULT_MAX_KW
+    """The most power this target can plausibly draw or feed, from the config."""
 
     @property
     def label(self) -> str:
@@ -309,6 +313,8 @@ def _resource_target(
         channel=res.channel,
         resolution=resolution,
         intervals=intervals,
+        direction=res.direction,
+        max_kw=res.max_kw,
     )
 
 
@@ -324,6 +330,8 @@ def _location_target(
         channel=loc.channel,
         resolution=resolution,
         intervals=intervals,
+        direction=loc.direction,
+        max_kw=loc.max_kw,
     )
 
 

@@ -42,7 +42,7 @@ from gateway import contract, wire
 from gateway.config import Config
 from gateway.delivery.api import ServerClock
 from gateway.errors import StoreError, WireError, describe
-from gateway.metering.energy import IntervalEnergy
+from gateway.metering.energy import Energies, Limits
 from gateway.reports.builder import BuildResult, build_report
 from gateway.reports.clock import clock_problem
 from gateway.reports.manual import report_deadline
@@ -120,21 +120,33 @@ async def build_job(
 ) -> tuple[BuildResult, list[str]]:
     """Energy for every target of ``job`` from the stored readings, then the report.
 
-    Up to ``READ_CONCURRENCY`` targets are read at once, so one target's SQL overlaps
+    Each target is read with its own limits (``direction``, ``max_kw``): implausible
+    readings are rejected there, and how many is noted per target. Up to
+    ``READ_CONCURRENCY`` targets are read at once, so one target's SQL overlaps
     another's arithmetic.
     """
     gate = asyncio.Semaphore(READ_CONCURRENCY)
     notes: list[str] = []
 
-    async def one(target: Target) -> Sequence[IntervalEnergy | None] | None:
+    async def one(target: Target) -> Energies | None:
         async with gate:
             try:
-                return await readings.interval_energy(
-                    target.adapter, target.channel, target.intervals, max_gap=max_gap
+                found = await readings.interval_energy(
+                    target.adapter,
+                    target.channel,
+                    target.intervals,
+                    max_gap=max_gap,
+                    limits=Limits(target.max_kw, target.direction),
                 )
             except KeyError:
                 notes.append(f"{target.label}: no readings from {target.adapter}/{target.channel}")
                 return None
+        if found.glitches:
+            notes.append(
+                f"{target.label}: {found.glitches} reading(s) or interval(s) rejected as "
+                f"implausible glitches (beyond {target.max_kw} kW)"
+            )
+        return found
 
     results = await asyncio.gather(*(one(t) for t in job.targets))
     energy = {t: r for t, r in zip(job.targets, results, strict=True) if r is not None}

@@ -139,16 +139,17 @@ async def test_poison_events_are_set_aside_and_the_normal_one_is_reported(
 async def test_a_job_that_raises_is_quarantined_with_its_reason(
     setup: tuple[Path, Config],
 ) -> None:
-    path, config = setup
+    _, config = setup
     async with open_database(config.db_path) as db:
         sched = scheduler(db, config)
         await sched.pass_once()  # plans and builds the due jobs
         await sched.pass_once()  # finds every job finished: the event is done
         (job,) = await ReportJobs(db).for_event("odd-job")
+        event = await Inbox(db).get("odd-job")
     assert job["outcome"] == "invalid"
     assert "ValueError" in str(job["note"]) and "wrap" in str(job["note"])
-    shown = json.loads(ecgw("events", "show", "odd-job", config=path).stdout)
-    assert "EnergyUsage" in shown["plan_note"] and "quarantined" in shown["plan_note"]
+    assert event is not None and event.plan_state == "done"
+    assert "EnergyUsage report quarantined" in str(event.plan_note)
 
 
 async def test_quarantined_work_is_not_retried_in_a_loop(setup: tuple[Path, Config]) -> None:
@@ -175,6 +176,25 @@ async def test_an_operator_releases_a_quarantined_job(setup: tuple[Path, Config]
         (job,) = await ReportJobs(db).for_event("odd-job")
         assert job["outcome"] == "queued"
         assert {r.event_id for r in await Outbox(db).items()} == {"normal", "odd-job"}
+
+
+async def test_ecgw_events_replan_releases_a_quarantined_event(
+    setup: tuple[Path, Config],
+) -> None:
+    path, config = setup
+    async with open_database(config.db_path) as db:
+        await scheduler(db, config).pass_once()
+    done = ecgw("events", "replan", "year-9999", config=path)
+    assert done.returncode == 0, done.stderr
+    assert "planned again" in done.stdout
+    missing = ecgw("events", "replan", "no-such-event", config=path)
+    assert missing.returncode == 2 and "no-such-event" in missing.stderr
+    async with open_database(config.db_path) as db:
+        event = await Inbox(db).get("year-9999")
+        assert event is not None and (event.plan_state, event.plan_note) == ("new", None)
+        await scheduler(db, config).pass_once()  # the same failure: set aside again
+        await scheduler(db, config).pass_once()
+        assert (await Inbox(db).get("year-9999")).plan_state == "invalid"  # type: ignore[union-attr]
 
 
 @pytest.fixture

@@ -159,6 +159,21 @@ def test_a_counter_never_reports_negative_even_for_net() -> None:
         assert energies.glitches == 6
 
 
+def test_a_net_register_running_back_counts_only_its_rises_as_import() -> None:
+    """A meter's net register falls while exporting: each step back is a reset whose energy
+    (the whole register) cannot be real, so it counts 0 and only the rises count."""
+    down = [100.0 - i / 30 for i in range(31)]  # 1 kWh exported over 30 minutes
+    up = [99.0 + 2 * i / 30 for i in range(1, 31)]  # then 2 kWh imported
+    samples = every(60.0, [*down, *up, 101.0])
+    energies = counter_intervals(
+        samples, HOUR, to_kwh=1.0, wrap=None, max_gap=60.0, limits=Limits(10.0)
+    )
+    # the last step back, followed by a rise above the one before, reads as a one-sample
+    # glitch: the rise is counted from the reading before it (1/30 kWh less)
+    assert kwh(energies[0]) == pytest.approx(2.0 - 1 / 30)
+    assert energies.glitches == 30  # 29 steps back that cannot be real, and that glitch
+
+
 # --------------------------------------------------------------------------- properties
 
 hostile = st.one_of(

@@ -53,6 +53,12 @@ way (the import register of a meter, or the only one of a device): it runs backw
 through a reset, a wrap or a glitch, so it is unrolled by the same rules in both
 directions and never yields a negative value. A resource that should report net energy is
 configured on a power channel (or a net-power channel of its meter).
+
+A *net* register read as a counter (one that falls while the site exports) still gives
+import: each persistent step back is a reset whose counted energy, the whole register, no
+``max_kw`` allows, so it counts 0 and only the rises count (a single step back followed by
+a rise above the reading before it is a one-sample glitch, as always). Near zero, where the
+register value itself is plausible, a step back counts at most ``max_kw`` over that step.
 """
 
 from __future__ import annotations

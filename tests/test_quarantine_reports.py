@@ -108,6 +108,24 @@ async def setup(tmp_path: Path) -> tuple[Path, Config]:
     return path, config
 
 
+class Ticks:
+    """A clock that counts its readings: each scheduler pass reads it first."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.moved = asyncio.Event()
+
+    def __call__(self) -> float:
+        self.count += 1
+        self.moved.set()
+        return time.time()
+
+    async def reach(self, n: int) -> None:
+        while self.count < n:
+            self.moved.clear()
+            await self.moved.wait()
+
+
 def scheduler(db: Database, config: Config) -> ReportScheduler:
     return ReportScheduler(
         db=db,
@@ -195,6 +213,44 @@ async def test_ecgw_events_replan_releases_a_quarantined_event(
         await scheduler(db, config).pass_once()  # the same failure: set aside again
         await scheduler(db, config).pass_once()
         assert (await Inbox(db).get("year-9999")).plan_state == "invalid"  # type: ignore[union-attr]
+
+
+async def test_a_pass_that_fails_outside_any_event_does_not_end_the_loop(
+    setup: tuple[Path, Config],
+) -> None:
+    """A row the inbox cannot read (a hand-edited database: payload as TEXT) fails every
+    pass; the scheduler says so and stays up instead of taking the gateway down."""
+    _, config = setup
+    async with open_database(config.db_path) as db:
+        async with db.write() as conn:
+            await conn.execute(
+                "INSERT INTO events (event_id, payload_type, received_via, received_at, payload) "
+                "VALUES ('text-row', 'PriceCurve', 'webhook', ?, 'not bytes')",
+                (T0,),
+            )
+        ticks = Ticks()
+        sched = ReportScheduler(
+            db=db,
+            readings=ReadingsStore(db),
+            config=config,
+            server_clock=ServerClock(),
+            on_queued=lambda: None,
+            clock=ticks,
+        )
+        with structlog.testing.capture_logs() as logs:
+            task = asyncio.create_task(sched.run())
+            async with asyncio.timeout(10):
+                for n in (2, 3):  # each tick starts a pass: the loop outlived the one before
+                    await ticks.reach(n - 1)
+                    sched.wake()
+                    await ticks.reach(n)
+            assert not task.done()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    assert len([e for e in logs if e["event"] == "reports.pass_failed"]) >= 2
+    (failed, *_) = [e for e in logs if e["event"] == "reports.pass_failed"]
+    assert failed["log_level"] == "error" and "TypeError" in failed["error"]
 
 
 @pytest.fixture

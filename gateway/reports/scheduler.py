@@ -185,8 +185,11 @@ class ReportScheduler:
             self._wake.clear()
             try:
                 next_due = await self.pass_once()
-            except StoreError as exc:  # e.g. the database busy for long: try again soon
-                log.error("reports.pass_failed", error=str(exc))
+            except Exception as exc:  # the database busy for long, or a row it cannot read
+                # Events and jobs fail alone inside a pass; what reaches here is outside any
+                # one of them. Keep the gateway up (intake and delivery go on), say so every
+                # pass, and try again in PASS_EVERY: never a hot loop, never an exit.
+                log.error("reports.pass_failed", error=describe(exc))
                 next_due = None
             timeout = PASS_EVERY
             if next_due is not None:

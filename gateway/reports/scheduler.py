@@ -19,7 +19,9 @@ exception while building or checking one job records the job ``invalid`` with
 the reason in ``report_jobs.note`` (the event's ``plan_note`` then names the
 quarantined kinds). Both are logged as errors with the event id, and the pass
 goes on with the next job and event. Only :class:`~gateway.errors.StoreError`
-(the database) and cancellation leave a pass.
+(the database) and cancellation leave a pass; :meth:`ReportScheduler.run` logs a
+failed pass (``reports.pass_failed``) and tries again after ``PASS_EVERY``, so the
+loop never ends on an error and never spins.
 
 A quarantined event or job stays set aside: its inputs (the stored payload,
 the stored readings, the config) are committed, so building it again gives the

@@ -4,7 +4,7 @@ Useful for trying the gateway without hardware and for end-to-end tests::
 
     [adapters.test-heater]
     type = "simulated"
-    power_kw = 2.5        # constant power drawn, kW (default 1.0)
+    power_kw = 2.5        # constant power drawn, kW (default 1.0); negative: exported
     start_kwh = 1200.0    # the counter's value when the adapter first starts (default 0)
     poll_interval = "10s"
 
@@ -13,6 +13,14 @@ from the moment the adapter is first entered, and ``power``, the constant
 power in kW. Like a physical meter, the counter keeps counting while the
 adapter is stopped and restarted; a new instance starts again at
 ``start_kwh``.
+
+A negative ``power_kw`` is an exporting resource (a solar inverter, a
+discharging battery). It reads as a bidirectional meter's import side would:
+``energy`` is the *import* register, which stays flat while the resource
+exports (a register only counts up; the export register is not simulated),
+and ``power`` is negative. So a resource on ``energy`` reports 0 kWh while
+exporting, and one on ``power`` with ``direction = "net"`` reports the
+negative energy exported.
 
 It uses only the public plugin API, exactly as a third-party adapter would.
 """
@@ -33,13 +41,15 @@ __all__ = ["SimulatedAdapter", "SimulatedConfig"]
 ENERGY = Channel("energy", ChannelKind.ENERGY, Unit.KWH)
 POWER = Channel("power", ChannelKind.POWER, Unit.KW)
 
-_NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+_NonNegative = Annotated[float, msgspec.Meta(ge=0, le=1e12)]
+_Power = Annotated[float, msgspec.Meta(ge=-1e6, le=1e6)]
+"""kW, either way: up to a gigawatt (also keeps NaN and infinities out)."""
 
 
 class SimulatedConfig(AdapterConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``[adapters.NAME]`` for ``type = "simulated"``."""
 
-    power_kw: _NonNegative = 1.0
+    power_kw: _Power = 1.0
     start_kwh: _NonNegative = 0.0
 
 
@@ -85,7 +95,8 @@ class SimulatedAdapter:
             raise AdapterReadError("read outside the adapter's lifetime", adapter=self.name)
         now = self._clock()
         power_kw = self.config.power_kw
-        energy_kwh = self.config.start_kwh + power_kw * (now - self._started_at) / 3600.0
+        imported_kw = max(power_kw, 0.0)  # the import register stays flat while exporting
+        energy_kwh = self.config.start_kwh + imported_kw * (now - self._started_at) / 3600.0
         return (
             Reading(ENERGY.name, now, energy_kwh),
             Reading(POWER.name, now, power_kw),

@@ -244,6 +244,20 @@ async def cmd_events_show(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
+async def cmd_events_replan(args: argparse.Namespace, config: Config) -> int:
+    """Plan a quarantined event again, once its cause is fixed (a running gateway sees it
+    on its next scheduler pass)."""
+    async with open_database(config.db_path) as db:
+        if await Inbox(db).get(args.event_id) is None:
+            raise UsageError(f"no event {args.event_id!r} in the inbox")
+        released = await ReportJobs(db).release(args.event_id)
+    if released:
+        _out(f"event {args.event_id} will be planned again (its quarantined jobs are forgotten)")
+    else:
+        _out(f"event {args.event_id} has nothing quarantined: unchanged")
+    return EXIT_OK
+
+
 async def cmd_report_submit(args: argparse.Namespace, config: Config) -> int:
     try:
         raw = await asyncio.to_thread(Path(args.file).read_bytes)
@@ -393,6 +407,9 @@ def _parser() -> argparse.ArgumentParser:
     add("show", cmd_events_show, "show one event and its reports", into=esub).add_argument(
         "event_id"
     )
+    add(
+        "replan", cmd_events_replan, "plan a quarantined event again, after a fix", into=esub
+    ).add_argument("event_id")
 
     report = sub.add_parser("report", help="reports")
     rsub = report.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -182,7 +182,8 @@ def test_no_data_at_all_means_no_request() -> None:
     ],
 )
 def test_kwh_are_rounded_to_6_decimals_when_encoding(kwh: float, sent: float, text: str) -> None:
-    job = price_job([res("hwt", "home")], [("hwt", "home")], hours("2025-03-11", 10, 1))
+    big = {**res("hwt", "home"), "max_kw": 200_000.0}  # 123 MWh in an hour is plausible here
+    job = price_job([big], [("hwt", "home")], hours("2025-03-11", 10, 1))
     (hwt,) = job.targets
     result = build_report(job, {hwt: series(hwt, [kwh])})
     (point,) = body_json(result)["payloads"][0]["points"]
@@ -201,6 +202,45 @@ def test_impossible_energy_is_refused(kwh: float) -> None:
     with pytest.raises(ReportInvalid) as caught:
         build_report(job, {hwt: series(hwt, [1.0, kwh])})
     assert caught.value.field == "payloads[0].points[1].kiloWattHours"
+
+
+@pytest.mark.parametrize(
+    ("kwh", "ok"),
+    [(10.0, True), (10.000001, True), (10.001, False), (2.78e297, False), (0.0, True)],
+)
+def test_energy_beyond_max_kw_is_refused(kwh: float, ok: bool) -> None:
+    """A 10 kW resource cannot use more than 10 kWh in an hour (a float margin aside)."""
+    small = {**res("hwt", "home"), "max_kw": 10.0}
+    job = price_job([small], [("hwt", "home")], hours("2025-03-11", 10, 1))
+    (hwt,) = job.targets
+    assert (hwt.max_kw, hwt.direction) == (10.0, "import")
+    if ok:
+        assert body_json(build_report(job, {hwt: series(hwt, [kwh])}))["payloads"]
+        return
+    with pytest.raises(ReportInvalid, match=r"not possible for import at most 10\.0 kW") as caught:
+        build_report(job, {hwt: series(hwt, [kwh])})
+    assert caught.value.field == "payloads[0].points[0].kiloWattHours"
+
+
+def test_the_default_max_kw_refuses_the_delivered_absurd_value() -> None:
+    job = price_job([res("hwt", "home")], [("hwt", "home")], hours("2025-03-11", 10, 1))
+    (hwt,) = job.targets
+    with pytest.raises(ReportInvalid, match=r"2\.78e\+297"):
+        build_report(job, {hwt: series(hwt, [2.78e297])})
+
+
+@pytest.mark.parametrize(("kwh", "ok"), [(-4.5, True), (-5.0, True), (-5.01, False)])
+def test_a_net_target_may_report_export_as_negative_kwh(kwh: float, ok: bool) -> None:
+    battery = {**res("bat", "home"), "direction": "net", "max_kw": 5.0}
+    job = price_job([battery], [("bat", "home")], hours("2025-03-11", 10, 2))
+    (bat,) = job.targets
+    assert bat.direction == "net"
+    if not ok:
+        with pytest.raises(ReportInvalid, match="not possible for net"):
+            build_report(job, {bat: series(bat, [1.0, kwh])})
+        return
+    points = body_json(build_report(job, {bat: series(bat, [1.0, kwh])}))["payloads"][0]["points"]
+    assert [p["kiloWattHours"] for p in points] == [1.0, kwh]  # the contract has no minimum
 
 
 def test_misaligned_energy_is_refused() -> None:
@@ -410,6 +450,7 @@ def targets(draw: st.DrawFn, kind: str) -> Target:
         channel="energy",
         resolution=resolution,
         intervals=intervals,
+        max_kw=1e9,  # every drawn value is plausible: this property is about the body
     )
 
 

@@ -70,6 +70,7 @@ def gateway_config(sandbox: Sandbox, tmp_path: Path, **extra: Any) -> dict[str, 
                 "tank": {"type": "simulated", "power_kw": 36.0, "poll_interval": "1s"},
                 "charger": {"type": "simulated", "power_kw": 18.0, "poll_interval": "1s"},
                 "site": {"type": "simulated", "power_kw": 54.0, "poll_interval": "1s"},
+                "pv": {"type": "simulated", "power_kw": -7.2, "poll_interval": "1s"},
             },
             "resources": [
                 {"resource_id": "hwt-1", "location_id": "loc-1", "adapter": "tank"},
@@ -78,6 +79,15 @@ def gateway_config(sandbox: Sandbox, tmp_path: Path, **extra: Any) -> dict[str, 
                     "location_id": "loc-1",
                     "meter_point_id": "707057500012345678",
                     "adapter": "charger",
+                },
+                {"resource_id": "pv-1", "location_id": "loc-1", "adapter": "pv"},
+                {
+                    "resource_id": "pv-net",
+                    "location_id": "loc-1",
+                    "adapter": "pv",
+                    "channel": "power",
+                    "direction": "net",
+                    "max_kw": 10.0,
                 },
             ],
             "locations": [
@@ -110,6 +120,8 @@ async def test_price_curve_at_10_second_resolution(sandbox: Sandbox, tmp_path: P
                 "targets": [
                     {"resourceId": "hwt-1", "locationId": "loc-1"},
                     {"resourceId": "evc-1", "locationId": "loc-1"},
+                    {"resourceId": "pv-1", "locationId": "loc-1"},
+                    {"resourceId": "pv-net", "locationId": "loc-1"},
                     {"resourceId": "not-ours", "locationId": "loc-9"},
                 ],
                 "priceCurveDelta": {
@@ -128,9 +140,10 @@ async def test_price_curve_at_10_second_resolution(sandbox: Sandbox, tmp_path: P
     assert report.event_id == event["id"]
     contract.check("PostReportRequest", report.body)
     payloads = {p["resourceId"]: p for p in report.body["payloads"]}
-    assert set(payloads) == {"hwt-1", "evc-1"}
+    assert set(payloads) == {"hwt-1", "evc-1", "pv-1", "pv-net"}
     assert payloads["evc-1"]["meterPointId"] == "707057500012345678"
-    for resource, kw in (("hwt-1", 36.0), ("evc-1", 18.0)):
+    # pv exports 7.2 kW: nothing drawn on its import register, negative energy when net
+    for resource, kw in (("hwt-1", 36.0), ("evc-1", 18.0), ("pv-1", 0.0), ("pv-net", -7.2)):
         payload = payloads[resource]
         assert payload["resolution"] == "00:00:10" and payload["locationId"] == "loc-1"
         got = {
@@ -143,7 +156,7 @@ async def test_price_curve_at_10_second_resolution(sandbox: Sandbox, tmp_path: P
         assert sorted(got) == expected_starts, (resource, started, sorted(got))
         for start in expected_starts:
             truth = kw * 10 / 3600
-            assert abs(got[start] - truth) <= 0.02 * truth, (resource, start, got[start])
+            assert abs(got[start] - truth) <= 0.02 * abs(truth), (resource, start, got[start])
         assert first not in got and first + 10 not in got  # before any reading: absent, not 0
 
 

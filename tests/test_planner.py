@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway import wire
-from gateway.config import Config, parse_config
+from gateway.config import DEFAULT_MAX_KW, Config, parse_config
 from gateway.errors import WireError
 from gateway.reports.planner import (
     ENERGY_USAGE,
@@ -619,3 +619,21 @@ def test_plans_are_immutable_and_targets_hashable() -> None:
     assert {job.targets[0]: 1}[job.targets[0]] == 1
     with pytest.raises(AttributeError):
         job.due_at = 0.0  # type: ignore[misc]
+
+
+def test_targets_carry_their_configured_direction_and_max_kw() -> None:
+    """The energy core and the builder judge each target by its own config."""
+    battery = {**res("bat", "home"), "direction": "net", "max_kw": 5.0}
+    site = {**loc("home", "mp-1"), "max_kw": 40.0}
+    config = make_config([battery, res("hwt", "home")], [site])
+    stamps = hours("2025-03-11", 10, 1)
+    plan = plan_event(
+        EVENT, price_curve([("bat", "home"), ("hwt", "home")], stamps), config, now=NOW
+    )
+    (job,) = plan.jobs
+    limits = {t.resource_id: (t.direction, t.max_kw) for t in job.targets}
+    assert limits == {"bat": ("net", 5.0), "hwt": ("import", DEFAULT_MAX_KW)}
+    lpc = location_lpc([("home", "mp-1", "01:00:00", stamps)])
+    _, usage = plan_event(EVENT, lpc, config, now=NOW).jobs
+    ((direction, max_kw),) = {(t.direction, t.max_kw) for t in usage.targets}
+    assert (direction, max_kw) == ("import", 40.0)

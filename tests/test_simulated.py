@@ -134,7 +134,10 @@ def test_config_defaults_and_durations() -> None:
 @pytest.mark.parametrize(
     ("table", "key"),
     [
-        ({"type": "simulated", "power_kw": -1.0}, "adapters.sim.power_kw"),
+        ({"type": "simulated", "power_kw": math.nan}, "adapters.sim.power_kw"),
+        ({"type": "simulated", "power_kw": -math.inf}, "adapters.sim.power_kw"),
+        ({"type": "simulated", "power_kw": 1e308}, "adapters.sim.power_kw"),
+        ({"type": "simulated", "start_kwh": math.nan}, "adapters.sim.start_kwh"),
         ({"type": "simulated", "start_kwh": -5}, "adapters.sim.start_kwh"),
         ({"type": "simulated", "power_kw": "2kW"}, "adapters.sim.power_kw"),
         ({"type": "simulated", "powerkw": 2}, "adapters.sim.powerkw"),
@@ -144,6 +147,21 @@ def test_config_errors_name_the_key(table: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError) as info:
         convert_adapter_config("sim", SimulatedAdapter, table)
     assert info.value.key == key
+
+
+def test_a_negative_power_is_an_exporting_resource() -> None:
+    config = convert_adapter_config("sim", SimulatedAdapter, {"type": "simulated", "power_kw": -3})
+    assert isinstance(config, SimulatedConfig)
+    assert config.power_kw == -3.0
+
+
+async def test_an_exporting_resource_keeps_its_import_register_flat() -> None:
+    """As a bidirectional meter's import side: the register never runs back, power is < 0."""
+    clock = FakeClock()
+    async with make(clock, power_kw=-3.6, start_kwh=500.0) as adapter:
+        assert values(await adapter.read()) == {"energy": 500.0, "power": -3.6}
+        clock.now += 3600
+        assert values(await adapter.read()) == {"energy": 500.0, "power": -3.6}
 
 
 def test_registered_under_its_entry_point() -> None:

@@ -14,8 +14,11 @@ The compacted series of a channel is a list of ``(at, value)``:
   ``m < before`` that :func:`power_intervals` accepts as an edge (not inside a segment
   longer than ``max_gap``);
 * ``(at, nan)`` break markers: a raw break (non-finite reading), and for power a point
-  inside every segment longer than ``max_gap``. Nothing is computed across a marker, so an
-  interval spanning a power gap stays None even though both its edges have a value.
+  inside every segment longer than ``max_gap`` and every sample beyond
+  :data:`ABSURD_KW` either way (one such glitch would otherwise make the running total
+  infinite, or so large that later minutes no longer differ, for the rest of the series).
+  Nothing is computed across a marker, so an interval spanning a power gap stays None even
+  though both its edges have a value.
 
 Read it like a counter that never wraps and whose valid edges all carry a point::
 
@@ -53,6 +56,7 @@ from itertools import pairwise
 from gateway.metering.energy import UnrolledCounter, columns, interpolate
 
 __all__ = [
+    "ABSURD_KW",
     "COMPACTED_MAX_GAP",
     "compact_counter",
     "counter_handover",
@@ -61,6 +65,10 @@ __all__ = [
 ]
 
 COMPACTED_MAX_GAP = 0.0
+ABSURD_KW = 1e7
+"""10 GW: no metered site draws that. Compaction does not know a channel's configured
+``max_kw`` (several targets may share a channel), so it only sets aside what no channel can
+mean; reports apply each target's own limit on top (:mod:`gateway.metering.energy`)."""
 _MINUTE = 60
 
 
@@ -155,7 +163,8 @@ def compact_power(
     marker itself. The series only grows, so power must not be negative: a counter read
     back through :func:`counter_intervals` would take a decrease for a reset.
 
-    Raises ValueError on a negative power sample or a non-positive ``to_kw``.
+    Raises ValueError on a negative power sample (one beyond :data:`ABSURD_KW` is a break
+    marker instead) or a non-positive ``to_kw``.
     """
     return _integrate(samples, to_kw=to_kw, max_gap=max_gap, before=before, energy=energy)[0]
 
@@ -186,8 +195,11 @@ def _integrate(
     if not to_kw > 0:
         raise ValueError(f"power compaction needs a positive to_kw, got {to_kw!r}")
     ats, vals = columns(samples)
+    top = ABSURD_KW / to_kw
+    if vals and not (math.isfinite(sum(vals)) and -top <= min(vals) and max(vals) <= top):
+        vals = [v if -top <= v <= top else math.nan for v in vals]
     for t, v in zip(ats, vals, strict=True):
-        if v < 0 and math.isfinite(v):  # -inf is a break like NaN, not a power
+        if v < 0:  # absurd values and -inf are breaks like NaN by now, not a power
             raise ValueError(
                 f"power sample at {t} is negative ({v}): compacted power must only grow;"
                 " keep this channel raw or split import and export"

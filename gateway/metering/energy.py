@@ -25,6 +25,40 @@ Conventions of every function here:
   across it. Compaction uses NaN to mark power gaps (:mod:`gateway.metering.compaction`).
 * Pure: no I/O, no clock, no logging. Costs are O(samples + intervals * log samples), with
   the per-sample work done by C loops (``map``, ``sorted``, ``sum``), not Python loops.
+
+**Plausibility and direction** (:class:`Limits`: a channel's ``max_kw`` and ``direction``,
+from the resource's or location's config). Given limits, what could not be real is rejected
+as a *glitch* and counted in the result's ``glitches`` (:class:`Energies`):
+
+* a power sample that is not finite or beyond ``max_kw`` either way is left out, as if it
+  had never been read (its neighbours are integrated across it, within ``max_gap``);
+* a counter step that would need more than ``max_kw`` over the time since the previous
+  kept reading -- a wrap or a reset whose counted energy is that large, e.g. a meter
+  swapped for one reading 3,000 kWh -- counts as no energy: the series goes on flat across
+  it, as after a reset (what was used in that step is unknowable and is not invented);
+* an interval whose counter rise is more than ``max_kw`` times its hours is None. A rise
+  is judged over the interval, not per reading, because the store fetches only the
+  readings at the interval edges (the fast path of :func:`counter_intervals`); over one
+  interval the bound is exact: real readings never rise faster than ``max_kw``, and the
+  linear interpolation between them does not either.
+
+So every value is finite and within ``[0, max_kw * hours]`` (``import``) or
+``[-max_kw * hours, max_kw * hours]`` (``net``), up to :data:`REL_TOL`/:data:`ABS_TOL_KWH`.
+
+Direction ``import`` (the default): only energy drawn counts. A power sample below zero
+(export) counts as 0 kW; each sample is clamped before the trapezoid, so an interval of
+pure export is 0.0 kWh, which is known. ``net``: power keeps its sign, so an interval's
+energy is import minus export and may be negative. A counter is a register that counts one
+way (the import register of a meter, or the only one of a device): it runs backwards only
+through a reset, a wrap or a glitch, so it is unrolled by the same rules in both
+directions and never yields a negative value. A resource that should report net energy is
+configured on a power channel (or a net-power channel of its meter).
+
+A *net* register read as a counter (one that falls while the site exports) still gives
+import: each persistent step back is a reset whose counted energy, the whole register, no
+``max_kw`` allows, so it counts 0 and only the rises count (a single step back followed by
+a rise above the reading before it is a one-sample glitch, as always). Near zero, where the
+register value itself is plausible, a step back counts at most ``max_kw`` over that step.
 """
 
 from __future__ import annotations
@@ -32,13 +66,20 @@ from __future__ import annotations
 import enum
 import math
 from bisect import bisect_left, bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain, compress, count, islice
 from operator import add, itemgetter, lt, mul, sub
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from gateway.config import Direction
 
 __all__ = [
+    "ABS_TOL_KWH",
+    "REL_TOL",
+    "Energies",
+    "Limits",
     "Quality",
     "IntervalEnergy",
     "UnrolledCounter",
@@ -63,6 +104,48 @@ class IntervalEnergy:
     end: float
     kwh: float
     quality: Quality
+
+
+REL_TOL = 1e-6
+"""Relative margin on ``max_kw``: float rounding of interpolation and differences only."""
+ABS_TOL_KWH = 1e-6
+"""Absolute margin on an interval's bound, in kWh (1 mWh, the report's resolution)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one metered channel can plausibly do, and which direction of energy counts."""
+
+    max_kw: float
+    direction: Direction = "import"
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.max_kw) and self.max_kw > 0):
+            raise ValueError(f"max_kw must be a positive finite number, got {self.max_kw!r}")
+        if self.direction not in ("import", "net"):
+            raise ValueError(f"direction must be 'import' or 'net', got {self.direction!r}")
+
+    def bound_kwh(self, seconds: float) -> float:
+        """The most energy, in kWh, that ``seconds`` at ``max_kw`` give, with the margin."""
+        return self.max_kw * seconds / 3600.0 * (1.0 + REL_TOL) + ABS_TOL_KWH
+
+    def allows(self, kwh: float, seconds: float) -> bool:
+        """True if ``kwh`` over ``seconds`` could be real: finite, within the bound, and not
+        below zero for ``import`` (exactly: import energy is never computed below 0)."""
+        bound = self.bound_kwh(seconds)
+        low = -bound if self.direction == "net" else 0.0
+        return math.isfinite(kwh) and low <= kwh <= bound
+
+
+class Energies(list["IntervalEnergy | None"]):
+    """Energy per interval (a list, aligned with the intervals asked for), plus ``glitches``:
+    how many readings, counter steps or intervals were rejected as implausible."""
+
+    __slots__ = ("glitches",)
+
+    def __init__(self, values: Iterable[IntervalEnergy | None] = (), glitches: int = 0) -> None:
+        super().__init__(values)
+        self.glitches = glitches
 
 
 # Helpers shared with :mod:`gateway.metering.compaction` (not part of ``__all__``).
@@ -128,6 +211,21 @@ def interpolate(t: float, t0: float, v0: float, t1: float, v1: float) -> float:
 # --------------------------------------------------------------------------- counters
 
 
+def _not_below(cur: float, off: float, target: float) -> float:
+    """``off``, raised by the float rounding it needs so that ``cur + off >= target``.
+
+    Steps by the remaining gap (at least one ulp), so huge values converge in a step or two
+    instead of an ulp at a time; a NaN or infinite gap ends it (the value is then a break
+    or beyond any bound, and is rejected downstream).
+    """
+    for _ in range(64):
+        gap = target - (cur + off)
+        if not gap > 0:
+            break
+        off += max(gap, math.ulp(off))
+    return off
+
+
 class Edge(NamedTuple):
     """The unrolled counter at an edge: bracketing sample indices, value, exactly on a sample."""
 
@@ -175,9 +273,14 @@ class UnrolledCounter:
 
     ``offset`` is the unrolled value of the first sample minus its raw reading (0: the
     series starts at the first raw reading). Compaction passes it to continue a series.
+
+    ``max_rate`` (raw units per second), when given, bounds a wrap or a reset: one whose
+    delta is more than ``max_rate`` times the seconds since the previous kept sample is
+    implausible, and the series goes on flat across it (delta 0) instead; ``glitches``
+    counts those steps plus the glitches and spikes dropped above.
     """
 
-    __slots__ = ("_breaks", "_seg_idx", "_seg_off", "_skipped", "ats", "vals")
+    __slots__ = ("_breaks", "_seg_idx", "_seg_off", "_skipped", "ats", "glitches", "vals")
 
     def __init__(
         self,
@@ -185,12 +288,14 @@ class UnrolledCounter:
         *,
         wrap: float | None,
         offset: float = 0.0,
+        max_rate: float | None = None,
     ) -> None:
         if wrap is not None and not wrap > 0:
             raise ValueError(f"wrap must be a positive counter modulus, got {wrap!r}")
         self.ats, self.vals = columns(samples)
         self._breaks = _breaks_of(self.vals)
         self._skipped: set[int] = set()
+        self.glitches = 0
         self._seg_idx = [0]
         self._seg_off = [offset]
         vals = self.vals
@@ -200,9 +305,11 @@ class UnrolledCounter:
         events = {0, *self._breaks, *(b + 1 for b in self._breaks)}
         for i in drops:
             events.update((i - 1, i))
-        self._walk(sorted(e for e in events if e < len(vals)), wrap, offset)
+        self._walk(sorted(e for e in events if e < len(vals)), wrap, offset, max_rate)
 
-    def _walk(self, events: list[int], wrap: float | None, off: float) -> None:
+    def _walk(
+        self, events: list[int], wrap: float | None, off: float, max_rate: float | None
+    ) -> None:
         """Decide every sample whose fate is not trivially "kept, same offset".
 
         Only drops (and their neighbours) and breaks need a decision; any other sample is
@@ -226,19 +333,25 @@ class UnrolledCounter:
             if cur >= prev:
                 if nxt is not None and prev <= nxt < cur:
                     self._skipped.add(k)  # spike
+                    self.glitches += 1
                 else:
                     pk = k
                 continue
             if nxt is None or nxt >= prev:
                 self._skipped.add(k)  # glitch, or a drop the next reading has yet to decide
+                self.glitches += nxt is not None
                 continue
             u_prev = prev + off
             if wrap is not None and 0 < cur + wrap - prev < wrap / 2:
-                new = off + wrap
+                new, delta = off + wrap, cur + wrap - prev
             else:
-                new = off + prev if cur >= 0 else off + prev - cur
-            while cur + new < u_prev:  # never let rounding step the series backwards
-                new = math.nextafter(new, math.inf)
+                new, delta = (off + prev, cur) if cur >= 0 else (off + prev - cur, 0.0)
+            if max_rate is not None and not delta <= max_rate * (self.ats[k] - self.ats[pk]) * (
+                1.0 + REL_TOL
+            ):
+                new = off + prev - cur  # implausible: flat across the step
+                self.glitches += 1
+            new = _not_below(cur, new, u_prev)  # never let rounding step the series backwards
             self._seg_idx.append(k)
             self._seg_off.append(new)
             off, pk = new, k
@@ -321,24 +434,30 @@ def counter_intervals(
     to_kwh: float,
     wrap: float | None,
     max_gap: float,
-) -> list[IntervalEnergy | None]:
+    limits: Limits | None = None,
+) -> Energies:
     """kWh per interval from a cumulative counter, aligned with ``intervals``.
 
     The unrolled counter (:class:`UnrolledCounter`) is linearly interpolated at each
     edge between the kept samples on either side; the energy is
     ``(value at end - value at start) * to_kwh``. An edge without a kept sample within
-    ``max_gap`` on either side, or a break between the edges, makes the interval None.
-    Quality is MEASURED when both edges have a sample exactly on them.
+    ``max_gap`` on either side, or a break between the edges, makes the interval None, as
+    does an energy that is not finite. Quality is MEASURED when both edges have a sample
+    exactly on them. With ``limits``, implausible steps and intervals are rejected and
+    counted (see the module docstring).
 
     **Fast path.** The result is the same (bit for bit) when ``samples`` is any
     subsequence that contains, for each edge, the last sample at or before it and the
     first at or after it; for every drop (``value[i] < value[i-1]``) the samples
     ``i-2, i-1, i, i+1`` (the two samples of the drop and one neighbour on each side);
     and every non-finite sample. A store can fetch just those instead of every reading:
-    a few hundred rows a day instead of 8,640.
+    a few hundred rows a day instead of 8,640. (``glitches`` may differ: it counts what
+    the samples given show.)
     """
-    counter = UnrolledCounter(samples, wrap=wrap)
-    out: list[IntervalEnergy | None] = []
+    max_rate = None if limits is None else limits.max_kw / 3600.0 / to_kwh
+    counter = UnrolledCounter(samples, wrap=wrap, max_rate=max_rate)
+    out = Energies()
+    rejected = 0
     last_t: float | None = None
     last_edge: Edge | None = None
     for start, end in intervals:
@@ -348,8 +467,14 @@ def counter_intervals(
         if a is None or b is None or not counter.continuous(a.lo, b.hi):
             out.append(None)
             continue
+        kwh = (b.value - a.value) * to_kwh
+        if not math.isfinite(kwh) or (limits is not None and not limits.allows(kwh, end - start)):
+            rejected += 1
+            out.append(None)
+            continue
         quality = Quality.MEASURED if a.exact and b.exact else Quality.INTERPOLATED
-        out.append(IntervalEnergy(start, end, (b.value - a.value) * to_kwh, quality))
+        out.append(IntervalEnergy(start, end, kwh, quality))
+    out.glitches = counter.glitches + rejected if limits is not None else 0
     return out
 
 
@@ -362,17 +487,26 @@ def power_intervals(
     *,
     to_kw: float,
     max_gap: float,
-) -> list[IntervalEnergy | None]:
+    limits: Limits | None = None,
+) -> Energies:
     """kWh per interval from instantaneous power (``value * to_kw`` is kW).
 
     Trapezoid rule between consecutive samples, with the power at each edge linearly
     interpolated; ``kWh = integral of kW dt / 3600``. The interval is None when an edge
     has no sample within ``max_gap`` on either side, or any segment overlapping it spans
-    more than ``max_gap`` seconds or touches a non-finite sample. Quality is MEASURED when
-    both edges have a sample exactly on them. Splitting an interval at any point conserves
-    its energy (up to float rounding): the trapezoid is exact for the linear interpolant.
+    more than ``max_gap`` seconds or touches a non-finite sample, or its energy is not
+    finite. Quality is MEASURED when both edges have a sample exactly on them. Splitting
+    an interval at any point conserves its energy (up to float rounding): the trapezoid is
+    exact for the linear interpolant.
+
+    With ``limits``, samples beyond ``max_kw`` or not finite are left out and counted in
+    ``glitches``, and for ``import`` each sample below 0 counts as 0 kW (see the module
+    docstring).
     """
     ats, vals = columns(samples)
+    glitches = 0
+    if limits is not None:
+        ats, vals, glitches = _screen_power(ats, vals, limits, to_kw)
     n = len(ats)
     dts = list(map(sub, islice(ats, 1, None), ats))
     for b in _breaks_of(vals):  # segments touching a break are unknown
@@ -381,7 +515,7 @@ def power_intervals(
         if b < n - 1:
             dts[b] = math.inf
     sums = list(map(add, islice(vals, 1, None), vals))
-    out: list[IntervalEnergy | None] = []
+    out = Energies(glitches=glitches)
     for start, end in intervals:
         i = bisect_right(ats, start) - 1  # last sample at or before start
         j = bisect_left(ats, end)  # first sample at or after end
@@ -395,10 +529,31 @@ def power_intervals(
         ):
             out.append(None)
             continue
-        area = _area(ats, vals, dts, sums, i, j, start, end)  # kW-less units x seconds x 2
+        kwh = _area(ats, vals, dts, sums, i, j, start, end) * to_kw / 7200.0
+        if not math.isfinite(kwh):  # only without limits: values near the float range
+            out.append(None)
+            continue
         quality = Quality.MEASURED if ats[i] == start and ats[j] == end else Quality.INTERPOLATED
-        out.append(IntervalEnergy(start, end, area * to_kw / 7200.0, quality))
+        out.append(IntervalEnergy(start, end, kwh, quality))
     return out
+
+
+def _screen_power(
+    ats: list[float], vals: list[float], limits: Limits, to_kw: float
+) -> tuple[list[float], list[float], int]:
+    """Samples without the implausible ones, clamped at 0 for ``import``; how many went.
+
+    One C-speed pass each over the values when nothing is out of range (the usual case).
+    """
+    top = limits.max_kw / to_kw
+    glitches = 0
+    if not (vals and math.isfinite(sum(vals)) and -top <= min(vals) and max(vals) <= top):
+        keep = [math.isfinite(v) and -top <= v <= top for v in vals]
+        glitches = len(vals) - sum(keep)
+        ats, vals = list(compress(ats, keep)), list(compress(vals, keep))
+    if limits.direction == "import" and vals and min(vals) < 0:
+        vals = [v if v > 0 else 0.0 for v in vals]
+    return ats, vals, glitches
 
 
 def _area(
@@ -424,4 +579,7 @@ def _area(
     first = (p_start + vals[i + 1]) * (ats[i + 1] - start)
     last = (vals[j - 1] + p_end) * (end - ats[j - 1])
     inner = map(mul, dts[i + 1 : j - 1], sums[i + 1 : j - 1])
-    return math.fsum(chain((first, last), inner))
+    try:
+        return math.fsum(chain((first, last), inner))
+    except (OverflowError, ValueError):  # beyond the float range: no number
+        return math.nan

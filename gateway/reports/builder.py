@@ -14,20 +14,24 @@ Rules that protect the money:
   watt-hour (0.001 kWh), so 6 decimals keep every watt-hour exact with three digits of margin
   while dropping binary noise such as ``2.4000000000000004``. Spark reads the value as a double,
   so finer digits would carry nothing.
-* Energy is never negative and never NaN or infinite: such a value is a bug upstream and is
-  refused with :class:`~gateway.errors.ReportInvalid`, as is energy for the wrong interval.
+* No value leaves that could not be real: one that is NaN or infinite, beyond the target's
+  ``max_kw`` times the interval's hours (plus a float margin, :meth:`Limits.allows`), or
+  negative for an ``import`` target, is a bug upstream (the energy core rejects implausible
+  readings before this) and is refused with :class:`~gateway.errors.ReportInvalid`, as is
+  energy for the wrong interval. The scheduler quarantines such a job; it never crashes.
+  A ``net`` target may report a negative value (more exported than imported): the
+  contract's ``kiloWattHours`` is a plain double with no minimum.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway import wire
 from gateway.errors import ReportInvalid
-from gateway.metering.energy import IntervalEnergy, Quality
+from gateway.metering.energy import IntervalEnergy, Limits, Quality
 from gateway.reports.planner import ENERGY_USAGE, LOCATION_ENERGY_USAGE, Job, Target
 
 __all__ = ["KWH_DECIMALS", "BuildResult", "Row", "build_report"]
@@ -118,10 +122,14 @@ def _points(
             f"{target.label}: {len(series)} energy values for {len(target.intervals)} intervals"
         )
     label = target.label
+    limits = Limits(target.max_kw, target.direction)
     points: list[wire.EnergyCurvePoint] = []
     written = dict(zip((s for s, _ in target.intervals), target.starts, strict=False))
     for (start, end), value in zip(target.intervals, series, strict=True):
-        kwh = None if value is None else _kwh(target, start, end, value, index, len(points))
+        if value is None:
+            kwh = None
+        else:
+            kwh = _kwh(target, limits, (start, end), value, (index, len(points)))
         table.append((label, start, kwh))
         if kwh is not None:
             stamp = written.get(start) or stamps.get(start)
@@ -132,13 +140,22 @@ def _points(
 
 
 def _kwh(
-    target: Target, start: float, end: float, value: IntervalEnergy, index: int, point: int
+    target: Target,
+    limits: Limits,
+    interval: tuple[float, float],
+    value: IntervalEnergy,
+    at: tuple[int, int],
 ) -> float:
-    """The value as sent: checked, rounded to 1 mWh, never ``-0.0``."""
+    """The value as sent: checked, rounded to 1 mWh, never ``-0.0``.
+
+    ``at`` is (payload, point) index, for the error's field.
+    """
+    start, end = interval
+    index, point = at
     aligned = (
         abs(value.start - start) <= _ALIGN_TOLERANCE and abs(value.end - end) <= _ALIGN_TOLERANCE
     )
-    if aligned and value.kwh >= 0 and math.isfinite(value.kwh):
+    if aligned and limits.allows(value.kwh, end - start):
         return round(value.kwh, KWH_DECIMALS) + 0.0
     where = f"payloads[{index}].points[{point}].kiloWattHours"
     if not aligned:
@@ -148,7 +165,8 @@ def _kwh(
             field=where,
         )
     raise ReportInvalid(
-        f"{target.label}: refusing {value.kwh!r} kWh for the interval at {_utc(start)}",
+        f"{target.label}: refusing {value.kwh!r} kWh for the interval at {_utc(start)}: "
+        f"not possible for {target.direction} at most {target.max_kw} kW",
         field=where,
     )
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Literal, TypeAlias, TypeVar, assert_never
 
 from gateway import wire
-from gateway.config import Config, LocationConfig, ResourceConfig
+from gateway.config import DEFAULT_MAX_KW, Config, Direction, LocationConfig, ResourceConfig
 from gateway.timeutil import parse_timespan
 
 __all__ = [
@@ -79,6 +79,10 @@ class Target:
     """Each interval's start as the event gave it (its first point there; a
     :class:`~gateway.wire.SparkTime` keeps Spark's text): the report's timestamps.
     Empty when unknown; the builder then writes the start in UTC."""
+    direction: Direction = "import"
+    """Which energy counts, from the config (see :mod:`gateway.metering.energy`)."""
+    max_kw: float = DEFAULT_MAX_KW
+    """The most power this target can plausibly draw or feed, from the config."""
 
     @property
     def label(self) -> str:
@@ -328,6 +332,8 @@ def _resource_target(
         resolution=resolution,
         intervals=intervals,
         starts=starts,
+        direction=res.direction,
+        max_kw=res.max_kw,
     )
 
 
@@ -347,6 +353,8 @@ def _location_target(
         resolution=resolution,
         intervals=intervals,
         starts=starts,
+        direction=loc.direction,
+        max_kw=loc.max_kw,
     )
 
 

@@ -11,6 +11,24 @@ yields every interval that has data.
 built twice; the outbox's own key makes a rebuild after a crash harmless.
 Event plan states: ``new`` -> ``planned`` -> ``done`` | ``no_report`` |
 ``invalid``; ``plan_note`` says why.
+
+**Quarantine.** Every event, and every job of an event, is a unit of work that
+fails alone. Any exception while decoding or planning an event sets the event
+``invalid`` with the reason (``gateway.errors.describe``) in ``plan_note``; any
+exception while building or checking one job records the job ``invalid`` with
+the reason in ``report_jobs.note`` (the event's ``plan_note`` then names the
+quarantined kinds). Both are logged as errors with the event id, and the pass
+goes on with the next job and event. Only :class:`~gateway.errors.StoreError`
+(the database) and cancellation leave a pass; :meth:`ReportScheduler.run` logs a
+failed pass (``reports.pass_failed``) and tries again after ``PASS_EVERY``, so the
+loop never ends on an error and never spins.
+
+A quarantined event or job stays set aside: its inputs (the stored payload,
+the stored readings, the config) are committed, so building it again gives the
+same failure, and nothing automatic retries it. After the operator has
+removed the cause (a config change, a corrected channel, a new release),
+:meth:`ReportJobs.release` puts the event back to ``new`` and forgets its
+``invalid`` jobs, and the next pass plans it again.
 """
 
 from __future__ import annotations
@@ -25,8 +43,8 @@ import structlog
 from gateway import contract, wire
 from gateway.config import Config
 from gateway.delivery.api import ServerClock
-from gateway.errors import StoreError, WireError
-from gateway.metering.energy import IntervalEnergy
+from gateway.errors import StoreError, WireError, describe
+from gateway.metering.energy import Energies, Limits
 from gateway.reports.builder import BuildResult, build_report
 from gateway.reports.clock import clock_problem
 from gateway.reports.manual import report_deadline
@@ -67,6 +85,30 @@ class ReportJobs:
                 (event_id, kind, outcome, note, now),
             )
 
+    async def quarantined_kinds(self, event_id: str) -> list[str]:
+        rows = await self._db.fetchall(
+            "SELECT kind FROM report_jobs WHERE event_id = ? AND outcome = 'invalid' ORDER BY kind",
+            (event_id,),
+        )
+        return [r[0] for r in rows]
+
+    async def release(self, event_id: str) -> bool:
+        """Give a quarantined event another plan; False when nothing of it was set aside.
+
+        Its ``invalid`` jobs are forgotten and the event goes back to ``new`` (if it was
+        ``invalid``, or had a quarantined job). Queued and delivered reports are untouched.
+        """
+        async with self._db.write() as conn:
+            jobs = await conn.execute(
+                "DELETE FROM report_jobs WHERE event_id = ? AND outcome = 'invalid'", (event_id,)
+            )
+            event = await conn.execute(
+                "UPDATE events SET plan_state = 'new', plan_note = NULL WHERE event_id = ? "
+                "AND (plan_state = 'invalid' OR (? AND plan_state IN ('planned', 'done')))",
+                (event_id, jobs.rowcount > 0),
+            )
+            return jobs.rowcount > 0 or event.rowcount > 0
+
     async def for_event(self, event_id: str) -> list[dict[str, object]]:
         rows = await self._db.fetchall(
             "SELECT kind, outcome, note, at FROM report_jobs WHERE event_id = ? ORDER BY at",
@@ -80,21 +122,33 @@ async def build_job(
 ) -> tuple[BuildResult, list[str]]:
     """Energy for every target of ``job`` from the stored readings, then the report.
 
-    Up to ``READ_CONCURRENCY`` targets are read at once, so one target's SQL overlaps
+    Each target is read with its own limits (``direction``, ``max_kw``): implausible
+    readings are rejected there, and how many is noted per target. Up to
+    ``READ_CONCURRENCY`` targets are read at once, so one target's SQL overlaps
     another's arithmetic.
     """
     gate = asyncio.Semaphore(READ_CONCURRENCY)
     notes: list[str] = []
 
-    async def one(target: Target) -> Sequence[IntervalEnergy | None] | None:
+    async def one(target: Target) -> Energies | None:
         async with gate:
             try:
-                return await readings.interval_energy(
-                    target.adapter, target.channel, target.intervals, max_gap=max_gap
+                found = await readings.interval_energy(
+                    target.adapter,
+                    target.channel,
+                    target.intervals,
+                    max_gap=max_gap,
+                    limits=Limits(target.max_kw, target.direction),
                 )
             except KeyError:
                 notes.append(f"{target.label}: no readings from {target.adapter}/{target.channel}")
                 return None
+        if found.glitches:
+            notes.append(
+                f"{target.label}: {found.glitches} reading(s) or interval(s) rejected as "
+                f"implausible glitches (beyond {target.max_kw} kW)"
+            )
+        return found
 
     results = await asyncio.gather(*(one(t) for t in job.targets))
     energy = {t: r for t, r in zip(job.targets, results, strict=True) if r is not None}
@@ -133,8 +187,11 @@ class ReportScheduler:
             self._wake.clear()
             try:
                 next_due = await self.pass_once()
-            except StoreError as exc:  # e.g. the database busy for long: try again soon
-                log.error("reports.pass_failed", error=str(exc))
+            except Exception as exc:  # the database busy for long, or a row it cannot read
+                # Events and jobs fail alone inside a pass; what reaches here is outside any
+                # one of them. Keep the gateway up (intake and delivery go on), say so every
+                # pass, and try again in PASS_EVERY: never a hot loop, never an exit.
+                log.error("reports.pass_failed", error=describe(exc))
                 next_due = None
             timeout = PASS_EVERY
             if next_due is not None:
@@ -156,10 +213,24 @@ class ReportScheduler:
         for state in OPEN_STATES:
             for event in await self._inbox.by_plan_state(state):
                 with structlog.contextvars.bound_contextvars(event_id=event.event_id):
-                    due = await self._advance(event, now, problem)
+                    due = await self._advance_alone(event, now, problem)
                 if due is not None:
                     dues.append(due)
         return min(dues, default=None)
+
+    async def _advance_alone(
+        self, event: InboxEvent, now: float, problem: str | None
+    ) -> float | None:
+        """:meth:`_advance`, with any failure but the database's quarantining the event."""
+        try:
+            return await self._advance(event, now, problem)
+        except StoreError:
+            raise
+        except Exception as exc:  # one bad event must not stop the others
+            reason = f"quarantined: planning failed: {describe(exc)}"
+            await self._inbox.set_plan(event.event_id, "invalid", reason)
+            log.error("reports.event_quarantined", event_id=event.event_id, error=describe(exc))
+            return None
 
     def _say_clock(self, problem: str | None) -> None:
         if problem != self._clock_warned:
@@ -184,14 +255,17 @@ class ReportScheduler:
         if event.plan_state == "new":
             for note in plan.notes:
                 log.info("reports.plan_note", note=note)
-        if plan.no_report_reason:
+        if plan.no_report_reason is not None:
             await self._inbox.set_plan(event.event_id, "no_report", plan.no_report_reason)
             log.info("reports.no_report", reason=plan.no_report_reason)
             return None
         finished = await self._jobs.finished_kinds(event.event_id)
         open_jobs = [job for job in plan.jobs if job.kind not in finished]
         if not open_jobs:
-            await self._inbox.set_plan(event.event_id, "done", _summary(plan.notes))
+            quarantined = await self._jobs.quarantined_kinds(event.event_id)
+            await self._inbox.set_plan(
+                event.event_id, "done", _summary([*_quarantine_notes(quarantined), *plan.notes])
+            )
             return None
         if event.plan_state == "new":
             await self._inbox.set_plan(event.event_id, "planned", _summary(plan.notes))
@@ -200,9 +274,25 @@ class ReportScheduler:
             await self._inbox.set_plan(event.event_id, "planned", f"held back: {problem}")
             return now + PASS_EVERY
         for job in due:
-            await self._build_and_queue(job, now)
+            await self._build_alone(job, now)
         later = [job.due_at for job in open_jobs if job.due_at > now]
         return min(later, default=now if due else None)
+
+    async def _build_alone(self, job: Job, now: float) -> None:
+        """:meth:`_build_and_queue`, with any failure but the database's quarantining the job."""
+        try:
+            await self._build_and_queue(job, now)
+        except StoreError:
+            raise
+        except Exception as exc:  # one bad job must not stop the others
+            reason = f"quarantined: {describe(exc)}"
+            await self._jobs.record(job.event_id, job.kind, "invalid", reason, now=now)
+            log.error(
+                "reports.job_quarantined",
+                event_id=job.event_id,
+                kind=job.kind,
+                error=describe(exc),
+            )
 
     async def _build_and_queue(self, job: Job, now: float) -> None:
         result, notes = await build_job(job, self._readings, max_gap=self._config.metering.max_gap)
@@ -214,8 +304,9 @@ class ReportScheduler:
         try:  # never queue what the API would refuse: that is a bug of ours, kept for a look
             contract.check("PostReportRequest", json.loads(result.body))
         except WireError as exc:
-            await self._jobs.record(job.event_id, job.kind, "invalid", str(exc), now=now)
-            log.error("reports.breaks_contract", kind=job.kind, error=str(exc))
+            reason = f"quarantined: breaks the contract: {describe(exc)}"
+            await self._jobs.record(job.event_id, job.kind, "invalid", reason, now=now)
+            log.error("reports.breaks_contract", kind=job.kind, error=describe(exc))
             return
         queued = await self._outbox.enqueue(
             event_id=job.event_id,
@@ -234,6 +325,10 @@ class ReportScheduler:
             note=note,
         )
         self._on_queued()
+
+
+def _quarantine_notes(kinds: Sequence[str]) -> list[str]:
+    return [f"{kind} report quarantined (see its job)" for kind in kinds]
 
 
 def _summary(notes: Sequence[str]) -> str | None:

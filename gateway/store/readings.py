@@ -50,7 +50,14 @@ import structlog
 
 from gateway.errors import StoreError
 from gateway.metering.compaction import COMPACTED_MAX_GAP
-from gateway.metering.energy import IntervalEnergy, Quality, counter_intervals, power_intervals
+from gateway.metering.energy import (
+    Energies,
+    IntervalEnergy,
+    Limits,
+    Quality,
+    counter_intervals,
+    power_intervals,
+)
 from gateway.plugin import Channel, ChannelKind, Reading, Unit
 from gateway.store.database import Database
 from gateway.store.readings_compaction import (
@@ -274,22 +281,29 @@ class ReadingsStore:
         intervals: Sequence[Interval],
         *,
         max_gap: float,
-    ) -> list[IntervalEnergy | None]:
+        limits: Limits | None = None,
+    ) -> Energies:
         """kWh per interval, aligned with ``intervals``; None where it is not known.
 
         Each interval is valued by the raw or the compacted series, or split between
-        them, by the rule in the module docstring (:func:`choose_series`).
+        them, by the rule in the module docstring (:func:`choose_series`). With
+        ``limits``, implausible readings are rejected and counted in ``glitches``
+        (:mod:`gateway.metering.energy`).
         """
         info = await self.channel((adapter, channel))
         async with self._gate.reading():  # no compaction chunk half done in between
-            return await self._energy(info, intervals, max_gap)
+            return await self._energy(info, intervals, max_gap, limits)
 
     async def _energy(
-        self, info: ChannelInfo, intervals: Sequence[Interval], max_gap: float
-    ) -> list[IntervalEnergy | None]:
+        self,
+        info: ChannelInfo,
+        intervals: Sequence[Interval],
+        max_gap: float,
+        limits: Limits | None,
+    ) -> Energies:
         state = await self._state(info.id)
         if all(start >= state.raw_from for start, _ in intervals):
-            return await self._raw_energy(info, state, intervals, max_gap)  # the usual case
+            return await self._raw_energy(info, state, intervals, max_gap, limits)  # usual
         plans = [choose_series(s, e, state) for s, e in intervals]
         h = state.handover_at  # not None for a SPLIT plan
         raw_parts = {
@@ -302,13 +316,17 @@ class ReadingsStore:
             for i, (plan, interval) in enumerate(zip(plans, intervals, strict=True))
             if plan in (Series.COMPACTED, Series.SPLIT)
         }
-        raw_values = await self._raw_energy(info, state, list(raw_parts.values()), max_gap)
-        minute_values = await self._minute_energy(info, state, list(minute_parts.values()))
+        raw_values = await self._raw_energy(info, state, list(raw_parts.values()), max_gap, limits)
+        minute_values = await self._minute_energy(info, state, list(minute_parts.values()), limits)
         raw = dict(zip(raw_parts, raw_values, strict=True))
         minute = dict(zip(minute_parts, minute_values, strict=True))
-        return [
-            _combine(intervals[i], plan, raw.get(i), minute.get(i)) for i, plan in enumerate(plans)
-        ]
+        return Energies(
+            (
+                _combine(intervals[i], plan, raw.get(i), minute.get(i))
+                for i, plan in enumerate(plans)
+            ),
+            glitches=raw_values.glitches + minute_values.glitches,
+        )
 
     async def _raw_energy(
         self,
@@ -316,33 +334,45 @@ class ReadingsStore:
         state: CompactionState,
         intervals: Sequence[Interval],
         max_gap: float,
-    ) -> list[IntervalEnergy | None]:
+        limits: Limits | None = None,
+    ) -> Energies:
         if not intervals:
-            return []
+            return Energies()
         if info.kind is ChannelKind.ENERGY:
             samples = await counter_samples(
                 self._db, info.id, intervals, max_gap=max_gap, floor=state.raw_from
             )
             return counter_intervals(
-                samples, intervals, to_kwh=info.unit.to_kwh, wrap=info.wrap, max_gap=max_gap
+                samples,
+                intervals,
+                to_kwh=info.unit.to_kwh,
+                wrap=info.wrap,
+                max_gap=max_gap,
+                limits=limits,
             )
         samples = await power_samples(
             self._db, info.id, intervals, max_gap=max_gap, floor=state.raw_from
         )
-        return power_intervals(samples, intervals, to_kw=info.unit.to_kwh, max_gap=max_gap)
+        return power_intervals(
+            samples, intervals, to_kw=info.unit.to_kwh, max_gap=max_gap, limits=limits
+        )
 
     async def _minute_energy(
-        self, info: ChannelInfo, state: CompactionState, intervals: Sequence[Interval]
-    ) -> list[IntervalEnergy | None]:
+        self,
+        info: ChannelInfo,
+        state: CompactionState,
+        intervals: Sequence[Interval],
+        limits: Limits | None = None,
+    ) -> Energies:
         if not intervals:
-            return []
+            return Energies()
         points = await minute_samples(self._db, info.id, intervals)
         if state.handover_at is not None and state.handover_value is not None:
             # the split point: a sample, not a minute, with its value in this series
             bisect.insort(points, (state.handover_at, state.handover_value))
         to_kwh = info.unit.to_kwh if info.kind is ChannelKind.ENERGY else 1.0
         return counter_intervals(
-            points, intervals, to_kwh=to_kwh, wrap=None, max_gap=COMPACTED_MAX_GAP
+            points, intervals, to_kwh=to_kwh, wrap=None, max_gap=COMPACTED_MAX_GAP, limits=limits
         )
 
     # --- keeping --------------------------------------------------------------------------------

@@ -67,6 +67,14 @@ PLUGIN = """
                 raise SystemExit(3)
             if mode == "interrupt":
                 raise KeyboardInterrupt
+            if mode == "garbage":  # one good reading among readings no meter can give
+                now = time.time()
+                return [
+                    Reading("energy", now, float("nan")),
+                    Reading("energy", now, 2.78e297),
+                    Reading("energy", 253402297200.0, 1.0),  # 9999-12-31T23:00:00Z
+                    Reading("energy", now, float(self.reads)),
+                ]
             if mode == "swallow":  # never returns, whatever is cancelled
                 while True:
                     try:
@@ -79,7 +87,14 @@ PLUGIN = """
     class SyncExit(Hostile):
         def read(self):
             raise SystemExit(4)
+
+
+    class Unbuildable(Hostile):
+        def __init__(self, name, config):
+            raise KeyboardInterrupt
 """
+
+UNIMPORTABLE = "raise SystemExit('no import today')\n"
 
 
 @pytest.fixture
@@ -98,8 +113,11 @@ def install_plugin(tmp_path: Path) -> dict[str, str]:
         "[gateway.adapters]\n"
         "hostile = ecgw_test_hostile:Hostile\n"
         "sync-exit = ecgw_test_hostile:SyncExit\n"
+        "unbuildable = ecgw_test_hostile:Unbuildable\n"
+        "unimportable = ecgw_test_unimportable:Nothing\n"
     )
     (site / "ecgw_test_hostile.py").write_text(textwrap.dedent(PLUGIN))
+    (site / "ecgw_test_unimportable.py").write_text(UNIMPORTABLE)
     path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
     return {"PYTHONPATH": path}
 
@@ -165,6 +183,9 @@ async def test_hostile_plugins_do_not_stop_the_gateway(sandbox: Sandbox, tmp_pat
             "interrupts": {"type": "hostile", "mode": "interrupt", **fast},
             "nameless": {"type": "hostile", "mode": "channels", **fast},
             "threaded": {"type": "sync-exit", **fast},
+            "noisy": {"type": "hostile", "mode": "garbage", **fast},
+            "unbuildable": {"type": "unbuildable"},
+            "unimportable": {"type": "unimportable"},
         },
     )
     log = tmp_path / "run.log"
@@ -174,8 +195,10 @@ async def test_hostile_plugins_do_not_stop_the_gateway(sandbox: Sandbox, tmp_pat
         async def each_failed_and_good_reads() -> bool:
             status = await adapters_status(path, env)
             failing = ("exits", "interrupts", "nameless", "threaded")
-            return status.get("good", {}).get("readings", 0) >= 5 and all(
-                status.get(name, {}).get("restarts", 0) >= 1 for name in failing
+            return (
+                status.get("good", {}).get("readings", 0) >= 5
+                and status.get("noisy", {}).get("readings", 0) >= 2
+                and all(status.get(name, {}).get("restarts", 0) >= 1 for name in failing)
             )
 
         await running_until(proc, each_failed_and_good_reads, log)
@@ -186,10 +209,27 @@ async def test_hostile_plugins_do_not_stop_the_gateway(sandbox: Sandbox, tmp_pat
         assert status["nameless"]["last_error"] == (
             "channels() failed: RuntimeError: no channels today"
         )
+        noisy = status["noisy"]
+        assert noisy["rejected"] == 3 * noisy["readings"]  # 3 of each 4, the rest kept
+        assert noisy["restarts"] == 0  # bad readings are not a crash
+        text = await asyncio.to_thread(ecgw, "status", config=path, env=env)
+        assert "rejected)" in text.stdout
+        assert status["unbuildable"]["state"] == status["unimportable"]["state"] == "failed"
+        assert "failed to initialise: KeyboardInterrupt" in status["unbuildable"]["last_error"]
+        assert (
+            "failed to import: SystemExit: no import today"
+            in (status["unimportable"]["last_error"])
+        )
     finally:
         code, _ = await stop(proc, within=15)
     assert code == 0, log.read_text()[-3000:]
     assert raw_lines(log) == []
+    rejected = [e for e in log_events(log) if e["event"] == "adapter.readings_rejected"]
+    assert {(e["adapter"], e["reason"]) for e in rejected} == {
+        ("noisy", "value or time is not finite"),
+        ("noisy", "value is implausible"),
+        ("noisy", "time is outside 2000..2200"),
+    }
 
 
 async def test_sigterm_does_not_wait_for_ever_for_a_plugin_that_swallows_cancellation(

@@ -339,3 +339,62 @@ def test_run_on_a_corrupt_database_is_one_line_exit_1(tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith("ecgw: "), result.stderr
     assert "left untouched" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+# --- ecgw run's exception path ------------------------------------------------------------------
+
+
+class _Stops:
+    """Stands in for Gateway in cmd_run: its run() raises what the test gives it."""
+
+    error: BaseException = RuntimeError("unset")
+
+    def __init__(self, config: object) -> None:
+        self.config = config
+
+    async def run(self) -> None:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "crash_logged"),
+    [
+        (MemoryError(), 1, False),  # fatal: the supervisor has logged it
+        (RuntimeError("a bug\nof ours"), 1, True),  # not ours to expect: traceback to the log
+    ],
+)
+async def test_run_ends_an_error_that_is_not_ours_with_one_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    error: BaseException,
+    code: int,
+    crash_logged: bool,
+) -> None:
+    import structlog
+
+    from gateway import cli
+    from gateway.config import parse_config
+
+    config = parse_config(
+        {
+            "gateway": {"state_dir": str(tmp_path)},
+            "api": {
+                "base_url": "http://127.0.0.1:1/x",
+                "token_url": "http://127.0.0.1:1/t",
+                "client_id": "c",
+                "client_secret": "s",
+            },
+        },
+        base=tmp_path,
+    )
+    monkeypatch.setattr(_Stops, "error", error)
+    monkeypatch.setattr(cli, "Gateway", _Stops)
+    with structlog.testing.capture_logs() as logs:
+        assert await cli.cmd_run(None, config) == code  # type: ignore[arg-type]
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [f"ecgw: {type(error).__name__}" + (": a bug of ours" if crash_logged else "")]
+    crashed = [e for e in logs if e["event"] == "gateway.crashed"]
+    assert len(crashed) == crash_logged
+    if crash_logged:
+        assert crashed[0]["exc_info"] is error

@@ -363,25 +363,3 @@ def test_run_process_does_not_wait_for_ever_for_a_task_that_swallows_cancellatio
     assert "process.tasks_left" in output and "stubborn" in output
     assert "Task was destroyed" not in output
     assert "Traceback" not in output
-
-
-def test_asyncio_run_would_wait_for_ever_for_it() -> None:
-    """The reason run_process exists: asyncio.run waits for every leftover task."""
-    code = textwrap.dedent(
-        """
-        import asyncio, contextlib
-
-        async def stubborn():
-            while True:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.sleep(0.01)
-
-        async def main():
-            asyncio.get_running_loop().create_task(stubborn())
-            await asyncio.sleep(0.05)
-
-        asyncio.run(main())
-        """
-    )
-    with pytest.raises(subprocess.TimeoutExpired):
-        subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=1.5, check=False)

@@ -6,10 +6,12 @@
 
 Resources are entered on one AsyncExitStack (database, readings writer, HTTP
 session, webhook server, adapter runtime) and closed in reverse; every loop
-runs as a named task in one TaskGroup. Cancelling :meth:`Gateway.run`
-(SIGTERM, SIGINT) stops the loops, hands in-flight reports back to the
-outbox, stops the adapters, then closes the server, the session and the
-database.
+runs as a named, supervised task (:mod:`gateway.supervise`): a loop that fails
+is logged and restarted with backoff, and only a fatal error (a broken
+database, a config error) stops the gateway, leaving :meth:`Gateway.run` as
+itself. Cancelling :meth:`Gateway.run` (SIGTERM, SIGINT) stops the loops, hands
+in-flight reports back to the outbox, stops the adapters, then closes the
+server, the session and the database.
 """
 
 from __future__ import annotations
@@ -17,21 +19,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import aiohttp
 import structlog
 
+from gateway.backoff import Backoff
 from gateway.config import Config
 from gateway.delivery.api import ApiClient, ServerClock, TokenSource
 from gateway.delivery.deliverer import Deliverer
-from gateway.errors import AdapterLoadError, ConfigError, StoreError
+from gateway.errors import AdapterError, AdapterLoadError, ConfigError
 from gateway.intake.poller import Poller
 from gateway.intake.webhook import WebhookSettings, serve_webhook
 from gateway.metering.discovery import build_adapters
-from gateway.metering.runtime import AdapterRuntime, AdapterStatus
+from gateway.metering.runtime import AdapterRuntime, AdapterStatus, adapter_channels
 from gateway.plugin import Adapter, Channel, Reading
 from gateway.reports.scheduler import ReportScheduler
 from gateway.store.database import open_database
@@ -39,6 +43,7 @@ from gateway.store.inbox import Inbox
 from gateway.store.meta import Meta
 from gateway.store.outbox import Outbox
 from gateway.store.readings import ReadingsStore
+from gateway.supervise import Supervisor
 
 __all__ = ["Gateway", "load_adapters", "webhook_settings"]
 
@@ -69,7 +74,9 @@ def load_adapters(
 ) -> tuple[dict[str, Adapter], dict[str, AdapterLoadError]]:
     """Build the configured adapters. A config mistake in an adapter table is a
     ConfigError (the gateway does not start); a plugin that cannot be imported or
-    initialised is returned as a load error, and the others run on."""
+    initialised is returned as a load error, and the others run on. A resource's
+    channel is checked against its adapter's ``channels()``, unless that call
+    fails: then the adapter runtime reports and retries it."""
     adapters, errors = build_adapters(config.adapters)
     for error in errors.values():
         if isinstance(error.__cause__, ConfigError):
@@ -77,9 +84,8 @@ def load_adapters(
     wanted = [(f"resources[{i}]", r.adapter, r.channel) for i, r in enumerate(config.resources)]
     wanted += [(f"locations[{i}]", r.adapter, r.channel) for i, r in enumerate(config.locations)]
     for where, name, channel in wanted:
-        adapter = adapters.get(name)
-        names = [c.name for c in adapter.channels()] if adapter is not None else []
-        if adapter is not None and channel not in names:
+        names = _channel_names(name, adapters.get(name))
+        if names is not None and channel not in names:
             raise ConfigError(
                 f"adapter {name!r} has no channel {channel!r} (it has: {', '.join(names)})",
                 key=f"{where}.channel",
@@ -87,31 +93,31 @@ def load_adapters(
     return adapters, errors
 
 
+def _channel_names(name: str, adapter: Adapter | None) -> list[str] | None:
+    """The adapter's channel names; None if there is no adapter or its channels() fails."""
+    if adapter is None:
+        return None
+    try:
+        return [c.name for c in adapter_channels(name, adapter)]
+    except AdapterError:
+        return None
+
+
 class _ReadingsSink:
-    """The runtime's sink: (re-)registers an adapter's channels, then commits readings."""
+    """The runtime's sinks: registers an adapter's channels, commits its readings.
 
-    def __init__(self, store: ReadingsStore, adapters: Mapping[str, Adapter]) -> None:
+    A StoreError propagates: the runtime logs the batch as not stored (so not
+    accepted; a counter's next reading carries the energy on).
+    """
+
+    def __init__(self, store: ReadingsStore) -> None:
         self._store = store
-        self._adapters = adapters
-        self._known: dict[str, tuple[Channel, ...]] = {}
 
-    async def register_all(self) -> None:
-        for name, adapter in self._adapters.items():
-            await self._register(name, tuple(adapter.channels()))
-
-    async def _register(self, name: str, channels: tuple[Channel, ...]) -> None:
-        if self._known.get(name) != channels:
-            await self._store.register_channels(name, channels)
-            self._known[name] = channels
+    async def channels(self, name: str, channels: tuple[Channel, ...]) -> None:
+        await self._store.register_channels(name, channels)
 
     async def __call__(self, name: str, readings: Sequence[Reading]) -> None:
-        # An adapter may learn a channel's details (a wrap modulus) only once it has read.
-        try:
-            await self._register(name, tuple(self._adapters[name].channels()))
-            await self._store.write(name, readings)
-        except StoreError as exc:
-            # Not committed, so not accepted; a counter's next reading carries the energy on.
-            log.error("readings.not_stored", adapter=name, count=len(readings), error=str(exc))
+        await self._store.write(name, readings)
 
 
 class Gateway:
@@ -127,6 +133,7 @@ class Gateway:
         api_config = config.require_api()
         assert config.client_secret is not None
         adapters, load_errors = load_adapters(config)
+        loops = Supervisor()
         for name, error in load_errors.items():
             log.error("adapter.load_failed", adapter=name, error=str(error))
         async with contextlib.AsyncExitStack() as stack:
@@ -134,8 +141,7 @@ class Gateway:
             inbox, outbox, meta = Inbox(db), Outbox(db), Meta(db)
             readings = ReadingsStore(db)
             await stack.enter_async_context(readings.writer())
-            sink = _ReadingsSink(readings, adapters)
-            await sink.register_all()
+            sink = _ReadingsSink(readings)
             session = await stack.enter_async_context(
                 aiohttp.ClientSession(headers={"User-Agent": "ecgw"})
             )
@@ -182,7 +188,9 @@ class Gateway:
                 AdapterRuntime(
                     adapters,
                     sink,
+                    channels_sink=sink.channels,
                     status_sink=self._status_sink(meta),
+                    on_fatal=loops.stop,
                     load_errors=load_errors,
                     clock=self.clock,
                 )
@@ -196,11 +204,15 @@ class Gateway:
                 adapters=sorted(adapters),
                 failed_adapters=sorted(load_errors),
             )
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(deliverer.run(), name="delivery")
-                tasks.create_task(scheduler.run(), name="scheduler")
-                tasks.create_task(self._heartbeat(meta), name="heartbeat")
-                tasks.create_task(self._compact(readings), name="compaction")
+            async with loops:
+                loops.start("delivery", deliverer.run)
+                loops.start("scheduler", scheduler.run)
+                loops.start("heartbeat", functools.partial(self._heartbeat, meta))
+                loops.start(
+                    "compaction",
+                    functools.partial(self._compact, readings),
+                    backoff=Backoff(60.0, COMPACT_EVERY),  # a failed pass waits, up to an hour
+                )
                 if config.poll is not None:
                     poller = Poller(
                         api,
@@ -210,7 +222,7 @@ class Gateway:
                         on_event=scheduler.wake,
                         clock=self.clock,
                     )
-                    tasks.create_task(poller.run(), name="poller")
+                    loops.start("poller", poller.run)
                 self.ready.set()
 
     def _status_sink(self, meta: Meta) -> Callable[[AdapterStatus], Awaitable[None]]:
@@ -221,23 +233,19 @@ class Gateway:
 
     async def _heartbeat(self, meta: Meta) -> None:
         while True:
-            try:
-                await meta.heartbeat(now=self.clock())
-            except StoreError as exc:
-                log.error("gateway.heartbeat_failed", error=str(exc))
+            await meta.heartbeat(now=self.clock())
             await asyncio.sleep(HEARTBEAT_EVERY)
 
     async def _compact(self, readings: ReadingsStore) -> None:
+        """Compact now and every COMPACT_EVERY; a failure is the supervisor's (nothing is lost:
+        raw readings wait for the next pass)."""
         metering = self.config.metering
         while True:
-            try:
-                stats = await readings.compact(
-                    now=self.clock(),
-                    raw_retention=metering.raw_retention,
-                    retention=metering.retention,
-                    max_gap=metering.max_gap,
-                )
-                log.info("readings.compacted", **dataclasses.asdict(stats))
-            except StoreError as exc:  # nothing is lost: raw readings wait for the next run
-                log.error("readings.compaction_failed", error=str(exc))
+            stats = await readings.compact(
+                now=self.clock(),
+                raw_retention=metering.raw_retention,
+                retention=metering.retention,
+                max_gap=metering.max_gap,
+            )
+            log.info("readings.compacted", **dataclasses.asdict(stats))
             await asyncio.sleep(COMPACT_EVERY)

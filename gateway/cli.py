@@ -20,10 +20,19 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from gateway import render, wire
 from gateway.app import Gateway, load_adapters, webhook_settings
 from gateway.config import Config, key_name, load_config
-from gateway.errors import AdapterLoadError, ConfigError, GatewayError, ReportInvalid, WireError
+from gateway.errors import (
+    AdapterLoadError,
+    ConfigError,
+    GatewayError,
+    ReportInvalid,
+    WireError,
+    describe,
+)
 from gateway.logs import configure_logging, register_secrets
 from gateway.reports import manual
 from gateway.reports.planner import plan_event
@@ -33,6 +42,7 @@ from gateway.store.inbox import Inbox
 from gateway.store.meta import Meta
 from gateway.store.outbox import Outbox
 from gateway.store.readings import ReadingsStore
+from gateway.supervise import exit_code, run_process
 
 __all__ = ["check_config", "main"]
 
@@ -97,8 +107,21 @@ def check_config(config: Config) -> Config:
 
 
 async def cmd_run(args: argparse.Namespace, config: Config) -> int:
+    """Run until signalled. A fatal error (supervise.FATAL) or any other error that stops the
+    gateway ends it with one line on stderr and its exit code, never a traceback; the
+    traceback of an error that is not ours (a bug) goes to the log as ``gateway.crashed``."""
     config.require_runnable()
-    await run_until_signalled(Gateway(config).run())
+    try:
+        await run_until_signalled(Gateway(config).run())
+    except GatewayError:
+        raise  # main() prints the one line, with exit 2 for a ConfigError, else 1
+    except Exception as exc:
+        if exit_code(exc) is None:  # fatal ones were logged by the supervisor
+            structlog.get_logger("gateway.cli").error(
+                "gateway.crashed", error=describe(exc), exc_info=exc
+            )
+        sys.stderr.write(f"ecgw: {describe(exc)}\n")
+        return exit_code(exc) or EXIT_FAILURE
     return EXIT_OK
 
 
@@ -149,9 +172,10 @@ async def cmd_status(args: argparse.Namespace, config: Config) -> int:
     for name, info in sorted(adapters.items()):
         if isinstance(info, dict):
             error = f" - {info.get('last_error')}" if info.get("last_error") else ""
+            rejected = f", {info['rejected']} rejected" if info.get("rejected") else ""
             _out(
                 f"adapter:  {name} {info.get('state')} ({info.get('readings')} readings, "
-                f"{info.get('restarts')} restarts){error}"
+                f"{info.get('restarts')} restarts{rejected}){error}"
             )
     return EXIT_OK
 
@@ -467,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         configure_logging(level=_log_level("warning" if args.handler in QUIET else "info"))
         handler: Handler = args.handler
-        return asyncio.run(handler(args, config))
+        return run_process(handler(args, config))  # asyncio.run, bounded at the end
     except (ConfigError, UsageError) as exc:
         sys.stderr.write(f"ecgw: error: {exc}\n")
         return EXIT_USAGE

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import gc
 import json
-import random
 import secrets
 import time
 import warnings
@@ -20,7 +19,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from adapters.mqtt import MqttAdapter, MqttConfig
-from adapters.mqtt.adapter import Backoff, LogThrottle, default_client_id
+from adapters.mqtt.adapter import LogThrottle, default_client_id
 from gateway.errors import AdapterLoadError
 from gateway.plugin import PushAdapter, Reading, Unit
 from gateway.timeutil import Duration
@@ -655,19 +654,6 @@ def test_client_id_is_stable_and_safe() -> None:
     assert default_client_id("kitchen plug") == default_client_id("kitchen plug")
     assert default_client_id("kitchen plug") != default_client_id("kitchen/plug")
     assert default_client_id("kitchen plug").startswith("ecgw-kitchen-plug-")
-
-
-def test_backoff_doubles_to_a_cap_with_jitter_and_resets() -> None:
-    backoff = Backoff(first=0.5, cap=30.0, rng=random.Random(7))
-    delays = [backoff.next() for _ in range(12)]
-    for n, delay in enumerate(delays):
-        ceiling = min(30.0, 0.5 * 2**n)
-        assert ceiling / 2 <= delay <= ceiling
-    assert max(delays) <= 30.0
-    backoff.reset()
-    assert backoff.next() <= 0.5
-    for _ in range(200):  # no overflow after a long outage
-        assert backoff.next() <= 30.0
 
 
 def test_log_throttle_logs_first_then_once_per_interval_with_the_count() -> None:

@@ -8,6 +8,7 @@ Condition) rather than sleeping.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import threading
@@ -22,13 +23,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.contextvars import merge_contextvars
 
-from gateway.errors import AdapterLoadError, AdapterReadError
+from gateway.errors import AdapterLoadError, AdapterReadError, StoreCorrupt
 from gateway.metering.discovery import build_adapters
 from gateway.metering.runtime import (
     HUNG_AFTER,
     AdapterRuntime,
     AdapterStatus,
-    backoff_delay,
+    check_reading,
     next_tick,
 )
 from gateway.plugin import AdapterConfig, Channel, ChannelKind, Reading, Unit
@@ -238,7 +239,7 @@ class Pusher(Base):
 
 
 class Messy(Base):
-    """Returns readings the runtime must drop."""
+    """Returns readings the runtime must reject, among good ones."""
 
     def channels(self) -> Sequence[Channel]:
         return [ENERGY, POWER]
@@ -256,6 +257,10 @@ class Messy(Base):
             Reading("power", now, True),
             ("energy", now, 4.0),  # type: ignore[list-item]
             Reading(["energy"], now, 5.0),  # type: ignore[arg-type]
+            Reading("power", now, 1e308),
+            Reading("power", now, -2.78e297),
+            Reading("energy", 253_402_297_200.0, 6.0),  # 9999-12-31T23:00:00Z
+            Reading("energy", 0.0, 7.0),  # 1970
             Reading("power", now, 1500.0),
         ]
 
@@ -348,11 +353,30 @@ def test_next_tick_properties(origin: float, interval: float, elapsed: float) ->
     assert math.isclose(k, round(k), abs_tol=1e-6 * max(1.0, k))
 
 
-def test_backoff_doubles_up_to_the_cap() -> None:
-    delays = [backoff_delay(n, 1.0, 60.0, 1.0) for n in range(10)]
-    assert delays == [1, 2, 4, 8, 16, 32, 60, 60, 60, 60]
-    assert backoff_delay(3, 1.0, 60.0, 0.5) == 4.0
-    assert backoff_delay(10_000, 1.0, 60.0, 1.0) == 60.0  # no overflow
+@pytest.mark.parametrize(
+    ("at", "value", "verdict"),
+    [
+        (1_700_000_000.0, 1e15, None),  # the largest value taken
+        (1_700_000_000.0, -1e15, None),
+        (1_700_000_000.0, 1.0000001e15, "value is implausible"),
+        (1_700_000_000.0, -2.78e297, "value is implausible"),
+        (946_684_800.0, 1.0, None),  # 2000-01-01T00:00:00Z
+        (946_684_799.9, 1.0, "time is outside 2000..2200"),
+        (7_258_118_399.0, 1.0, None),  # the last second of 2199
+        (7_258_118_400.0, 1.0, "time is outside 2000..2200"),  # 2200-01-01T00:00:00Z
+        (0.0, 1.0, "time is outside 2000..2200"),
+        (253_402_297_200.0, 1.0, "time is outside 2000..2200"),  # 9999-12-31T23:00:00Z
+        (1_700_000_000.0, 10**400, "value or time is not finite"),  # an int beyond float
+        (1_700_000_000.0, math.nan, "value or time is not finite"),
+        (math.inf, 1.0, "value or time is not finite"),
+    ],
+)
+def test_check_reading_bounds(at: float, value: float, verdict: str | None) -> None:
+    checked = check_reading(Reading("energy", at, value), frozenset({"energy"}))
+    if verdict is None:
+        assert checked == Reading("energy", float(at), float(value))
+    else:
+        assert checked == (verdict, "energy")
 
 
 # --- polling ------------------------------------------------------------------------------------
@@ -395,20 +419,27 @@ async def test_a_failed_read_keeps_the_adapter_running() -> None:
     assert "read failed: TimeoutError: socket timed out" in errors
 
 
-async def test_readings_outside_the_declared_channels_or_not_finite_are_dropped() -> None:
-    sink = Sink()
+async def test_bad_readings_are_rejected_counted_and_the_rest_of_the_batch_kept() -> None:
+    sink, status = Sink(), StatusLog()
     messy = Messy("messy")
     with structlog.testing.capture_logs(processors=[merge_contextvars]) as logs:
-        async with make_runtime({"messy": messy}, sink):
+        async with make_runtime({"messy": messy}, sink, status_sink=status, status_interval=0):
             await sink.wait_for(lambda: sink.count("messy") >= 3)
     for readings in sink.of("messy"):
         assert [(r.channel, r.value) for r in readings] == [("energy", 1.0), ("power", 1500.0)]
         assert all(type(r.value) is float for r in readings)
-    dropped = [(e["reason"], e["channel"]) for e in logs if e["event"] == "adapter.reading_dropped"]
-    assert sorted(dropped) == [  # one warning each, however many reads repeat them
+    batches = sink.count("messy")
+    assert status.latest("messy").rejected == 12 * batches  # shown in the adapter's status
+    rejected = [e for e in logs if e["event"] == "adapter.readings_rejected"]
+    assert {e["adapter"] for e in rejected} == {"messy"}
+    assert all(e["count"] == 1 for e in rejected)  # the first time each; repeats wait a minute
+    assert rejected[0]["total"] == 1
+    assert sorted((e["reason"], e["channel"]) for e in rejected) == [
         ("channel is not a str", "list"),
         ("not a Reading", "tuple"),
+        ("time is outside 2000..2200", "energy"),
         ("unknown channel", "voltage"),
+        ("value is implausible", "power"),
         ("value or time is not a number", "energy"),
         ("value or time is not a number", "power"),
         ("value or time is not finite", "energy"),
@@ -502,6 +533,210 @@ async def test_a_read_that_returns_garbage_is_a_crash() -> None:
     async with make_runtime({"odd": NotASequence("odd")}, sink, status_sink=status):
         await status.wait_for(lambda: status.restarts("odd") >= 1)
     assert status.latest("odd").last_error == "got NoneType, not a sequence of Reading"
+
+
+# --- any exception from plugin code is that adapter's crash -------------------------------------
+
+
+class Fabricated(BaseException):
+    """Not an Exception: a plugin's own BaseException subclass."""
+
+
+def _fabricated_cancel() -> BaseException:
+    return asyncio.CancelledError("raised by the plugin, not a cancellation")
+
+
+RAISED: dict[str, Callable[[], BaseException]] = {
+    "SystemExit": lambda: SystemExit(3),
+    "KeyboardInterrupt": KeyboardInterrupt,
+    "GeneratorExit": GeneratorExit,
+    "CancelledError": _fabricated_cancel,
+    "Fabricated": lambda: Fabricated("odd"),
+    "MemoryError": MemoryError,  # fatal for the gateway's own loops, not for a plugin
+}
+
+
+class Raiser(Counter):
+    """Raises ``error()`` from ``where`` on every start (``where``: a method name)."""
+
+    def __init__(self, name: str, where: str, error: Callable[[], BaseException]) -> None:
+        super().__init__(name)
+        self.where = where
+        self.error = error
+
+    def _maybe(self, where: str) -> None:
+        if self.where == where:
+            raise self.error()
+
+    def channels(self) -> Sequence[Channel]:
+        if self.entered:  # discovery and the gateway also call it before the start
+            self._maybe("channels")
+        return [ENERGY]
+
+    async def __aenter__(self) -> Raiser:
+        await super().__aenter__()
+        self._maybe("__aenter__")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.exits.append(exc_type)
+        self._maybe("__aexit__")
+
+    async def read(self) -> Sequence[Reading]:
+        await self.tick()
+        self._maybe("read")
+        if self.where == "__aexit__" and self.reads % 2 == 0:
+            raise ConnectionResetError("so that __aexit__ is called")
+        return self.reading()
+
+
+class StreamRaiser(Base):
+    def __init__(self, name: str, error: Callable[[], BaseException]) -> None:
+        super().__init__(name)
+        self.error = error
+
+    async def stream(self) -> AsyncIterator[Sequence[Reading]]:
+        await self.tick()
+        yield [Reading("energy", time.time(), 1.0)]
+        raise self.error()
+
+
+@pytest.mark.parametrize("raised", sorted(RAISED))
+@pytest.mark.parametrize("where", ["read", "channels", "__aenter__"])
+async def test_anything_plugin_code_raises_restarts_only_that_adapter(
+    where: str, raised: str
+) -> None:
+    sink, status = Sink(), StatusLog()
+    rude, steady = Raiser("rude", where, RAISED[raised]), Counter("steady")
+    async with make_runtime({"rude": rude, "steady": steady}, sink, status_sink=status):
+        await status.wait_for(lambda: status.restarts("rude") >= 2)
+        before = sink.count("steady")
+        await sink.wait_for(lambda: sink.count("steady") >= before + 2)
+    assert steady.entered == 1 and steady.exits == [asyncio.CancelledError]
+    error = status.latest("rude").last_error or ""
+    assert raised in error, error
+    if where != "__aenter__":  # a failed start is not exited; a failed run is
+        assert rude.exits[0] is type(RAISED[raised]())
+
+
+@pytest.mark.parametrize("raised", sorted(RAISED))
+async def test_anything_a_stream_raises_restarts_only_that_adapter(raised: str) -> None:
+    sink, status = Sink(), StatusLog()
+    rude, steady = StreamRaiser("rude", RAISED[raised]), Counter("steady")
+    async with make_runtime({"rude": rude, "steady": steady}, sink, status_sink=status):
+        await status.wait_for(lambda: status.restarts("rude") >= 2)
+        await sink.wait_for(lambda: sink.count("steady") >= 3)
+    assert sink.count("rude") >= 2  # its batches before each failure were kept
+    assert raised in (status.latest("rude").last_error or "")
+    assert steady.entered == 1
+
+
+@pytest.mark.parametrize("raised", sorted(RAISED))
+async def test_anything_aexit_raises_is_logged_and_the_adapter_restarts(raised: str) -> None:
+    sink, status = Sink(), StatusLog()
+    rude = Raiser("rude", "__aexit__", RAISED[raised])
+    with structlog.testing.capture_logs(processors=[merge_contextvars]) as logs:
+        async with make_runtime({"rude": rude}, sink, status_sink=status):
+            await rude.progress.wait_for(lambda: rude.entered >= 3)
+    failures = [e for e in logs if e["event"] == "adapter.stop_failed"]
+    # every exit after a crash (at shutdown a CancelledError is taken for the shutdown's own)
+    assert len(failures) >= rude.exits.count(ConnectionResetError) >= 2
+    assert all(raised in e["error"] for e in failures)
+
+
+@pytest.mark.parametrize("raised", ["SystemExit", "KeyboardInterrupt", "Fabricated"])
+async def test_a_sync_read_raising_in_its_thread_is_that_adapters_crash(raised: str) -> None:
+    class SyncRaiser(Base):
+        def read(self) -> Sequence[Reading]:
+            self.reads += 1
+            raise RAISED[raised]()
+
+    sink, status = Sink(), StatusLog()
+    rude, steady = SyncRaiser("rude"), Counter("steady")
+    async with make_runtime({"rude": rude, "steady": steady}, sink, status_sink=status):
+        await status.wait_for(lambda: status.restarts("rude") >= 2)
+        await sink.wait_for(lambda: sink.count("steady") >= 3)
+    assert (status.latest("rude").last_error or "").startswith(f"read crashed: {raised}")
+    assert rude.exits[0] is type(RAISED[raised]())
+
+
+class Swallower(Counter):
+    """Worst behaved: catches every cancellation inside read() and never returns (until
+    ``released``, so that the test can end its task)."""
+
+    released = False
+
+    async def read(self) -> Sequence[Reading]:
+        await self.tick()
+        while not self.released:
+            with contextlib.suppress(asyncio.CancelledError):  # the misbehaviour under test
+                await asyncio.sleep(0.01)
+        raise asyncio.CancelledError
+
+
+async def test_shutdown_abandons_an_adapter_that_never_gives_up_after_a_grace() -> None:
+    sink, status = Sink(), StatusLog()
+    rude = Swallower("rude", config(poll=0.05, read_timeout=5.0))
+    steady = Counter("steady")
+    loop = asyncio.get_running_loop()
+    runtime = make_runtime(
+        {"rude": rude, "steady": steady}, sink, status_sink=status, stop_timeout=0.2
+    )
+    with structlog.testing.capture_logs() as logs:
+        async with runtime:
+            await rude.progress.wait_for(lambda: rude.reads >= 1)
+            await sink.wait_for(lambda: sink.count("steady") >= 2)
+            stopping = loop.time()
+    took = loop.time() - stopping
+    assert 1.2 <= took < 2.0, took  # stop_timeout + 1 s, then it is left behind
+    assert steady.exits == [asyncio.CancelledError]
+    abandoned = [e for e in logs if e["event"] == "adapter.abandoned"]
+    assert [e["adapter"] for e in abandoned] == ["rude"]
+    final = status.latest("rude")
+    assert final.state == "failed" and "did not stop" in (final.last_error or "")
+    (leftover,) = [t for t in asyncio.all_tasks() if t.get_name() == "adapter:rude"]
+    assert not leftover.done()  # still alive: supervise.run_process gives it its last second
+    rude.released = True
+    leftover.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leftover
+
+
+# --- channels -----------------------------------------------------------------------------------
+
+
+class Learner(Counter):
+    """Learns its counter's wrap modulus from its first read."""
+
+    def channels(self) -> Sequence[Channel]:
+        wrap = 1000.0 if self.reads else None
+        return [Channel("energy", ChannelKind.ENERGY, Unit.KWH, wrap=wrap)]
+
+
+async def test_channels_are_handed_over_at_start_and_when_they_change() -> None:
+    sink = Sink()
+    seen: list[tuple[str, tuple[Channel, ...]]] = []
+    failures = 1
+
+    async def channels_sink(name: str, channels: tuple[Channel, ...]) -> None:
+        nonlocal failures
+        if channels[0].wrap is not None and failures:  # the change fails once: retried
+            failures -= 1
+            raise OSError("database is locked")
+        seen.append((name, channels))
+
+    learner = Learner("learner")
+    runtime = make_runtime({"learner": learner}, sink, channels_sink=channels_sink)
+    async with runtime:
+        await sink.wait_for(lambda: sink.count("learner") >= 3)
+    assert [channels[0].wrap for _, channels in seen] == [None, 1000.0]
+    assert {name for name, _ in seen} == {"learner"}
+    assert sink.count("learner") == learner.reads - 1  # the batch of the failed hand-over
 
 
 # --- threads and the event loop -----------------------------------------------------------------
@@ -650,17 +885,48 @@ async def test_outer_cancellation_stops_everything() -> None:
     assert all(m.exits == [asyncio.CancelledError] for m in meters)
 
 
-async def test_a_failing_sink_stops_the_runtime_loudly() -> None:
+async def test_a_failing_sink_loses_that_batch_and_the_adapters_run_on() -> None:
     meters = [Counter("a"), Counter("b")]
+    stored = Sink()
+    calls = 0
 
-    async def broken_sink(name: str, readings: Sequence[Reading]) -> None:
-        raise OSError("disk full")
+    async def flaky_sink(name: str, readings: Sequence[Reading]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= 4:
+            raise OSError("disk full")
+        await stored(name, readings)
 
-    with pytest.raises(ExceptionGroup) as info:
-        async with AdapterRuntime({m.name: m for m in meters}, broken_sink):
-            await asyncio.Event().wait()
-    assert info.group_contains(OSError, match="disk full")
-    assert all(len(m.exits) == m.entered == 1 for m in meters)
+    status = StatusLog()
+    with structlog.testing.capture_logs(processors=[merge_contextvars]) as logs:
+        async with make_runtime({m.name: m for m in meters}, flaky_sink, status_sink=status):
+            await stored.wait_for(lambda: stored.count("a") >= 2 and stored.count("b") >= 2)
+    assert all(m.entered == 1 for m in meters)  # not the adapters' fault: no restart
+    failed = [e for e in logs if e["event"] == "adapter.sink_failed"]
+    assert len(failed) == 4
+    assert failed[0]["error"] == "OSError: disk full"
+    assert failed[0]["exc_info"].args == ("disk full",)  # not ours: the traceback is logged
+    final = {s.name: s for s in status.pushed}
+    assert final["a"].readings + final["b"].readings == stored.count("a") + stored.count("b")
+
+
+async def test_a_fatal_sink_error_ends_the_runtime_unwrapped() -> None:
+    meters = [Counter("a"), Counter("b")]
+    fatal: list[BaseException] = []
+
+    async def corrupt_sink(name: str, readings: Sequence[Reading]) -> None:
+        raise StoreCorrupt("database disk image is malformed")
+
+    async def until_fatal() -> None:
+        async with make_runtime({m.name: m for m in meters}, corrupt_sink, on_fatal=fatal.append):
+            async with asyncio.timeout(5):
+                while not fatal:  # noqa: ASYNC110 - on_fatal is a plain callback
+                    await asyncio.sleep(0.01)
+
+    with pytest.raises(StoreCorrupt, match="malformed"):
+        await until_fatal()
+    assert isinstance(fatal[0], StoreCorrupt)
+    assert all(len(m.exits) == m.entered for m in meters)
 
 
 async def test_an_error_in_the_body_propagates_unwrapped() -> None:

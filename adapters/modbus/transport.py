@@ -6,11 +6,12 @@ one :class:`Connection` from a process-wide :class:`ConnectionRegistry`
 holds the connection's lock for a whole poll (:meth:`Connection.session`), so
 polls of different units never interleave on the wire.
 
-Failure policy (the :class:`Backoff` core is pure):
+Failure policy (:class:`ConnectBackoff` keeps the time before which no attempt is
+made; its delays are ``gateway.Backoff``'s, the gateway's one backoff):
 
 * A failed connect, a timed-out read or a broken link closes the link and
-  pushes the next connection attempt out by a capped exponential backoff.
-  Until then every poll fails fast, without touching the network.
+  pushes the next connection attempt out by a capped exponential backoff with
+  equal jitter. Until then every poll fails fast, without touching the network.
 * Any answer from the device, even a Modbus exception response, resets it.
 * ``epoch`` counts unplanned losses of the link; whoever caches what it learnt
   about the device (the SunSpec layout) re-learns it when the epoch moves.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
@@ -34,11 +36,11 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient, Modbu
 from pymodbus.pdu import ModbusPDU
 
 from adapters.modbus.points import Block
-from gateway import AdapterReadError
+from gateway import AdapterReadError, Backoff
 
 __all__ = [
-    "Backoff",
     "BackoffPolicy",
+    "ConnectBackoff",
     "Connection",
     "ConnectionRegistry",
     "DeviceRefused",
@@ -61,35 +63,33 @@ class DeviceRefused(AdapterReadError):
 
 @dataclass(frozen=True, slots=True)
 class BackoffPolicy:
-    """Delay before the n-th consecutive retry: ``initial * factor**(n-1)``, at most ``cap``."""
+    """Delays between connection attempts: doubling from ``initial`` up to ``cap`` seconds."""
 
     initial: float = 1.0
-    factor: float = 2.0
     cap: float = 30.0
 
-    def delay(self, failures: int) -> float:
-        if failures <= 0:
-            return 0.0
-        return min(self.cap, self.initial * self.factor ** (failures - 1))
 
+class ConnectBackoff:
+    """When the next connection attempt may happen. The caller passes ``now``."""
 
-class Backoff:
-    """When the next connection attempt may happen. Pure: the caller passes ``now``."""
-
-    def __init__(self, policy: BackoffPolicy) -> None:
+    def __init__(self, policy: BackoffPolicy, rng: random.Random | None = None) -> None:
         self.policy = policy
-        self.failures = 0
+        self._delays = Backoff(policy.initial, policy.cap, rng=rng)
         self.not_before = float("-inf")
+
+    @property
+    def failures(self) -> int:
+        """Consecutive failures since the last success."""
+        return self._delays.failures
 
     def failed(self, now: float) -> float:
         """Record a failure at ``now``; returns the delay until the next attempt."""
-        self.failures += 1
-        delay = self.policy.delay(self.failures)
+        delay = self._delays.next()
         self.not_before = now + delay
         return delay
 
     def succeeded(self) -> None:
-        self.failures = 0
+        self._delays.reset()
         self.not_before = float("-inf")
 
     def remaining(self, now: float) -> float:
@@ -142,7 +142,7 @@ class Connection:
         self.epoch = 0
         self.connect_attempts = 0
         self._connected_before = False
-        self._backoff = Backoff(policy)
+        self._backoff = ConnectBackoff(policy)
         self._client: ModbusBaseClient | None = None
         self._lost = asyncio.Event()  # set by pymodbus when the current client's link drops
         self._last_request_end: float | None = None

@@ -17,7 +17,7 @@ paho acknowledges a QoS 1 message as soon as aiomqtt queues it, so the queue
 aiomqtt fills is the adapter's own inbox: a message acknowledged on a
 connection that then drops is still decoded. A per-connection watcher puts a
 ``_Lost`` marker in the same inbox when its connection drops; ``stream()``
-then reconnects with capped, jittered backoff and subscribes again (a broker
+then reconnects after ``gateway.Backoff`` (capped, equal jitter) and subscribes again (a broker
 restarted without persistence has forgotten our session). The session itself
 is persistent (``clean_session=False``, a stable client id), so a broker
 that stays up queues QoS 1 messages for us while we are away.
@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import random
 import re
 import ssl
 import time
@@ -48,9 +47,9 @@ from structlog.typing import FilteringBoundLogger
 
 from adapters.mqtt.config import MqttConfig
 from adapters.mqtt.profiles import Decoder, build_profile
-from gateway import AdapterConfig, AdapterLoadError, Channel, Reading
+from gateway import AdapterConfig, AdapterLoadError, Backoff, Channel, Reading
 
-__all__ = ["Backoff", "LogThrottle", "MqttAdapter", "default_client_id"]
+__all__ = ["LogThrottle", "MqttAdapter", "default_client_id"]
 
 _QOS = 1
 _AIOMQTT_TIMEOUT = "Operation timed out"  # aiomqtt's MqttError text when CONNACK/SUBACK is late
@@ -67,23 +66,6 @@ def default_client_id(name: str) -> str:
     if slug != name:
         slug += "-" + hashlib.blake2s(name.encode(), digest_size=3).hexdigest()
     return f"ecgw-{slug}"
-
-
-class Backoff:
-    """Reconnect delays: doubling from ``first`` up to ``cap``, each with equal jitter."""
-
-    def __init__(self, first: float = 0.5, cap: float = 30.0, rng: random.Random | None = None):
-        self.first, self.cap = first, cap
-        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
-        self._failures = 0
-
-    def next(self) -> float:
-        delay = min(self.cap, self.first * 2.0 ** min(self._failures, 32))
-        self._failures += 1
-        return delay / 2 + self._rng.uniform(0.0, delay / 2)
-
-    def reset(self) -> None:
-        self._failures = 0
 
 
 class LogThrottle:
@@ -188,7 +170,7 @@ class MqttAdapter:
             if config.read_timeout is not None
             else min(float(config.poll_interval), 30.0)
         )
-        self._backoff = Backoff()
+        self._backoff = Backoff(initial=0.5, maximum=30.0)  # reconnect delays
         self._malformed_log = LogThrottle()
         self._notes_logged: set[str] = set()
         self._tls: ssl.SSLContext | None = None
@@ -305,7 +287,7 @@ class MqttAdapter:
 
     async def _drop_link(self, lost: _Lost) -> None:
         self._link = None
-        if time.monotonic() - lost.link.opened_at >= self._backoff.cap:
+        if time.monotonic() - lost.link.opened_at >= self._backoff.maximum:
             self._backoff.reset()
         self._log.warning("mqtt.connection_lost", broker=self._broker.url, reason=lost.reason)
         await self._close_link(lost.link)

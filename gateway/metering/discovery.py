@@ -84,7 +84,7 @@ def load_plugin(plugin: AdapterPlugin) -> type[Adapter]:
     entry_point = importlib.metadata.EntryPoint(plugin.name, plugin.value, GROUP)
     try:
         obj = entry_point.load()
-    except Exception as exc:
+    except BaseException as exc:  # plugin code: SystemExit at import is its failure too
         raise AdapterLoadError(f"{plugin.describe()} failed to import: {describe(exc)}") from exc
     problems = _adapter_class_problems(obj)
     if problems:
@@ -199,7 +199,7 @@ def _build_one(
         raise AdapterLoadError(str(exc), adapter=name) from exc
     try:
         adapter = cls(name, config)  # type: ignore[call-arg]  # the protocol cannot declare __init__
-    except Exception as exc:
+    except BaseException as exc:  # plugin code: whatever it raises is its failure
         raise AdapterLoadError(
             f"{plugin.describe()} failed to initialise: {describe(exc)}", adapter=name
         ) from exc

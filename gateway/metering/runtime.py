@@ -1,8 +1,8 @@
 """Run the adapters: start each one, poll or stream it, restart it when it crashes.
 
-:class:`AdapterRuntime` is an async context manager holding one
-``asyncio.TaskGroup`` with one task per adapter, named ``adapter:NAME``. Each
-task supervises its adapter:
+:class:`AdapterRuntime` is an async context manager holding one task per
+adapter, named ``adapter:NAME``, each run under
+:func:`gateway.supervise.supervised`. Each task supervises its adapter:
 
 * **start**: enter the adapter's async context under ``start_timeout``.
 * **poll** (an adapter with ``read()``): read at ``origin + k * poll_interval``
@@ -13,31 +13,45 @@ task supervises its adapter:
   run past their deadline the adapter is taken to be hung and is restarted.
 * **push** (an adapter with ``stream()``): every batch the stream yields goes
   to the sink. A stream that ends counts as a crash.
-* **crash**: any other exception from the adapter's code exits its context and
-  restarts it after a capped exponential backoff with jitter. The backoff
-  starts over once the adapter has run for ``backoff_max`` seconds.
+* **crash**: anything else the adapter's code raises, from ``read()``,
+  ``stream()``, ``channels()``, ``__aenter__`` or ``__aexit__`` (any
+  Exception, and SystemExit, KeyboardInterrupt, GeneratorExit or a
+  CancelledError that is not our cancellation), is that adapter's failure: it
+  is logged, shown in its status, its context is exited and it is restarted
+  after :class:`gateway.Backoff`. The backoff starts over once the adapter has
+  run for ``backoff_max`` seconds. The other adapters run on.
 
 A plain (non-async) ``read()`` runs in a daemon thread, at most one at a time
 per adapter (ticks are skipped while it is still busy), so blocking partner
 code neither stalls the event loop, nor starves the default executor, nor keeps
 the process alive at exit (``asyncio.to_thread`` would do all three if the read
-never returns). A thread cannot be cancelled: a timed-out plain read keeps
-running until it returns and its result is dropped. An *async* ``read()`` that
-blocks the event loop cannot be interrupted by any deadline either; the runtime
-can only log ``adapter.read_overran`` afterwards (and keeps its readings).
-Adapter code that catches CancelledError and carries on is caught out when it
-next returns control; one that never returns cannot be stopped.
+never returns). Whatever it raises, SystemExit included, comes back to the
+adapter's task as its crash. A thread cannot be cancelled: a timed-out plain
+read keeps running until it returns and its result is dropped. An *async*
+``read()`` that blocks the event loop cannot be interrupted by any deadline
+either; the runtime can only log ``adapter.read_overran`` afterwards (and keeps
+its readings).
 
-Readings are checked before they reach the sink: unknown channels (not in
-``channels()``), non-numeric and non-finite values are dropped with one warning
-per channel. The sink belongs to the gateway, not to the adapter: an exception
-from it is not an adapter crash; it stops the runtime (the TaskGroup's
-ExceptionGroup comes out of ``async with``). A failing status sink is logged
-and ignored: status is for display.
+Readings are checked before they reach the sink. Rejected, counted per adapter
+(``AdapterStatus.rejected``) and logged as ``adapter.readings_rejected`` (the
+first time per reason and channel, then at most every minute with the count),
+while the rest of the batch is kept: a reading of a channel not in
+``channels()``, a value or time that is not a finite number, a value beyond
+±1e15 and a time outside 2000-01-01 .. 2200-01-01 UTC.
+
+The sink and the channels sink belong to the gateway, not to the adapter. An
+error they raise is logged as ``adapter.sink_failed`` and that batch is not
+counted as stored; the adapter goes on. A fatal error
+(:data:`gateway.supervise.FATAL`: a broken database) ends the runtime instead:
+it is handed to ``on_fatal`` at once and raised again from ``__aexit__``. A
+failing status sink is logged and ignored: status is for display.
 
 Leaving the ``async with`` block cancels every adapter task; each runs its
-adapter's ``__aexit__`` (under ``stop_timeout``) before the block is left. An
-exception from the block itself propagates as it is.
+adapter's ``__aexit__`` (under ``stop_timeout``). Shutdown waits for them at
+most ``stop_timeout`` + 1 s: an adapter whose code swallows its cancellation
+and never returns is logged as ``adapter.abandoned``, shown as failed, and left
+behind, so that it cannot keep the gateway from stopping. An exception from the
+block itself propagates as it is.
 
 Status (:class:`AdapterStatus`) is pushed to ``status_sink`` on every state
 change and, for the counters, at most every ``status_interval`` seconds.
@@ -46,13 +60,11 @@ change and, for the counters, at most every ``status_interval`` seconds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import functools
 import inspect
 import math
 import numbers
-import random
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -62,16 +74,27 @@ from typing import Any, Literal, NoReturn, Self
 
 import structlog
 
-from gateway.errors import AdapterError, AdapterLoadError, AdapterReadError
-from gateway.plugin import Adapter, AdapterConfig, Reading
+from gateway.backoff import Backoff
+from gateway.errors import (
+    AdapterError,
+    AdapterLoadError,
+    AdapterReadError,
+    GatewayError,
+    describe,
+)
+from gateway.plugin import Adapter, AdapterConfig, Channel, Reading
+from gateway.supervise import closing, exit_code, is_cancellation, supervised
 
 __all__ = [
     "AdapterRuntime",
     "AdapterStatus",
+    "ChannelsSink",
+    "FatalSink",
     "Sink",
     "State",
     "StatusSink",
-    "backoff_delay",
+    "adapter_channels",
+    "check_reading",
     "next_tick",
 ]
 
@@ -82,6 +105,11 @@ State = Literal["starting", "running", "backoff", "failed", "stopped"]
 MAX_READ_TIMEOUT = 30.0  # default read deadline: the poll interval, but at most this
 HUNG_AFTER = 3  # reads in a row past their deadline before the adapter is restarted
 STATUS_TIMEOUT = 5.0  # deadline for one status_sink call
+STOP_MARGIN = 1.0  # shutdown waits stop_timeout + this for an adapter, then abandons it
+MAX_ABS_VALUE = 1e15  # a reading beyond this (in its channel's unit) is not a measurement
+EARLIEST = 946_684_800.0  # 2000-01-01T00:00:00Z: readings must be at or after
+LATEST = 7_258_118_400.0  # 2200-01-01T00:00:00Z: ... and before
+REJECTED_LOG_EVERY = 60.0  # seconds between adapter.readings_rejected lines for one cause
 
 
 @dataclass
@@ -96,16 +124,21 @@ class AdapterStatus:
     readings: int = 0  # readings committed since the runtime started
     restarts: int = 0
     since: float = 0.0  # when the adapter entered ``state``
+    rejected: int = 0  # readings rejected at ingest since the runtime started
 
 
 Sink = Callable[[str, Sequence[Reading]], Awaitable[None]]
 """``(adapter name, readings)``; awaited: when it returns the readings are committed."""
+ChannelsSink = Callable[[str, tuple[Channel, ...]], Awaitable[None]] | None
+"""``(adapter name, channels)``: called when an adapter's channels are first seen or change."""
 StatusSink = Callable[[AdapterStatus], Awaitable[None]] | None
+FatalSink = Callable[[BaseException], None] | None
 
 _NO_LOAD_ERRORS: Mapping[str, AdapterLoadError] = MappingProxyType({})
+_abandoned: set[asyncio.Task[None]] = set()  # kept referenced until the loop closes
 
 
-# --- pure schedule ------------------------------------------------------------------------------
+# --- pure checks and schedule -------------------------------------------------------------------
 
 
 def next_tick(origin: float, interval: float, now: float) -> float:
@@ -117,9 +150,45 @@ def next_tick(origin: float, interval: float, now: float) -> float:
     return origin + k * interval
 
 
-def backoff_delay(attempt: int, initial: float, maximum: float, jitter: float) -> float:
-    """``initial * 2**attempt`` capped at ``maximum``, scaled by ``jitter`` (0.5 to 1)."""
-    return min(maximum, initial * 2.0 ** min(attempt, 64)) * jitter
+def check_reading(item: object, channels: frozenset[str]) -> Reading | tuple[str, str]:
+    """The reading with float fields, or why it is rejected: ``(reason, channel)``."""
+    if not isinstance(item, Reading):
+        return "not a Reading", type(item).__name__
+    channel: object = item.channel  # partners may put anything here
+    if not isinstance(channel, str):
+        return "channel is not a str", type(channel).__name__
+    if channel not in channels:
+        return "unknown channel", channel
+    fields: tuple[object, object] = (item.at, item.value)
+    if not all(isinstance(x, numbers.Real) and not isinstance(x, bool) for x in fields):
+        return "value or time is not a number", channel
+    try:
+        at, value = float(item.at), float(item.value)
+    except (OverflowError, ValueError):  # an int too large for a float
+        return "value or time is not finite", channel
+    if not (math.isfinite(at) and math.isfinite(value)):
+        return "value or time is not finite", channel
+    if abs(value) > MAX_ABS_VALUE:
+        return "value is implausible", channel
+    if not EARLIEST <= at < LATEST:
+        return "time is outside 2000..2200", channel
+    return Reading(channel, at, value)
+
+
+def adapter_channels(name: str, adapter: Adapter) -> tuple[Channel, ...]:
+    """``adapter.channels()`` as a tuple; AdapterError if the plugin's code fails or lies.
+
+    Whatever ``channels()`` raises (SystemExit included: a plain function cannot
+    be cancelled, so nothing it raises is a shutdown) becomes the adapter's error.
+    """
+    try:
+        channels = tuple(adapter.channels())
+    except BaseException as exc:  # plugin code: any failure is the adapter's
+        raise AdapterError(f"channels() failed: {describe(exc)}", adapter=name) from exc
+    wrong = [type(c).__name__ for c in channels if not isinstance(c, Channel)]
+    if wrong:
+        raise AdapterError(f"channels() returned {wrong[0]}, not Channel", adapter=name)
+    return channels
 
 
 # --- supervision --------------------------------------------------------------------------------
@@ -138,6 +207,25 @@ class _Crash(Exception):
         super().__init__(reason)
 
 
+class _Throttle:
+    """Whether to log a recurring cause now: the first time, then at most every ``every`` s."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self._logged_at: dict[tuple[str, str], float] = {}
+        self._held: dict[tuple[str, str], int] = {}
+
+    def hit(self, key: tuple[str, str], now: float) -> int | None:
+        """Count one occurrence; the count to log now (all since the last line), or None."""
+        held = self._held.get(key, 0) + 1
+        last = self._logged_at.get(key)
+        if last is not None and now - last < self.every:
+            self._held[key] = held
+            return None
+        self._logged_at[key], self._held[key] = now, 0
+        return held
+
+
 @dataclass(eq=False)
 class _Supervised:
     adapter: Adapter
@@ -145,38 +233,44 @@ class _Supervised:
     status: AdapterStatus
     read: Callable[[], Any] | None  # exactly one of read and stream is set
     stream: Callable[[], AsyncIterator[object]] | None
-    channels: frozenset[str] = frozenset()
-    warned: set[tuple[str, str]] = field(default_factory=set)
+    backoff: Backoff
+    channels: tuple[Channel, ...] = ()
+    names: frozenset[str] = frozenset()
+    registered: tuple[Channel, ...] | None = None  # what the channels sink has taken
+    rejects: _Throttle = field(default_factory=lambda: _Throttle(REJECTED_LOG_EVERY))
     thread: threading.Thread | None = None  # the thread of a plain read(), while it runs
     published_at: float = -math.inf
 
 
 class AdapterRuntime:
-    """Supervise adapters in one TaskGroup. ``async with`` starts them, leaving stops them."""
+    """Supervise adapters, one task each. ``async with`` starts them, leaving stops them."""
 
     def __init__(
         self,
         adapters: Mapping[str, Adapter],
         sink: Sink,
         *,
+        channels_sink: ChannelsSink = None,
         status_sink: StatusSink = None,
+        on_fatal: FatalSink = None,
         backoff_initial: float = 1.0,
         backoff_max: float = 60.0,
         clock: Callable[[], float] = time.time,
         load_errors: Mapping[str, AdapterLoadError] = _NO_LOAD_ERRORS,
         start_timeout: float = 30.0,
-        stop_timeout: float = 10.0,
+        stop_timeout: float = 5.0,
         status_interval: float = 5.0,
     ) -> None:
         self._sink = sink
+        self._channels_sink = channels_sink
         self._status_sink = status_sink
+        self._on_fatal = on_fatal
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._clock = clock
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
         self._status_interval = status_interval
-        self._random = random.Random()  # noqa: S311  # jitter, not cryptography
         self._supervised: dict[str, _Supervised] = {}
         self._failed: dict[str, AdapterStatus] = {
             name: AdapterStatus(name, "", "failed", last_error=str(error), since=clock())
@@ -184,12 +278,17 @@ class AdapterRuntime:
         }
         for name, adapter in adapters.items():
             self._add(name, adapter)
-        self._group: asyncio.TaskGroup | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._running = False
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._fatal: BaseException | None = None
 
     def _add(self, name: str, adapter: Adapter) -> None:
-        config = getattr(adapter, "config", None)
-        read, stream = getattr(adapter, "read", None), getattr(adapter, "stream", None)
+        try:  # attribute access runs plugin code too (properties, __getattr__)
+            config = getattr(adapter, "config", None)
+            read, stream = getattr(adapter, "read", None), getattr(adapter, "stream", None)
+        except BaseException as exc:  # plugin code: any failure is the adapter's
+            self._fail(name, "", f"cannot be inspected: {describe(exc)}")
+            return
         if not isinstance(config, AdapterConfig):
             self._fail(name, "", "the adapter does not keep its config as the attribute 'config'")
             return
@@ -204,6 +303,7 @@ class AdapterRuntime:
             status=AdapterStatus(name, config.type, "stopped", since=self._clock()),
             read=read if callable(read) else None,
             stream=stream if callable(stream) else None,
+            backoff=Backoff(self._backoff_initial, self._backoff_max),
         )
 
     def _fail(self, name: str, kind: str, error: str) -> None:
@@ -216,19 +316,29 @@ class AdapterRuntime:
         return sorted(statuses, key=lambda s: s.name)
 
     async def __aenter__(self) -> Self:
-        if self._group is not None:
+        if self._running:
             raise RuntimeError("the adapter runtime is already running")
+        self._running = True
         for failed in self._failed.values():
             log.error("adapter.failed", adapter=failed.name, error=failed.last_error)
             await self._push(replace(failed))
-        group = asyncio.TaskGroup()
-        await group.__aenter__()
-        self._group = group
-        self._tasks = [
-            group.create_task(self._supervise(sup), name=f"adapter:{name}")
-            for name, sup in self._supervised.items()
-        ]
+        for name, sup in self._supervised.items():
+            task = asyncio.create_task(
+                supervised(f"adapter:{name}", functools.partial(self._supervise, sup)),
+                name=f"adapter:{name}",
+            )
+            task.add_done_callback(self._task_done)
+            self._tasks[name] = task
         return self
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        """An adapter task ended: only a fatal error (or our cancellation) can end one."""
+        if task.cancelled() or (error := task.exception()) is None:
+            return
+        if self._fatal is None:
+            self._fatal = error
+            if self._on_fatal is not None:
+                self._on_fatal(error)
 
     async def __aexit__(
         self,
@@ -236,21 +346,36 @@ class AdapterRuntime:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        group, self._group = self._group, None
-        if group is None:
+        if not self._running:
             return
-        for task in self._tasks:
+        self._running = False
+        tasks, self._tasks = self._tasks, {}
+        for task in tasks.values():
             task.cancel()
-        if exc_type is None or issubclass(exc_type, asyncio.CancelledError):
-            await group.__aexit__(exc_type, exc, tb)  # the group decides what a cancel means
-        else:
-            await group.__aexit__(None, None, None)  # the body's own error propagates unwrapped
+        grace = self._stop_timeout + STOP_MARGIN
+        if tasks:
+            _, pending = await asyncio.wait(tasks.values(), timeout=grace)
+            for name, task in tasks.items():
+                if task in pending:
+                    await self._abandon(self._supervised[name], task, grace)
+        fatal, self._fatal = self._fatal, None
+        if fatal is not None and (exc_type is None or issubclass(exc_type, asyncio.CancelledError)):
+            raise fatal
+
+    async def _abandon(self, sup: _Supervised, task: asyncio.Task[None], grace: float) -> None:
+        """The adapter swallowed its cancellation: leave its task behind, say so."""
+        _abandoned.add(task)
+        task.add_done_callback(_abandoned.discard)
+        reason = f"did not stop within {grace:g} s of being cancelled; left behind"
+        log.error("adapter.abandoned", adapter=sup.status.name, waited=grace)
+        sup.status.last_error = reason
+        sup.status.state, sup.status.since = "failed", self._clock()
+        await self._push(replace(sup.status))
 
     # --- one adapter ----------------------------------------------------------------------------
 
-    async def _supervise(self, sup: _Supervised) -> None:
+    async def _supervise(self, sup: _Supervised) -> NoReturn:
         loop = asyncio.get_running_loop()
-        attempt = 0
         with structlog.contextvars.bound_contextvars(adapter=sup.status.name):
             try:
                 while True:
@@ -262,57 +387,68 @@ class AdapterRuntime:
                         reason = crash.reason
                     _raise_if_cancelling()  # the adapter may have swallowed our cancellation
                     if loop.time() - began >= self._backoff_max:
-                        attempt = 0
-                    jitter = self._random.uniform(0.5, 1.0)
-                    delay = backoff_delay(attempt, self._backoff_initial, self._backoff_max, jitter)
-                    attempt += 1
+                        sup.backoff.reset()
+                    delay = sup.backoff.next()
                     sup.status.restarts += 1
                     sup.status.last_error = reason
                     log.warning("adapter.restarting", error=reason, delay=round(delay, 3))
                     await self._set_state(sup, "backoff")
                     await asyncio.sleep(delay)
-            except Exception as exc:  # the sink failed, or a bug of ours: not the adapter's fault
-                sup.status.last_error = f"runtime failed: {_describe(exc)}"
-                raise
-            finally:
+            except BaseException as exc:  # shutdown, a fatal sink error or a bug of ours
+                if closing(exc):  # the task is being destroyed: nothing may be awaited
+                    raise
+                if isinstance(exc, Exception):  # not the adapter's fault
+                    sup.status.last_error = f"runtime failed: {describe(exc)}"
                 await self._set_state(sup, "stopped")
                 log.info("adapter.stopped")
+                raise
 
     async def _run_once(self, sup: _Supervised) -> NoReturn:
         """Start the adapter and drive it until it crashes; always exits its context."""
-        deadline = asyncio.timeout(self._start_timeout)
-        try:
-            async with deadline:
-                await sup.adapter.__aenter__()
-        except Exception as exc:
-            if deadline.expired():
-                raise _Crash(f"start timed out after {self._start_timeout:g} s", exc) from exc
-            raise _Crash(f"start failed: {_describe(exc)}", exc) from exc
+        await self._start(sup)
         try:
             _raise_if_cancelling()
             sup.channels = self._channels(sup)
+            sup.names = frozenset(c.name for c in sup.channels)
+            await self._register(sup, sup.channels)
             await self._set_state(sup, "running")
-            log.info("adapter.started", channels=sorted(sup.channels))
+            log.info("adapter.started", channels=sorted(sup.names))
             if sup.stream is not None:
                 await self._stream(sup, sup.stream)
             else:
                 await self._poll(sup)
         except BaseException as exc:
-            await self._exit(sup, exc.error if isinstance(exc, _Crash) else exc)
+            if not closing(exc):
+                await self._exit(sup, exc.error if isinstance(exc, _Crash) else exc)
             raise
 
-    def _channels(self, sup: _Supervised) -> frozenset[str]:
+    async def _start(self, sup: _Supervised) -> None:
+        deadline = asyncio.timeout(self._start_timeout)
         try:
-            return frozenset(channel.name for channel in sup.adapter.channels())
-        except Exception as exc:
-            raise _Crash(f"channels() failed: {_describe(exc)}", exc) from exc
+            async with deadline:
+                await sup.adapter.__aenter__()
+        except BaseException as exc:
+            if is_cancellation(exc):
+                raise
+            if deadline.expired():
+                raise _Crash(f"start timed out after {self._start_timeout:g} s", exc) from exc
+            raise _Crash(f"start failed: {describe(exc)}", exc) from exc
+
+    def _channels(self, sup: _Supervised) -> tuple[Channel, ...]:
+        try:
+            return adapter_channels(sup.status.name, sup.adapter)
+        except AdapterError as exc:
+            reason = str(exc).removeprefix(f"adapter {sup.status.name!r}: ")
+            raise _Crash(reason, exc.__cause__ or exc) from exc
 
     async def _exit(self, sup: _Supervised, exc: BaseException) -> None:
         try:
             async with asyncio.timeout(self._stop_timeout):
                 await sup.adapter.__aexit__(type(exc), exc, exc.__traceback__)
-        except Exception as error:
-            log.warning("adapter.stop_failed", error=_describe(error))
+        except BaseException as error:
+            if is_cancellation(error):
+                raise
+            log.warning("adapter.stop_failed", error=describe(error))
 
     async def _poll(self, sup: _Supervised) -> NoReturn:
         loop = asyncio.get_running_loop()
@@ -344,12 +480,14 @@ class AdapterRuntime:
                 log.warning("adapter.read_timed_out", timeout=limit)
                 sup.status.last_error = f"read timed out after {limit:g} s"
             else:
-                log.warning("adapter.read_failed", error=_describe(exc))
-                sup.status.last_error = f"read failed: {_describe(exc)}"
+                log.warning("adapter.read_failed", error=describe(exc))
+                sup.status.last_error = f"read failed: {describe(exc)}"
             await self._publish(sup)
             return deadline.expired()
-        except Exception as exc:
-            raise _Crash(f"read crashed: {_describe(exc)}", exc) from exc
+        except BaseException as exc:
+            if is_cancellation(exc):
+                raise
+            raise _Crash(f"read crashed: {describe(exc)}", exc) from exc
         _raise_if_cancelling()
         if (elapsed := loop.time() - started) > limit:
             log.warning("adapter.read_overran", seconds=round(elapsed, 3), timeout=limit)
@@ -365,7 +503,12 @@ class AdapterRuntime:
         return result
 
     async def _in_thread(self, sup: _Supervised, fn: Callable[[], object]) -> object:
-        """``fn()`` in a daemon thread: it can neither block the loop nor the process exit."""
+        """``fn()`` in a daemon thread: it can neither block the loop nor the process exit.
+
+        Whatever ``fn`` raises, SystemExit and KeyboardInterrupt included, is raised
+        here, in the adapter's task, where it is the adapter's crash: a thread's
+        BaseException never reaches the event loop.
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[object] = loop.create_future()
         context = contextvars.copy_context()
@@ -373,13 +516,12 @@ class AdapterRuntime:
         def work() -> None:
             try:
                 outcome = functools.partial(_settle, future, context.run(fn), None)
-            except Exception as exc:
+            except BaseException as exc:  # handed to the adapter's task
                 outcome = functools.partial(_settle, future, None, exc)
-            except BaseException as exc:  # SystemExit in a thread must not stop the loop
-                error = RuntimeError(f"read() raised {type(exc).__name__}")
-                outcome = functools.partial(_settle, future, None, error)
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            try:
                 loop.call_soon_threadsafe(outcome)
+            except RuntimeError:  # the loop is closed: nobody is waiting
+                return
 
         sup.thread = threading.Thread(
             target=work, name=f"adapter:{sup.status.name}:read", daemon=True
@@ -392,8 +534,8 @@ class AdapterRuntime:
     ) -> NoReturn:
         try:
             iterator = aiter(stream())
-        except Exception as exc:
-            raise _Crash(f"stream() failed: {_describe(exc)}", exc) from exc
+        except BaseException as exc:  # plain calls cannot be cancelled
+            raise _Crash(f"stream() failed: {describe(exc)}", exc) from exc
         try:
             while True:
                 try:
@@ -401,12 +543,16 @@ class AdapterRuntime:
                 except StopAsyncIteration:
                     ended = AdapterError("stream() ended", adapter=sup.status.name)
                     raise _Crash("stream ended", ended) from None
-                except Exception as exc:
-                    raise _Crash(f"stream failed: {_describe(exc)}", exc) from exc
+                except BaseException as exc:
+                    if is_cancellation(exc):
+                        raise
+                    raise _Crash(f"stream failed: {describe(exc)}", exc) from exc
                 _raise_if_cancelling()
                 await self._deliver(sup, batch)
-        finally:
-            await self._close_stream(iterator)
+        except BaseException as exc:
+            if not closing(exc):
+                await self._close_stream(iterator)
+            raise
 
     async def _close_stream(self, iterator: AsyncIterator[object]) -> None:
         aclose = getattr(iterator, "aclose", None)
@@ -415,19 +561,50 @@ class AdapterRuntime:
         try:
             async with asyncio.timeout(self._stop_timeout):
                 await aclose()
-        except Exception as exc:
-            log.warning("adapter.stream_close_failed", error=_describe(exc))
+        except BaseException as exc:
+            if is_cancellation(exc):
+                raise
+            log.warning("adapter.stream_close_failed", error=describe(exc))
 
     # --- readings and status --------------------------------------------------------------------
 
     async def _deliver(self, sup: _Supervised, batch: object) -> None:
+        channels = self._channels(sup)  # an adapter may learn a channel only once it has read
+        if channels != sup.channels:
+            sup.channels, sup.names = channels, frozenset(c.name for c in channels)
         readings = self._clean(sup, batch)
-        if not readings:
-            return
-        await self._sink(sup.status.name, readings)
-        sup.status.readings += len(readings)
-        sup.status.last_reading_at = self._clock()
+        if (
+            readings
+            and await self._register(sup, channels)
+            and await self._to_gateway(sup, len(readings), self._sink, sup.status.name, readings)
+        ):
+            sup.status.readings += len(readings)
+            sup.status.last_reading_at = self._clock()
         await self._publish(sup)
+
+    async def _register(self, sup: _Supervised, channels: tuple[Channel, ...]) -> bool:
+        """Hand new or changed channels to the channels sink; False if it failed."""
+        if self._channels_sink is None or sup.registered == channels:
+            return True
+        if await self._to_gateway(sup, 0, self._channels_sink, sup.status.name, channels):
+            sup.registered = channels
+            return True
+        return False
+
+    async def _to_gateway(
+        self, sup: _Supervised, count: int, call: Callable[..., Awaitable[None]], *args: Any
+    ) -> bool:
+        """Await a sink of the gateway's; False (logged) if it failed but not fatally."""
+        try:
+            await call(*args)
+        except BaseException as exc:
+            if is_cancellation(exc) or exit_code(exc) is not None:
+                raise
+            trace = None if isinstance(exc, GatewayError) else exc  # a bug: keep its traceback
+            log.error("adapter.sink_failed", error=describe(exc), count=count, exc_info=trace)
+            sup.status.last_error = f"readings not stored: {describe(exc)}"
+            return False
+        return True
 
     def _clean(self, sup: _Supervised, batch: object) -> list[Reading]:
         if not isinstance(batch, Iterable) or isinstance(batch, str | bytes):
@@ -435,16 +612,26 @@ class AdapterRuntime:
             raise _Crash(reason, AdapterError(reason, adapter=sup.status.name))
         try:
             items = list(batch)
-        except Exception as exc:
-            raise _Crash(f"iterating the readings failed: {_describe(exc)}", exc) from exc
+        except BaseException as exc:
+            if is_cancellation(exc):
+                raise
+            raise _Crash(f"iterating the readings failed: {describe(exc)}", exc) from exc
         kept = []
+        now = asyncio.get_running_loop().time()
         for item in items:
-            checked = _check_reading(item, sup.channels)
+            checked = check_reading(item, sup.names)
             if isinstance(checked, Reading):
                 kept.append(checked)
-            elif (problem := checked) not in sup.warned:
-                sup.warned.add(problem)
-                log.warning("adapter.reading_dropped", reason=problem[0], channel=problem[1])
+                continue
+            sup.status.rejected += 1
+            if (count := sup.rejects.hit(checked, now)) is not None:
+                log.warning(
+                    "adapter.readings_rejected",
+                    reason=checked[0],
+                    channel=checked[1],
+                    count=count,
+                    total=sup.status.rejected,
+                )
         return kept
 
     async def _set_state(self, sup: _Supervised, state: State) -> None:
@@ -466,25 +653,9 @@ class AdapterRuntime:
             async with asyncio.timeout(STATUS_TIMEOUT):
                 await self._status_sink(status)
         except Exception as exc:
-            log.warning("adapter.status_failed", error=_describe(exc))
-
-
-def _check_reading(item: object, channels: frozenset[str]) -> Reading | tuple[str, str]:
-    """The reading with float fields, or why it is dropped: ``(reason, channel)``."""
-    if not isinstance(item, Reading):
-        return "not a Reading", type(item).__name__
-    channel: object = item.channel  # partners may put anything here
-    if not isinstance(channel, str):
-        return "channel is not a str", type(channel).__name__
-    if channel not in channels:
-        return "unknown channel", channel
-    fields: tuple[object, object] = (item.at, item.value)
-    if not all(isinstance(x, numbers.Real) and not isinstance(x, bool) for x in fields):
-        return "value or time is not a number", channel
-    at, value = float(item.at), float(item.value)
-    if not (math.isfinite(at) and math.isfinite(value)):
-        return "value or time is not finite", channel
-    return Reading(channel, at, value)
+            if exit_code(exc) is not None:
+                raise
+            log.warning("adapter.status_failed", error=describe(exc))
 
 
 def _settle(future: asyncio.Future[object], result: object, exc: BaseException | None) -> None:
@@ -499,16 +670,10 @@ def _settle(future: asyncio.Future[object], result: object, exc: BaseException |
 def _raise_if_cancelling() -> None:
     """Re-raise a cancellation that adapter code swallowed.
 
-    Our tasks are cancelled only by the TaskGroup (shutdown) and by
-    ``asyncio.timeout``, which uncancels what it cancelled; so a pending count
-    here means a shutdown that the adapter's code caught and dropped.
+    Our tasks are cancelled only at shutdown and by ``asyncio.timeout``, which
+    uncancels what it cancelled; so a pending count here means a shutdown that
+    the adapter's code caught and dropped.
     """
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
-
-
-def _describe(exc: BaseException) -> str:
-    """``ConnectionResetError: peer closed``, on one line."""
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -29,7 +29,7 @@ import structlog
 
 from gateway.backoff import Backoff
 from gateway.config import Config
-from gateway.delivery.api import ApiClient, ServerClock, TokenSource
+from gateway.delivery.api import ApiClient, TokenSource
 from gateway.delivery.deliverer import Deliverer
 from gateway.errors import AdapterError, AdapterLoadError, ConfigError
 from gateway.intake.poller import Poller
@@ -37,6 +37,7 @@ from gateway.intake.webhook import WebhookSettings, serve_webhook
 from gateway.metering.discovery import build_adapters
 from gateway.metering.runtime import AdapterRuntime, AdapterStatus, adapter_channels
 from gateway.plugin import Adapter, Channel, Reading
+from gateway.reports.clock import ServerClock
 from gateway.reports.scheduler import ReportScheduler
 from gateway.store.database import open_database
 from gateway.store.inbox import Inbox

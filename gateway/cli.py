@@ -25,6 +25,7 @@ import structlog
 from gateway import render, wire
 from gateway.app import Gateway, load_adapters, webhook_settings
 from gateway.config import Config, key_name, load_config
+from gateway.config_probes import require_runnable
 from gateway.errors import (
     AdapterLoadError,
     ConfigError,
@@ -91,12 +92,12 @@ def check_config(config: Config) -> Config:
     """Everything ``ecgw run`` refuses before it starts, checked without starting anything.
 
     Beyond parsing (ranges, names, URLs, secrets): the API table and a usable state
-    directory (:meth:`Config.require_runnable`), the webhook's address, and every adapter
-    built from its table with the channels the config asks of it. ``run`` keeps running
-    beside an adapter whose plugin cannot be loaded; ``check`` refuses it. Raises
-    ConfigError naming the key.
+    directory (:func:`~gateway.config_probes.require_runnable`), the webhook's address,
+    and every adapter built from its table with the channels the config asks of it.
+    ``run`` keeps running beside an adapter whose plugin cannot be loaded; ``check``
+    refuses it. Raises ConfigError naming the key.
     """
-    config.require_runnable()
+    require_runnable(config)
     webhook_settings(config)
     _, errors = load_adapters(config)
     if errors:
@@ -110,7 +111,7 @@ async def cmd_run(args: argparse.Namespace, config: Config) -> int:
     """Run until signalled. A fatal error (supervise.FATAL) or any other error that stops the
     gateway ends it with one line on stderr and its exit code, never a traceback; the
     traceback of an error that is not ours (a bug) goes to the log as ``gateway.crashed``."""
-    config.require_runnable()
+    require_runnable(config)
     try:
         await run_until_signalled(Gateway(config).run())
     except GatewayError:

@@ -25,9 +25,7 @@ from gateway.config_rules import (
     Limit,
     check_values,
     key_name,
-    listen_problem,
     parse_listen,
-    state_dir_problem,
 )
 from gateway.config_rules import shown as _shown
 from gateway.errors import ConfigError, validation_parts
@@ -202,19 +200,6 @@ class Config(Section, frozen=True):
                 key="api.client_secret",
             )
         return self.api
-
-    def require_runnable(self) -> ApiConfig:
-        """What ``ecgw run`` needs beyond a parsed config: the API, a state directory it
-        can create or open, and a webhook host this machine can listen on. Looks, never
-        changes: ``ecgw check`` runs it beside a running gateway."""
-        api = self.require_api()
-        if problem := state_dir_problem(self.state_path):
-            raise ConfigError(problem, key="gateway.state_dir")
-        if self.webhook is not None:
-            host, _ = parse_listen(self.webhook.listen)
-            if problem := listen_problem(host):
-                raise ConfigError(problem, key="webhook.listen")
-        return api
 
 
 # --- loading ------------------------------------------------------------------------------------

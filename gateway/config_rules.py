@@ -2,8 +2,8 @@
 
 Each numeric key has a range in :data:`LIMITS` (with the reason for it); the rules
 between keys are in :func:`check_rules`; names, URLs and the webhook address are
-checked by :func:`check_names` and :func:`check_endpoints`. Pure, but for
-:func:`state_dir_problem`, which looks at (and never changes) the file system.
+checked by :func:`check_names` and :func:`check_endpoints`. Pure: what the machine
+offers (a state directory, a host to listen on) is :mod:`gateway.config_probes`.
 Every problem is a :class:`~gateway.errors.ConfigError` naming the key.
 """
 
@@ -12,13 +12,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
-import os
 import re
-import socket
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from gateway.errors import ConfigError
@@ -34,9 +31,7 @@ __all__ = [
     "check_values",
     "key_name",
     "parse_listen",
-    "listen_problem",
     "shown",
-    "state_dir_problem",
 ]
 
 # --- ranges -------------------------------------------------------------------------------------
@@ -85,7 +80,7 @@ LIMITS: dict[str, Limit] = {
     "webhook.read_timeout": Limit(
         1.0, 3600.0, "shorter cuts off real clients; the bound stops slow-loris holds"
     ),
-    "poll.interval": Limit(10.0, _DAY, "0 polled 2,500 times in 7 s; a day still polls daily"),
+    "poll.interval": Limit(1.0, _DAY, "0 polled 2,500 times in 7 s; a day still polls daily"),
     "poll.page_size": Limit(1, 1000, "the API's maximum pageSize is 1000", "integer"),
     "delivery.timeout": Limit(0.1, 600.0, "0 sent nothing ever; 10 min is a hung request"),
     "delivery.backoff_initial": Limit(
@@ -294,48 +289,3 @@ def check_values(cfg: Config) -> None:
     _check_endpoints(cfg)
     _check_ranges(cfg)
     _check_rules(cfg)
-
-
-# --- what this machine offers ------------------------------------------------------------------
-
-
-def listen_problem(host: str) -> str | None:
-    """None if every address ``host`` resolves to can be bound here, else why not.
-
-    Binds each to port 0 and closes it at once, so it neither needs the configured port
-    nor disturbs a gateway already listening there (whether that port is free is only
-    known when ``run`` binds it).
-    """
-    try:
-        found = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except (OSError, UnicodeError) as exc:
-        return f"cannot resolve {shown(host)}: {getattr(exc, 'strerror', None) or exc}"
-    for family, kind, proto, _, address in found:
-        try:
-            with socket.socket(family, kind, proto) as probe:
-                probe.bind(address)
-        except OSError as exc:
-            return f"cannot listen on {shown(host)}: {exc.strerror or exc}"
-    return None
-
-
-def state_dir_problem(path: Path) -> str | None:
-    """None if ``ecgw run`` can create (or open) its database under ``path``.
-
-    Reads only: nothing is created. The nearest existing folder must be a folder we
-    may write in; an existing database file must be a file we may read and write.
-    """
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        return f"{shown(str(probe))} is not a directory"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return f"cannot write in {shown(str(probe))}"
-    db = path / "ecgw.sqlite3"
-    if probe == path and db.exists():
-        if not db.is_file():
-            return f"{shown(str(db))} is not a file"
-        if not os.access(db, os.R_OK | os.W_OK):
-            return f"cannot read and write {shown(str(db))}"
-    return None

@@ -420,7 +420,7 @@ async def test_the_gateway_stays_up_through_a_token_with_crlf(
                 "client_secret": "s3cret-value",
             },
             "delivery": {"timeout": "1s", "backoff_initial": "300ms", "backoff_max": "600ms"},
-            "poll": {"interval": "300ms", "page_size": 10},
+            "poll": {"interval": "1s", "page_size": 10},
         }
     )
     with capture_logs() as logs:

@@ -7,8 +7,7 @@ import time
 from pathlib import Path
 
 from gateway.config import parse_config
-from gateway.delivery.api import ServerClock
-from gateway.reports.clock import EARLIEST_PLAUSIBLE, clock_problem
+from gateway.reports.clock import EARLIEST_PLAUSIBLE, ServerClock, clock_problem
 from gateway.reports.scheduler import ReportScheduler
 from gateway.store.database import Database
 from gateway.store.inbox import Inbox, NewEvent

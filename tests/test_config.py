@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import load_config, parse_config, parse_listen
+from gateway.config_probes import require_runnable
 from gateway.errors import ConfigError
 from gateway.timeutil import MAX_DURATION, format_duration, parse_duration
 
@@ -324,9 +325,9 @@ def test_duplicate_resources_and_locations_refused() -> None:
 
 def test_state_dir_must_be_usable(tmp_path: Path) -> None:
     def runnable(state_dir: Path) -> None:
-        parse_config(
-            {**api(), "gateway": {"state_dir": str(state_dir)}}, base=tmp_path
-        ).require_runnable()
+        require_runnable(
+            parse_config({**api(), "gateway": {"state_dir": str(state_dir)}}, base=tmp_path)
+        )
 
     runnable(tmp_path / "new" / "deeper")  # created by run; check creates nothing
     assert not (tmp_path / "new").exists()

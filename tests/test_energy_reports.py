@@ -18,8 +18,8 @@ import structlog
 
 from adapters.simulated import SimulatedAdapter, SimulatedConfig
 from gateway.config import Config, parse_config
-from gateway.delivery.api import ServerClock
 from gateway.plugin import Channel, ChannelKind, Reading, Unit
+from gateway.reports.clock import ServerClock
 from gateway.reports.scheduler import ReportJobs, ReportScheduler
 from gateway.store.database import Database, open_database
 from gateway.store.inbox import Inbox, NewEvent

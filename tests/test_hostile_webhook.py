@@ -29,8 +29,8 @@ from hypothesis import strategies as st
 
 from gateway import wire
 from gateway.config import Secret
-from gateway.delivery.api import ServerClock
 from gateway.intake.webhook import WebhookSettings, serve_webhook
+from gateway.reports.clock import ServerClock
 from gateway.reports.planner import plan_event
 from gateway.reports.scheduler import ReportScheduler
 from gateway.store.database import open_database

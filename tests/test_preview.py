@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 from gateway.config import load_config
-from gateway.delivery.api import ServerClock
 from gateway.plugin import Channel, ChannelKind, Reading, Unit
+from gateway.reports.clock import ServerClock
 from gateway.reports.scheduler import ReportScheduler
 from gateway.store.database import open_database
 from gateway.store.inbox import Inbox, NewEvent

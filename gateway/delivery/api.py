@@ -42,13 +42,12 @@ from gateway.errors import (
     WireError,
     describe,
 )
-from gateway.reports.clock import parse_http_date
+from gateway.reports.clock import ServerClock
 
 __all__ = [
     "REPLY_LIMIT",
     "ApiClient",
     "PostResult",
-    "ServerClock",
     "TokenSource",
     "events_limit",
     "parse_token_reply",
@@ -70,27 +69,6 @@ _TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 def events_limit(page_size: int) -> int:
     """Bytes read of one ``GET /events`` page of ``page_size`` events (1000: about 16 MiB)."""
     return EVENTS_PAGE_BASE + max(page_size, 1) * EVENTS_PER_EVENT
-
-
-class ServerClock:
-    """The API's ``Date`` header as last seen, and our clock at that moment."""
-
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._clock = clock
-        self.api_date: float | None = None
-        self.seen_at: float | None = None
-
-    def observe(self, header: str | None) -> None:
-        """Note the header; at most once a second (HTTP dates have whole seconds anyway)."""
-        now = self._clock()
-        if self.seen_at is not None and now - self.seen_at < 1.0:
-            return
-        try:
-            api_date = parse_http_date(header)
-        except (ValueError, OverflowError):  # a date no clock can hold
-            api_date = None
-        if api_date is not None and math.isfinite(api_date):
-            self.api_date, self.seen_at = api_date, now
 
 
 # --- pure checks of what the peer sent ----------------------------------------------------

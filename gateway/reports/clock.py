@@ -11,8 +11,17 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import math
+import time
+from collections.abc import Callable
 
-__all__ = ["EARLIEST_PLAUSIBLE", "MAX_SKEW", "clock_problem", "parse_http_date"]
+__all__ = [
+    "EARLIEST_PLAUSIBLE",
+    "MAX_SKEW",
+    "ServerClock",
+    "clock_problem",
+    "parse_http_date",
+]
 
 # No correct clock reads earlier than the day this release was made.
 EARLIEST_PLAUSIBLE = dt.datetime(2026, 11, 1, tzinfo=dt.UTC).timestamp()
@@ -47,3 +56,24 @@ def clock_problem(
             side = "ahead of" if skew > 0 else "behind"
             return f"the system clock is {abs(skew):.0f} s {side} the API's clock"
     return None
+
+
+class ServerClock:
+    """The API's ``Date`` header as last seen, and our clock at that moment."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self.api_date: float | None = None
+        self.seen_at: float | None = None
+
+    def observe(self, header: str | None) -> None:
+        """Note the header; at most once a second (HTTP dates have whole seconds anyway)."""
+        now = self._clock()
+        if self.seen_at is not None and now - self.seen_at < 1.0:
+            return
+        try:
+            api_date = parse_http_date(header)
+        except (ValueError, OverflowError):  # a date no clock can hold
+            api_date = None
+        if api_date is not None and math.isfinite(api_date):
+            self.api_date, self.seen_at = api_date, now

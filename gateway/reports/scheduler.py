@@ -42,11 +42,10 @@ import structlog
 
 from gateway import contract, wire
 from gateway.config import Config
-from gateway.delivery.api import ServerClock
 from gateway.errors import StoreError, WireError, describe
 from gateway.metering.energy import Energies, Limits
 from gateway.reports.builder import BuildResult, build_report
-from gateway.reports.clock import clock_problem
+from gateway.reports.clock import ServerClock, clock_problem
 from gateway.reports.manual import report_deadline
 from gateway.reports.planner import Job, Target, plan_event
 from gateway.store.database import Database
@@ -249,7 +248,7 @@ class ReportScheduler:
             payload = wire.decode_event_payload(event.payload)
         except WireError as exc:
             await self._inbox.set_plan(event.event_id, "invalid", f"unreadable payload: {exc}")
-            log.error("reports.event_unreadable", error=str(exc))
+            log.error("reports.event_unreadable", event_id=event.event_id, error=str(exc))
             return None
         plan = plan_event(event.event_id, payload, self._config, now=now)
         if event.plan_state == "new":

@@ -1,0 +1,66 @@
+"""The fault campaign (``bench/campaign.py``), short: every named crash point once and a few
+random kill -9 of ``ecgw run`` while events arrive and reports go out. Nothing may be lost,
+accepted twice or left stuck, and every ``integrity_check`` must say ok."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.campaign import Planned, Settings, run_campaign, tally_reports
+from tests.kit.live import crash_points
+
+pytestmark = pytest.mark.slow
+
+
+def test_every_crash_point_in_the_source_is_found() -> None:
+    points = crash_points()
+    assert {"outbox.queued", "delivery.sent", "delivery.answered_2xx"} <= set(points)
+
+
+def _report(event_id: str, kind: str, key: str, *, duplicate: bool = False) -> dict[str, object]:
+    body = {"eventId": event_id, "payloads": [{"payloadType": kind}]}
+    return {"body": body, "idempotencyKey": key, "duplicate": duplicate}
+
+
+def test_tally_counts_lost_duplicates_and_repeats() -> None:
+    planned = [
+        Planned("e1", "ResourceLPC", ("ResourceLPCAcknowledgement", "EnergyUsage"), 0.0, True),
+        Planned("e2", "PriceCurve", ("EnergyUsage",), 0.0, False),
+        Planned("e3", "UserEligibility", (), 0.0, True),
+    ]
+    reports = [
+        _report("e1", "ResourceLPCAcknowledgement", "k1"),
+        _report("e1", "ResourceLPCAcknowledgement", "k1", duplicate=True),  # a repeat POST
+        _report("e2", "EnergyUsage", "k2"),
+        _report("e2", "EnergyUsage", "k2-other"),  # a second key: accepted twice
+        _report("e3", "EnergyUsage", "k3"),  # nobody asked for it
+    ]
+    tally = tally_reports(planned, reports)
+    assert tally["expected"] == 3
+    assert tally["accepted"] == 2
+    assert tally["lost"] == {("e1", "EnergyUsage")}
+    assert tally["duplicates_accepted"] == 1
+    assert tally["repeat_posts"] == 1
+    assert tally["unexpected"] == 1
+
+
+@pytest.mark.timeout(150)
+async def test_short_campaign(tmp_path: Path) -> None:
+    settings = Settings(kills=8, seed=8, max_intervals=1, max_uptime=1.5, settle_timeout=40)
+    lines: list[str] = []
+    fig = await run_campaign(settings, tmp_path, out=lines.append)
+    report = "\n".join(lines)
+    assert fig.crash_points and all(v == "reached" for v in fig.crash_points.values()), report
+    assert fig.kills == len(fig.crash_points) + 8
+    assert fig.events > 0 and fig.reports_expected > 0
+    assert fig.lost == 0, fig.lost_detail
+    assert fig.duplicates_accepted == 0
+    assert fig.unexpected_reports == 0
+    assert fig.stuck == 0 and fig.dead == 0
+    assert fig.events_missing == 0 and fig.acked_not_stored == 0
+    assert fig.integrity_ok == fig.integrity_checks == fig.kills + 1
+    assert fig.unexpected_exits == 0, report
+    assert fig.final_exit == 0
+    assert fig.ready_samples > 0 and fig.ready_worst_s > 0

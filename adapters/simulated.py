@@ -14,6 +14,9 @@ power in kW. Like a physical meter, the counter keeps counting while the
 adapter is stopped and restarted; a new instance starts again at
 ``start_kwh``.
 
+``power_kw`` may be any finite number, so the simulator can also play a device
+that lies (``1e308``): the gateway's own checks must catch it.
+
 A negative ``power_kw`` is an exporting resource (a solar inverter, a
 discharging battery). It reads as a bidirectional meter's import side would:
 ``energy`` is the *import* register, which stays flat while the resource
@@ -27,6 +30,7 @@ It uses only the public plugin API, exactly as a third-party adapter would.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -42,7 +46,9 @@ ENERGY = Channel("energy", ChannelKind.ENERGY, Unit.KWH)
 POWER = Channel("power", ChannelKind.POWER, Unit.KW)
 
 _NonNegative = Annotated[float, msgspec.Meta(ge=0, le=1e12)]
-_Power = Annotated[float, msgspec.Meta(ge=-1e6, le=1e6)]
+_Power = Annotated[float, msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)]
+"""Any finite power: the simulator may play a device that lies (1e308 kW); the gateway
+rejects at ingest and in the energy core what no real device could read."""
 """kW, either way: up to a gigawatt (also keeps NaN and infinities out)."""
 
 

@@ -504,6 +504,24 @@ def polled_event_id(raw: bytes) -> str | None:
         return None
 
 
+class _AnyId(msgspec.Struct):
+    id: Any = None
+
+
+_any_id_decoder = msgspec.json.Decoder(_AnyId)
+
+
+def unusable_id_text(raw: bytes) -> str | None:
+    """An event's unusable ``id`` as JSON text (at most 64 characters), to name it in a
+    note: ``12345``, ``""``; None when it has no ``id`` at all or is not an object."""
+    shallow, _ = cut_deep(raw, 1)
+    try:
+        value = _any_id_decoder.decode(shallow).id
+    except msgspec.MsgspecError:
+        return None
+    return None if value is None else _encoder.encode(value).decode()[:64]
+
+
 class _ReportTexts(msgspec.Struct):
     payloads: list[_Points] = []
 

@@ -292,7 +292,10 @@ async def test_one_bad_event_is_quarantined_and_the_rest_of_the_page_stored(
         # no usable id: kept under a key made from its bytes, raw and reason visible
         keyless = [e for e in await inbox.recent() if e.event_id.startswith("unreadable:")]
         assert sorted(e.payload for e in keyless) == sorted([events["id-number"], events["no-id"]])
-        assert all("no usable id" in (e.plan_note or "") for e in keyless)
+        notes = sorted(e.plan_note or "" for e in keyless)
+        assert all("kept under this key" in note for note in notes), notes
+        assert sum("its id 12345 is not usable" in note for note in notes) == 1, notes
+        assert sum("it has no id" in note for note in notes) == 1, notes
         # what `ecgw events show` prints: the reason, and the event as it came, however deep
         shown = render.event_record(await inbox.get("deep"), payload=True)  # type: ignore[arg-type]
         assert shown["plan_state"] == "invalid" and "nested" in shown["plan_note"]

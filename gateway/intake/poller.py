@@ -65,7 +65,9 @@ def _quarantined(raw: bytes, reason: str) -> NewEvent:
     event_id = wire.polled_event_id(raw)
     if event_id is None:
         event_id = "unreadable:" + hashlib.sha256(raw).hexdigest()[:32]
-        reason = f"{reason}; no usable id, kept under this key"
+        shown = wire.unusable_id_text(raw)
+        its = f"its id {shown} is not usable" if shown is not None else "it has no id"
+        reason = f"{reason}; {its}, kept under this key"
     return NewEvent(
         event_id=event_id,
         payload_type=UNREADABLE,

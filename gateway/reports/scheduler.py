@@ -272,10 +272,39 @@ class ReportScheduler:
         if due and problem:
             await self._inbox.set_plan(event.event_id, "planned", f"held back: {problem}")
             return now + PASS_EVERY
-        for job in due:
-            await self._build_alone(job, now)
         later = [job.due_at for job in open_jobs if job.due_at > now]
+        for job in due:
+            if (wait := await self._unbracketed_until(job, now)) is not None:
+                later.append(wait)
+                continue
+            await self._build_alone(job, now)
         return min(later, default=now if due else None)
+
+    async def _unbracketed_until(self, job: Job, now: float) -> float | None:
+        """When to look again at a due job whose last edge no reading follows yet, or None.
+
+        Each target's last interval end needs a reading after it. In steady running one
+        is there long before ``reporting.grace`` has passed; after a restart (a report
+        came due while the gateway was down) the meters have not been read again yet, and
+        building now would leave out the interval whose end fell in the outage. So a job
+        waits for that reading, but no longer than ``metering.max_gap`` past the end: a
+        reading later than that could not bracket the edge anyway.
+        """
+        max_gap = self._config.metering.max_gap
+        deadlines: list[float] = []
+        for target in job.targets:
+            if not target.intervals:
+                continue
+            last_end = target.intervals[-1][1]
+            if now >= last_end + max_gap:
+                continue
+            latest = await self._readings.latest_at((target.adapter, target.channel))
+            if latest is None or latest < last_end:
+                deadlines.append(last_end + max_gap)
+        if not deadlines:
+            return None
+        log.debug("reports.waiting_for_readings", kind=job.kind, until=max(deadlines))
+        return min(now + PASS_EVERY, max(deadlines))
 
     async def _build_alone(self, job: Job, now: float) -> None:
         """:meth:`_build_and_queue`, with any failure but the database's quarantining the job."""

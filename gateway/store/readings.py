@@ -205,6 +205,17 @@ class ReadingsStore:
             raise KeyError(f"no channel {ref!r} is registered")
         return info
 
+    async def latest_at(self, ref: ChannelRef) -> float | None:
+        """When the channel was last read (its newest raw reading), or None if never."""
+        try:
+            info = await self.channel(ref)
+        except KeyError:
+            return None
+        row = await self._db.fetchone(
+            "SELECT MAX(at) AS at FROM readings WHERE channel_id = ?", (info.id,)
+        )
+        return None if row is None or row["at"] is None else float(row["at"])
+
     # --- writing --------------------------------------------------------------------------------
 
     def writer(self) -> contextlib.AbstractAsyncContextManager[None]:

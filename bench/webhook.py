@@ -280,6 +280,11 @@ def one_run(kind: str, n: int, in_flight: int, tag: str) -> dict[str, float]:
             cpu = cpu_seconds(pid)
             seconds, statuses = asyncio.run(blast(host, int(port), reqs, in_flight))
             cpu = cpu_seconds(pid) - cpu
+            if kind == "gateway":  # the scheduler plans each event after its 200
+                catch_up = time.perf_counter()
+                wait_planned(state)
+                planned = n / (seconds + time.perf_counter() - catch_up)
+                planning_cpu = cpu_seconds(pid) - cpu
         if statuses != Counter({200: n}):
             raise RuntimeError(f"{kind}: answers {dict(statuses)}, expected {n} x 200")
         if kind != "bare" and (stored := stored_events(state)) != n:
@@ -287,7 +292,19 @@ def one_run(kind: str, n: int, in_flight: int, tag: str) -> dict[str, float]:
         result = {"rate": n / seconds, "cpu_us": cpu / n * 1e6}
         if kind == "webhook":
             result.update(json.loads((state / "server.out").read_text()))
+        if kind == "gateway":
+            result.update(planned=planned, planned_cpu_us=planning_cpu / n * 1e6)
         return result
+
+
+def wait_planned(state: Path, timeout: float = 300) -> None:
+    """Until the scheduler has looked at every event (none left ``new``)."""
+    deadline = time.monotonic() + timeout
+    with contextlib.closing(sqlite3.connect(state / "ecgw.sqlite3")) as conn:
+        while conn.execute("SELECT 1 FROM events WHERE plan_state = 'new' LIMIT 1").fetchone():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the scheduler did not plan every event in time")
+            time.sleep(0.05)
 
 
 def costs() -> dict[str, float]:
@@ -330,6 +347,7 @@ def main() -> None:
     rates: dict[str, list[float]] = {kind: [] for kind in kinds}
     cpus: dict[str, list[float]] = {kind: [] for kind in kinds}
     commits: list[int] = []
+    planned: list[tuple[float, float]] = []
     one_run("bare", min(args.requests, 500), args.in_flight, "warm")  # warm-up, not counted
     for r in range(args.rounds):
         for kind in kinds if r % 2 == 0 else reversed(kinds):
@@ -338,6 +356,8 @@ def main() -> None:
             cpus[kind].append(result["cpu_us"])
             if "commits" in result:
                 commits.append(int(result["commits"]))
+            if "planned" in result:
+                planned.append((result["planned"], result["planned_cpu_us"]))
     print(
         f"requests per round: {args.requests}, rounds: {args.rounds}, "
         f"in flight: {args.in_flight}, load average: {os.getloadavg()[0]:.2f}"
@@ -358,6 +378,13 @@ def main() -> None:
         print(
             f"webhook commits per round: {', '.join(map(str, commits))} "
             f"for {args.requests} notifications (transactions, from SQLite's statement trace)"
+        )
+    if planned:
+        rate = statistics.median(p for p, _ in planned)
+        cpu = statistics.median(c for _, c in planned)
+        print(
+            f"gateway, until every event is also planned by the scheduler: {rate:.0f} "
+            f"notifications/s, CPU {cpu:.0f} us per notification"
         )
     cost = costs()
     print(

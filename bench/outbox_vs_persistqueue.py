@@ -19,7 +19,7 @@ raw bytes by both (persist-queue gets a pass-through serializer). Acknowledged
 rows stay in both tables (the outbox keeps delivered rows by design;
 persist-queue keeps acked rows until ``clear_acked_data`` is called).
 
-    python bench/outbox_vs_persistqueue.py [--reports 2000] [--backlog 10000] [--rounds 3] [--quick]
+    python bench/outbox_vs_persistqueue.py [--reports 1000] [--backlog 10000] [--rounds 1] [--quick]
 
 Prints reports/s for each and the ratio outbox / persist-queue (target >= 2).
 Needs ``pip install -e '.[bench]'`` (persist-queue).
@@ -210,9 +210,9 @@ async def _deliver_all(
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--reports", type=int, default=2000)
+    parser.add_argument("--reports", type=int, default=1000)
     parser.add_argument("--backlog", type=int, default=10000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="300 reports, 2,000 backlog, 1 round")
     args = parser.parse_args()
     if args.quick:

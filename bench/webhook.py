@@ -126,7 +126,7 @@ async def serve_webhook_only(state: Path) -> None:
     from gateway.store.database import open_database
     from gateway.store.inbox import Inbox
 
-    configure_logging(level="info", json=True)  # as `ecgw run`: a JSON line per notification
+    configure_logging(level="info", json=True)  # as `ecgw run`
     settings = WebhookSettings(
         host="127.0.0.1",
         port=0,

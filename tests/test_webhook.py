@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import aiohttp
 import pytest
+import structlog
 
 from gateway.config import Secret
 from gateway.errors import StoreError
@@ -232,13 +233,18 @@ async def test_concurrent_notifications_share_commits(hook: Hook, db: Database) 
     before = wal_commits(db)
     n = 40
     bodies = [notification(i) for i in range(n)]
-    results = await asyncio.gather(*(hook.post(body, sign(body)) for body in bodies))
+    with structlog.testing.capture_logs() as logs:
+        results = await asyncio.gather(*(hook.post(body, sign(body)) for body in bodies))
     assert [status for status, _ in results] == [200] * n
     assert {reply["message"] for _, reply in results} == {"stored"}
     assert await hook.inbox.count() == n
     assert sorted(hook.seen) == sorted(f"group-event-{i}" for i in range(n))
     commits = wal_commits(db) - before
     assert 1 <= commits < n
+    lines = [line for line in logs if line["event"] == "webhook.received"]
+    assert len(lines) == commits  # one line per commit, naming each of its events
+    logged = [e["event_id"] for line in lines for e in line["events"]]
+    assert sorted(logged) == sorted(f"group-event-{i}" for i in range(n))
 
 
 async def test_a_duplicate_in_the_same_commit_is_answered_duplicate(

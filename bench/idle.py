@@ -50,10 +50,10 @@ def watch(kind: str, seconds: float) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--quick", action="store_true", help="8 seconds")
+    parser.add_argument("--quick", action="store_true", help="4 seconds")
     args = parser.parse_args()
     if args.quick:
-        args.seconds = 8
+        args.seconds = 4
     result = {kind: watch(kind, args.seconds) for kind in ("bare", "gateway")}
     print(
         f"idle for {args.seconds:.0f} s; load average: {os.getloadavg()[0]:.2f}; "

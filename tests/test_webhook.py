@@ -9,16 +9,19 @@ import hashlib
 import hmac
 import io
 import json
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
 import pytest
+import structlog
 
 from gateway.config import Secret
-from gateway.intake.webhook import WebhookSettings, serve_webhook
+from gateway.errors import StoreError
+from gateway.intake.webhook import InboxCommitter, WebhookSettings, serve_webhook
 from gateway.store.database import Database
-from gateway.store.inbox import Inbox
+from gateway.store.inbox import Inbox, NewEvent
 from tests.conftest import vector
 
 SECRET = "Secret123%"  # the secret of Volue's vectors
@@ -192,3 +195,216 @@ async def test_a_client_that_never_finishes_its_headers_is_cut_off(hook: Hook) -
     assert answer == b""
     assert loop.time() - started < 0.5 + 1.0  # read_timeout, and a little slack
     assert await hook.inbox.count() == 0
+
+
+# --- group commit --------------------------------------------------------------------
+
+
+def wal_commits(db: Database) -> int:
+    """Commit records in the database's write-ahead log: the transactions that reached
+    the disk since the log last restarted (SQLite's own account, not the gateway's)."""
+    wal = db.path.with_name(db.path.name + "-wal").read_bytes()
+    page_size = int.from_bytes(wal[8:12], "big")
+    salts = wal[16:24]
+    commits = 0
+    for offset in range(32, len(wal) - 24, 24 + page_size):
+        header = wal[offset : offset + 24]
+        if header[8:16] != salts:
+            break  # a frame left from before the log restarted
+        commits += int.from_bytes(header[4:8], "big") != 0
+    return commits
+
+
+def notification(i: int, prefix: str = "group") -> bytes:
+    return json.dumps(
+        {
+            "notificationId": f"{prefix}-note-{i}",
+            "eventId": f"{prefix}-event-{i}",
+            "eventCreatedAtUtc": "2026-01-01T00:00:00Z",
+            "notificationSentUtc": "2026-01-01T00:00:01Z",
+            "notificationType": "UserEligibilityUpdated",
+            "payload": {"payloadType": "UserEligibility", "addedUsers": [f"u{i}"]},
+        }
+    ).encode()
+
+
+async def test_concurrent_notifications_share_commits(hook: Hook, db: Database) -> None:
+    await db.conn.execute("PRAGMA wal_autocheckpoint = 0")  # keep every commit record countable
+    before = wal_commits(db)
+    n = 40
+    bodies = [notification(i) for i in range(n)]
+    with structlog.testing.capture_logs() as logs:
+        results = await asyncio.gather(*(hook.post(body, sign(body)) for body in bodies))
+    assert [status for status, _ in results] == [200] * n
+    assert {reply["message"] for _, reply in results} == {"stored"}
+    assert await hook.inbox.count() == n
+    assert sorted(hook.seen) == sorted(f"group-event-{i}" for i in range(n))
+    commits = wal_commits(db) - before
+    assert 1 <= commits < n
+    lines = [line for line in logs if line["event"] == "webhook.received"]
+    assert len(lines) == commits  # one line per commit, naming each of its events
+    logged = [e["event_id"] for line in lines for e in line["events"]]
+    assert sorted(logged) == sorted(f"group-event-{i}" for i in range(n))
+
+
+async def test_a_duplicate_in_the_same_commit_is_answered_duplicate(
+    hook: Hook, db: Database
+) -> None:
+    body = notification(1, "dup")
+    results = await asyncio.gather(*(hook.post(body, sign(body)) for _ in range(8)))
+    assert [status for status, _ in results] == [200] * 8
+    assert sorted(reply["message"] for _, reply in results) == ["duplicate"] * 7 + ["stored"]
+    assert await hook.inbox.count() == 1
+    assert hook.seen == ["dup-event-1"]
+
+
+async def test_a_failed_commit_answers_503_and_stores_nothing(hook: Hook, db: Database) -> None:
+    await db.conn.execute(
+        "CREATE TEMP TRIGGER refuse BEFORE INSERT ON events "
+        "BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+    )
+    bodies = [notification(i, "fail") for i in range(12)]
+    results = await asyncio.gather(*(hook.post(body, sign(body)) for body in bodies))
+    assert [status for status, _ in results] == [503] * 12
+    assert await hook.inbox.count() == 0
+    assert hook.seen == []
+    await db.conn.execute("DROP TRIGGER refuse")
+    results = await asyncio.gather(*(hook.post(body, sign(body)) for body in bodies))
+    assert [status for status, _ in results] == [200] * 12  # Spark's retries get through
+    assert await hook.inbox.count() == 12
+
+
+async def test_one_poisoned_commit_fails_only_its_own_batch(hook: Hook, db: Database) -> None:
+    """Every 200 is stored and every 503 is not, whichever batch each request fell into."""
+    await db.conn.execute(
+        "CREATE TEMP TRIGGER poison BEFORE INSERT ON events WHEN NEW.event_id = 'mix-event-7' "
+        "BEGIN SELECT RAISE(ABORT, 'poisoned'); END"
+    )
+    bodies = [notification(i, "mix") for i in range(30)]
+    results = await asyncio.gather(*(hook.post(body, sign(body)) for body in bodies))
+    for i, (status, _) in enumerate(results):
+        stored = await hook.inbox.get(f"mix-event-{i}")
+        assert status in (200, 503)
+        assert (status == 200) == (stored is not None), i
+    assert results[7][0] == 503
+    assert set(hook.seen) == {f"mix-event-{i}" for i, r in enumerate(results) if r[0] == 200}
+    status, _ = await hook.post(notification(99, "mix"), sign(notification(99, "mix")))
+    assert status == 200  # the receiver goes on
+
+
+# --- the committer's lifetime -------------------------------------------------------------
+
+
+@dataclass
+class Gate:
+    """Holds every insert into ``events`` inside SQLite until opened."""
+
+    entered: threading.Event
+    opened: threading.Event
+
+    async def wait_entered(self) -> None:
+        assert await asyncio.to_thread(self.entered.wait, 10)
+
+
+@pytest.fixture
+async def gate(db: Database) -> AsyncIterator[Gate]:
+    g = Gate(threading.Event(), threading.Event())
+
+    def hold() -> int:
+        g.entered.set()
+        g.opened.wait(10)
+        return 0
+
+    await db.conn.create_function("ecgw_test_gate", 0, hold)
+    await db.conn.execute(
+        "CREATE TEMP TRIGGER gated BEFORE INSERT ON events BEGIN SELECT ecgw_test_gate(); END"
+    )
+    try:
+        yield g
+    finally:
+        g.opened.set()
+
+
+def new_event(i: int) -> NewEvent:
+    return NewEvent(
+        event_id=f"c-{i}", payload_type="UserEligibility", created_at=None, payload=b"{}"
+    )
+
+
+async def test_leaving_stores_what_is_queued_first(db: Database, gate: Gate) -> None:
+    inbox = Inbox(db)
+    committer = InboxCommitter(inbox)
+    block = committer.running()
+    await block.__aenter__()
+    first = asyncio.create_task(committer.add(new_event(0)))
+    await gate.wait_entered()  # the first commit is under way, held inside SQLite
+    later = [asyncio.create_task(committer.add(new_event(i))) for i in (1, 2, 3)]
+    await asyncio.sleep(0)  # the three are queued behind it
+    leaving = asyncio.create_task(block.__aexit__(None, None, None))
+    await asyncio.sleep(0)
+    gate.opened.set()
+    assert await asyncio.wait_for(asyncio.gather(first, *later), 10) == [True] * 4
+    await asyncio.wait_for(leaving, 10)
+    assert committer.commits == 2  # the first alone, then the three that waited
+    assert await inbox.count() == 4
+    with pytest.raises(StoreError, match="shutting down"):
+        await committer.add(new_event(9))
+
+
+async def test_cancelled_while_leaving_answers_every_waiting_request(
+    db: Database, gate: Gate
+) -> None:
+    committer = InboxCommitter(Inbox(db))
+
+    async def serve() -> None:
+        async with committer.running():
+            await asyncio.Event().wait()  # until cancelled
+
+    server = asyncio.create_task(serve())
+    await asyncio.sleep(0)
+    first = asyncio.create_task(committer.add(new_event(0)))
+    await gate.wait_entered()
+    second = asyncio.create_task(committer.add(new_event(1)))
+    await asyncio.sleep(0)
+    server.cancel()  # leaving: it waits for the held commit...
+    await asyncio.sleep(0)
+    server.cancel()  # ...and is cancelled again while it waits: it stops at once
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(server, 10)
+    for waiting in (first, second):
+        with pytest.raises(StoreError):
+            await asyncio.wait_for(waiting, 10)
+    gate.opened.set()
+
+
+async def test_a_request_in_a_commit_when_the_server_stops_still_gets_its_200(
+    db: Database, gate: Gate
+) -> None:
+    inbox = Inbox(db)
+    settings = WebhookSettings(
+        host="127.0.0.1",
+        port=0,
+        path="/notify",
+        secret=Secret(SECRET),
+        max_body=1024 * 1024,
+        read_timeout=5,
+    )
+    serving = serve_webhook(settings, inbox, lambda event_id: None)
+    url = await serving.__aenter__()
+    body = notification(1, "stop")
+    async with aiohttp.ClientSession() as session:
+
+        async def post() -> int:
+            async with session.post(
+                url, data=body, headers={"X-Payload-Signature": sign(body)}
+            ) as r:
+                return r.status
+
+        request = asyncio.create_task(post())
+        await gate.wait_entered()
+        stopping = asyncio.create_task(serving.__aexit__(None, None, None))
+        await asyncio.sleep(0)
+        gate.opened.set()
+        assert await asyncio.wait_for(request, 10) == 200
+        await asyncio.wait_for(stopping, 10)
+    assert await inbox.get("stop-event-1") is not None

@@ -111,6 +111,16 @@ class Database:
         """Roll back whatever is open (nothing: a no-op), even from a cancelled task."""
         await asyncio.shield(self.conn.rollback())
 
+    async def write_one(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        """One write statement as a transaction of its own, in its turn with :meth:`write`:
+        SQLite commits it as it ends (all of it or nothing), in one hand-off to its thread
+        where ``write()`` takes three. Returns the statement's rows (``RETURNING``)."""
+        async with self._writing:
+            try:
+                return list(await self.conn.execute_fetchall(sql, tuple(params)))
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot write to {self.path}: {exc}") from exc
+
     async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         """Rows of one statement, read from a snapshot of what is committed."""
         try:  # one hand-off to SQLite's thread, not three (execute, fetch, close)

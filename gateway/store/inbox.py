@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from gateway.errors import StoreError
 from gateway.store.database import Database
 
 __all__ = ["Inbox", "InboxEvent", "NewEvent"]
@@ -80,6 +81,32 @@ ON CONFLICT (event_id) DO NOTHING
 """
 
 
+_ROWS_PER_INSERT = 1000
+"""Rows per multi-row INSERT in :meth:`Inbox.add_many`: 9 parameters each, and SQLite
+(>= 3.32; RETURNING needs 3.35) allows 32766 parameters per statement."""
+
+
+_INSERT_MANY = (
+    "INSERT INTO events (event_id, payload_type, created_at, received_via, received_at, "
+    "notification_id, notification_type, poll_sweep, payload) VALUES {values} "
+    "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+)
+
+
+def _insert_many(rows: int) -> str:
+    return _INSERT_MANY.format(values=", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows))
+
+
+def _first_arrivals(event_ids: Sequence[str], inserted: set[str]) -> list[bool]:
+    """Per id, True if it was inserted and no earlier id in the sequence is the same."""
+    seen: set[str] = set()
+    new = []
+    for event_id in event_ids:
+        new.append(event_id in inserted and event_id not in seen)
+        seen.add(event_id)
+    return new
+
+
 def _params(event: NewEvent, via: Via, at: float, sweep: int | None) -> tuple[object, ...]:
     return (
         event.event_id,
@@ -105,6 +132,28 @@ class Inbox:
         async with self._db.write() as conn:
             cur = await conn.execute(_INSERT, _params(event, via, at, None))
             return cur.rowcount == 1
+
+    async def add_many(self, events: Sequence[NewEvent], *, via: Via, at: float) -> list[bool]:
+        """Store events in one transaction; per event, True if it was new (a repeat of an
+        event earlier in ``events`` is not). Returns only after the commit; if anything
+        fails (StoreError), none of them is stored."""
+        statements = [
+            (_insert_many(len(chunk)), [p for e in chunk for p in _params(e, via, at, None)])
+            for chunk in (
+                events[i : i + _ROWS_PER_INSERT] for i in range(0, len(events), _ROWS_PER_INSERT)
+            )
+        ]
+        inserted: set[str] = set()
+        if len(statements) == 1:  # the usual case: one statement, its own transaction
+            inserted.update(row[0] for row in await self._db.write_one(*statements[0]))
+        elif statements:
+            async with self._db.write() as conn:
+                try:
+                    for sql, params in statements:
+                        inserted.update(row[0] for row in await conn.execute_fetchall(sql, params))
+                except sqlite3.Error as exc:
+                    raise StoreError(f"cannot store events in {self._db.path}: {exc}") from exc
+        return _first_arrivals([e.event_id for e in events], inserted)
 
     async def add_polled_page(
         self, events: Sequence[NewEvent], *, sweep: int, at: float

@@ -82,19 +82,20 @@ ON CONFLICT (event_id) DO NOTHING
 
 
 _ROWS_PER_INSERT = 1000
-"""Rows per multi-row INSERT in :meth:`Inbox.add_many`: 9 parameters each, and SQLite
+"""Rows per multi-row INSERT in :meth:`Inbox.add_many`: 11 parameters each, and SQLite
 (>= 3.32; RETURNING needs 3.35) allows 32766 parameters per statement."""
 
 
 _INSERT_MANY = (
     "INSERT INTO events (event_id, payload_type, created_at, received_via, received_at, "
-    "notification_id, notification_type, poll_sweep, payload) VALUES {values} "
+    "notification_id, notification_type, poll_sweep, payload, plan_state, plan_note) "
+    "VALUES {values} "
     "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
 )
 
 
 def _insert_many(rows: int) -> str:
-    return _INSERT_MANY.format(values=", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows))
+    return _INSERT_MANY.format(values=", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows))
 
 
 def _first_arrivals(event_ids: Sequence[str], inserted: set[str]) -> list[bool]:

@@ -119,7 +119,7 @@ class Database:
             try:
                 return list(await self.conn.execute_fetchall(sql, tuple(params)))
             except sqlite3.Error as exc:
-                raise StoreError(f"cannot write to {self.path}: {exc}") from exc
+                raise store_error(exc, f"cannot write to {self.path}") from exc
 
     async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         """Rows of one statement, read from a snapshot of what is committed."""

@@ -287,8 +287,9 @@ class ReportScheduler:
         is there long before ``reporting.grace`` has passed; after a restart (a report
         came due while the gateway was down) the meters have not been read again yet, and
         building now would leave out the interval whose end fell in the outage. So a job
-        waits for that reading, but no longer than ``metering.max_gap`` past the end: a
-        reading later than that could not bracket the edge anyway.
+        whose channel was read within ``metering.max_gap`` before that end, but not since,
+        waits for the next reading, no longer than ``max_gap`` past the end: a reading
+        later than that could not bracket the edge anyway.
         """
         max_gap = self._config.metering.max_gap
         deadlines: list[float] = []
@@ -299,7 +300,9 @@ class ReportScheduler:
             if now >= last_end + max_gap:
                 continue
             latest = await self._readings.latest_at((target.adapter, target.channel))
-            if latest is None or latest < last_end:
+            # Read shortly before the edge and not yet after it: a reading may still come
+            # that brackets the edge. Never read near it (a dead device): nothing to wait for.
+            if latest is not None and last_end - max_gap <= latest < last_end:
                 deadlines.append(last_end + max_gap)
         if not deadlines:
             return None

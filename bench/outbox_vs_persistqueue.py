@@ -80,7 +80,7 @@ async def outbox_drain(outbox: Any, n: int) -> list[float]:
         results = [(item.id, Delivered(status=200, report_id=f"r{item.id}")) for item in claimed]
         done += len(results)
         start = time.perf_counter()
-        claimed = await outbox.settle(results, now=1.0, limit=CLAIM)
+        claimed = (await outbox.settle(results, now=1.0, limit=CLAIM)).claimed
         took.append(time.perf_counter() - start)
     assert done == n, (done, n)
     return took
@@ -107,7 +107,7 @@ class OutboxSide:
         start, done = time.perf_counter(), 0
         while done < count:
             results = [(i.id, Delivered(status=200, report_id=f"r{i.id}")) for i in self.claimed]
-            self.claimed = await self.outbox.settle(results, now=1.0, limit=CLAIM)
+            self.claimed = (await self.outbox.settle(results, now=1.0, limit=CLAIM)).claimed
             done += len(results)
             if not self.claimed and not results:
                 break

@@ -145,15 +145,17 @@ class Outbox:
     ) -> bool:
         """Queue a report; False (and nothing changes) if its key is already queued."""
         key = idempotency_key(event_id, kind, body)
-        inserted = await self._db.write_one(  # its own transaction, one hand-off to SQLite
-            "INSERT INTO outbox (event_id, kind, body, idempotency_key, source, state, "
-            "next_attempt_at, deadline, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?) "
-            "ON CONFLICT (event_id, kind) DO NOTHING RETURNING id",
-            (event_id, kind, body, key, source, now, deadline, now, now),
-        )
+        async with self._write() as conn:
+            cur = await conn.execute(
+                "INSERT INTO outbox (event_id, kind, body, idempotency_key, source, state, "
+                "next_attempt_at, deadline, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?) "
+                "ON CONFLICT (event_id, kind) DO NOTHING",
+                (event_id, kind, body, key, source, now, deadline, now, now),
+            )
+            queued = cur.rowcount == 1
         crashpoint("outbox.queued")
-        return bool(inserted)
+        return queued
 
     async def recover(self, *, now: float) -> int:
         """Rows a crash left ``in_flight`` go back to ``pending``, due now."""

@@ -49,6 +49,11 @@ _STAMP = re.compile(
     r"(?:[Zz]|([+-])(\d{2}):?(\d{2}))"
 )
 
+_CONTRACT_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,7})?(?:Z|\+00:00)")
+"""A UTC text the report contract's ``date-time`` takes as it is (``T``, at most 7 digits)."""
+MAX_FRACTION = 7
+"""Fractional digits a report timestamp may carry (.NET's 100 ns ticks; the contract's limit)."""
+
 
 def _shown(value: object) -> str:
     text = repr(value)
@@ -98,18 +103,21 @@ class SparkTime(dt.datetime):
         return getattr(self, "_text", None)
 
     def utc_text(self) -> str:
-        """As written when it was read in UTC (``Z`` or ``+00:00``, every fractional digit);
-        otherwise converted to UTC, its fractional digits kept as written."""
-        m = _STAMP.fullmatch(self.text or "")
+        """As written when it was read in the report contract's UTC form (``T``, at most 7
+        fractional digits, ``Z`` or ``+00:00``); otherwise written in that form: converted
+        to UTC with ``T`` and ``Z``, its fractional digits kept as written up to the 7th
+        (further digits, below .NET's 100 ns tick, are cut)."""
+        text = self.text or ""
+        if _CONTRACT_UTC.fullmatch(text) and self.utcoffset() == dt.timedelta(0):
+            return text
+        m = _STAMP.fullmatch(text)
         if m is None:
             utc: dt.datetime = self.astimezone(dt.UTC)
             frac = f"{utc.microsecond:06d}".rstrip("0")
-        elif self.utcoffset() == dt.timedelta(0):
-            return m.string
         else:
             y, mo, d, h, mi, sec = map(int, m.groups()[:6])
             utc = dt.datetime(y, mo, d, h, mi, sec, tzinfo=self.tzinfo).astimezone(dt.UTC)
-            frac = m[7] or ""
+            frac = (m[7] or "")[:MAX_FRACTION]
         return utc.strftime("%Y-%m-%dT%H:%M:%S") + (f".{frac}" if frac else "") + "Z"
 
 

@@ -5,7 +5,8 @@ the gateway cannot represent is refused at the boundary, naming the field:
 
 * a timestamp within 2000-01-01..2200-01-01 UTC (:func:`check_times`, year first, so an
   offset form of year 1 or 9999 never overflows); :class:`SparkTime` keeps the text it
-  was read from, so that a report can carry Spark's own timestamps;
+  was read from, so that a report can carry Spark's own timestamps (when the contract's
+  ``date-time`` takes them as written: :meth:`SparkTime.utc_text`);
 * a resolution of 1 s .. 1 day in whole seconds (:class:`Resolution`), kept ``hh:mm:ss``;
 * nesting at most :data:`MAX_DEPTH` levels (:func:`too_deep`), found by C-level bytes
   operations before any decoder recurses; :func:`cut_deep` lifts out what is deeper.

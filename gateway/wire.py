@@ -15,7 +15,8 @@ needs a ``try`` for it:
   so an offset form of year 1 or 9999 never overflows). A payload decoded for
   planning (:func:`decode_event_payload`) has its point timestamps as
   :class:`SparkTime`, which keeps the text Spark wrote, so that a report can
-  carry the event's timestamps exactly as Spark wrote them;
+  carry the event's timestamps exactly as Spark wrote them when that text is in the
+  report contract's ``date-time`` form (else in UTC, :meth:`SparkTime.utc_text`);
 * a resolution must be 1 s .. 1 day in whole seconds, written as a .NET
   time-span (``01:00:00``, ``1.00:00:00``) or ISO-8601 (``PT1H``); it is kept
   normalised to ``hh:mm:ss`` (:class:`Resolution`; one day is ``1.00:00:00``);

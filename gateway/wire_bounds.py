@@ -5,7 +5,8 @@ the gateway cannot represent is refused at the boundary, naming the field:
 
 * a timestamp within 2000-01-01..2200-01-01 UTC (:func:`check_times`, year first, so an
   offset form of year 1 or 9999 never overflows); :class:`SparkTime` keeps the text it
-  was read from, so that a report can carry Spark's own timestamps;
+  was read from, so that a report can carry Spark's own timestamps (when the contract's
+  ``date-time`` takes them as written: :meth:`SparkTime.utc_text`);
 * a resolution of 1 s .. 1 day in whole seconds (:class:`Resolution`), kept ``hh:mm:ss``;
 * nesting at most :data:`MAX_DEPTH` levels (:func:`too_deep`), found by C-level bytes
   operations before any decoder recurses; :func:`cut_deep` lifts out what is deeper.
@@ -48,6 +49,11 @@ _STAMP = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,9}))?"
     r"(?:[Zz]|([+-])(\d{2}):?(\d{2}))"
 )
+
+_CONTRACT_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,7})?(?:Z|\+00:00)")
+"""A UTC text the report contract's ``date-time`` takes as it is (``T``, at most 7 digits)."""
+MAX_FRACTION = 7
+"""Fractional digits a report timestamp may carry (.NET's 100 ns ticks; the contract's limit)."""
 
 
 def _shown(value: object) -> str:
@@ -98,18 +104,21 @@ class SparkTime(dt.datetime):
         return getattr(self, "_text", None)
 
     def utc_text(self) -> str:
-        """As written when it was read in UTC (``Z`` or ``+00:00``, every fractional digit);
-        otherwise converted to UTC, its fractional digits kept as written."""
-        m = _STAMP.fullmatch(self.text or "")
+        """As written when it was read in the report contract's UTC form (``T``, at most 7
+        fractional digits, ``Z`` or ``+00:00``); otherwise written in that form: converted
+        to UTC with ``T`` and ``Z``, its fractional digits kept as written up to the 7th
+        (further digits, below .NET's 100 ns tick, are cut)."""
+        text = self.text or ""
+        if _CONTRACT_UTC.fullmatch(text) and self.utcoffset() == dt.timedelta(0):
+            return text
+        m = _STAMP.fullmatch(text)
         if m is None:
             utc: dt.datetime = self.astimezone(dt.UTC)
             frac = f"{utc.microsecond:06d}".rstrip("0")
-        elif self.utcoffset() == dt.timedelta(0):
-            return m.string
         else:
             y, mo, d, h, mi, sec = map(int, m.groups()[:6])
             utc = dt.datetime(y, mo, d, h, mi, sec, tzinfo=self.tzinfo).astimezone(dt.UTC)
-            frac = m[7] or ""
+            frac = (m[7] or "")[:MAX_FRACTION]
         return utc.strftime("%Y-%m-%dT%H:%M:%S") + (f".{frac}" if frac else "") + "Z"
 
 

@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 from gateway import render, wire
 from gateway.config import Config, Secret
 from gateway.delivery.api import ApiClient, TokenSource
-from gateway.intake.poller import Poller, next_page
+from gateway.intake.poller import MAX_SWEEP_EVENTS, Poller, max_pages, next_page
 from gateway.sandbox import Sandbox, run_sandbox
 from gateway.store.database import open_database
 from gateway.store.inbox import Inbox
@@ -376,6 +376,37 @@ async def test_broken_paging_stops_the_sweep(
         assert await inbox.last_complete_sweep() == 0  # not complete: read again next time
 
 
+async def test_a_server_that_ignores_page_is_asked_twice(tmp_path: Path) -> None:
+    async with scripted_poller(tmp_path) as (script, poller, inbox, _):
+        first = (200, page_body([polled("e-1")], current=1, next_page=2, total=3))
+        script.pages[1] = script.pages[2] = first  # page 2 answered with page 1 again
+        with capture_logs() as logs:
+            await asyncio.wait_for(poller.sweep(), timeout=5)
+        assert script.gets == 2
+        stopped = [entry for entry in logs if entry["event"] == "poll.paging_stopped"]
+        assert [e["reason"] for e in stopped] == ["asked for page 2, the reply is page 1"]
+        assert await inbox.last_complete_sweep() == 0
+
+
+async def test_a_sweep_reads_no_more_than_the_first_total_pages_and_one(tmp_path: Path) -> None:
+    async with scripted_poller(tmp_path) as (script, poller, inbox, _):
+        for n in range(1, 50):  # every reply claims one page more than it
+            body = page_body([polled(f"e-{n}")], current=n, next_page=n + 1, total=n + 1)
+            script.pages[n] = (200, body)
+        with capture_logs() as logs:
+            await asyncio.wait_for(poller.sweep(), timeout=5)
+        assert script.gets == 3  # totalPages 2 as first seen, and one page added meanwhile
+        stopped = [entry for entry in logs if entry["event"] == "poll.paging_stopped"]
+        assert len(stopped) == 1 and "bound of 3 pages" in stopped[0]["reason"]
+        assert await inbox.count() == 3
+
+
+def test_the_absolute_bound_is_a_number_of_events() -> None:
+    assert max_pages(1000) == MAX_SWEEP_EVENTS // 1000
+    assert max_pages(1) == MAX_SWEEP_EVENTS
+    assert max_pages(3) * 3 >= MAX_SWEEP_EVENTS > (max_pages(3) - 1) * 3
+
+
 def test_next_page_rules() -> None:
     def pg(current: int, after: int | None, total: int | None = 5) -> wire.Pagination:
         return wire.Pagination(current_page=current, next_page=after, total_pages=total)
@@ -387,3 +418,6 @@ def test_next_page_rules() -> None:
     for stuck in (pg(2, 1), pg(2, 2), pg(2, 6), pg(0, 1)):
         after, why = next_page(stuck, 2, {1, 2})
         assert after is None and why
+    assert next_page(pg(1, 2), 2, {1, 2}) == (None, "asked for page 2, the reply is page 1")
+    assert next_page(pg(1, 2, None), None, {1}, bound=1)[0] is None
+    assert next_page(pg(1, 2, None), None, {1}, bound=2) == (2, None)

@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import io
 import json
+import logging
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -168,6 +169,71 @@ async def test_slow_client_is_cut_off(hook: Hook) -> None:
     assert b" 408 " in status_line
     writer.close()
     assert await hook.inbox.count() == 0
+
+
+async def _raw(hook: Hook, head: str, body: bytes, *, half_close: bool = False) -> bytes:
+    """Send a hand-made request; everything the server answers before it closes."""
+    host, port = hook.url.split("//")[1].split("/")[0].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(head.encode() + body)
+        if half_close:
+            writer.write_eof()
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), timeout=5)  # to EOF: the server closed
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "x-gzip", "br", "identity, gzip"])
+async def test_an_encoded_body_is_refused_unread_and_the_connection_closed(
+    hook: Hook, encoding: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    body, signature, _ = vector("user-eligibility-event.json")
+    head = (
+        "POST /notify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Encoding: {encoding}\r\nX-Payload-Signature: {signature}\r\n"
+        f"Content-Length: {len(body) + 1000}\r\n\r\n"  # more than is sent: never read
+    )
+    answer = await _raw(hook, head, body)  # read() returns: the server closed, no drain
+    if encoding == "br":  # aiohttp itself refuses what it cannot decode, before the handler
+        assert answer.split(b" ")[1] == b"400"
+    else:
+        assert answer.startswith(b"HTTP/1.1 415 ")
+        assert b"Accept-Encoding: identity" in answer
+    assert await hook.inbox.count() == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_identity_encoding_is_plain(hook: Hook) -> None:
+    body, signature, _ = vector("user-eligibility-event.json")
+    head = (
+        "POST /notify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Encoding: identity\r\nX-Payload-Signature: {signature}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    assert (await _raw(hook, head, body)).startswith(b"HTTP/1.1 200 ")
+
+
+@pytest.mark.parametrize(
+    ("framing", "sent"),
+    [
+        ("Content-Length: 500", b'{"eventId": "cut'),  # cut short: the client hung up
+        ("Transfer-Encoding: chunked", b"5\r\n{}\r\nzz\r\n"),  # a chunk that is not one
+    ],
+)
+async def test_a_body_that_cannot_be_read_is_a_400_without_a_traceback(
+    hook: Hook, framing: str, sent: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    head = f"POST /notify HTTP/1.1\r\nHost: x\r\n{framing}\r\n\r\n"
+    with structlog.testing.capture_logs() as logs:
+        answer = await _raw(hook, head, sent, half_close=True)
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 400 ")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not [r for r in caplog.records if r.exc_info]
+    assert await hook.inbox.count() == 0
+    rejected = [e for e in logs if e["event"] == "webhook.rejected"]
+    assert [e["reason"] for e in rejected] in (["unreadable"], ["malformed"])
 
 
 async def test_a_client_that_never_finishes_its_headers_is_cut_off(hook: Hook) -> None:

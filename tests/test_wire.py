@@ -409,3 +409,29 @@ def test_a_report_carries_sparks_timestamps_and_a_normalised_resolution() -> Non
         *stamps,  # exactly as Spark wrote them
         "2024-05-01T12:00:00.7654321Z",  # an offset form: in UTC, every digit kept
     ]
+
+
+@pytest.mark.parametrize(
+    ("stamp", "written"),
+    [
+        ("2026-12-01T13:01:50Z", "2026-12-01T13:01:50Z"),  # the contract's form: kept as is
+        ("2026-12-01T13:01:50.1234567+00:00", "2026-12-01T13:01:50.1234567+00:00"),
+        ("2026-12-01 13:01:50Z", "2026-12-01T13:01:50Z"),  # a space for T
+        ("2026-12-01t13:01:50z", "2026-12-01T13:01:50Z"),
+        ("2026-12-01T13:01:50.000000000Z", "2026-12-01T13:01:50.0000000Z"),  # 9 digits
+        ("2026-12-01T13:01:50.123456789Z", "2026-12-01T13:01:50.1234567Z"),
+        ("2026-12-01 14:01:50.123456789+01:00", "2026-12-01T13:01:50.1234567Z"),
+        ("2026-12-01T13:01:50-00:00", "2026-12-01T13:01:50Z"),
+    ],
+)
+def test_a_point_timestamp_is_written_back_in_the_contracts_form(stamp: str, written: str) -> None:
+    """A report echoes the event's timestamps; one msgspec reads but the contract's
+    ``date-time`` refuses would lose the report, so it is written in the contract's form."""
+    body = note_with("payload.priceCurveDelta.points.0.timestamp", stamp)
+    wire.decode_notification(body)  # the webhook's check: accepted, so a report is owed
+    payload = wire.decode_event_payload(json.dumps(json.loads(body)["payload"]).encode())
+    assert isinstance(payload, wire.PriceCurve)
+    point = payload.price_curve_delta.points[0]
+    text = point.timestamp.utc_text()
+    assert text == written
+    contract.check("EnergyCurvePoint", {"timestamp": text, "kiloWattHours": 1.0})

@@ -17,8 +17,14 @@ it is polled. The other events of the page are stored as usual.
 
 A page that cannot be read at all (not JSON, ``"events": null``) fails the
 sweep: logged with the status and reason, tried again next interval. Paging
-stops, with a log line and without completing the sweep, when ``nextPage``
-repeats a page, points back or lies beyond ``totalPages``.
+stops, with a log line and without completing the sweep, when a reply names
+another page than the one asked for (``currentPage`` is not ``page``: a server
+or cache that ignores ``page``), when ``nextPage`` repeats a page asked for
+already, points back or lies beyond ``totalPages``, and when the sweep would go
+past its bound: ``totalPages`` as the first reply gave it, plus one (events
+arrive newest first, so a page may be added while paging), and never more than
+:data:`MAX_SWEEP_EVENTS` events' worth of pages (``ceil(MAX_SWEEP_EVENTS /
+page_size)``).
 """
 
 from __future__ import annotations
@@ -40,7 +46,9 @@ __all__ = ["QUARANTINED", "Poller", "next_page", "to_new_event"]
 
 log = structlog.get_logger("gateway.poller")
 
-MAX_PAGES = 100_000  # a guard against a server that never stops giving nextPage
+MAX_SWEEP_EVENTS = 1_000_000
+"""One sweep reads at most this many events' worth of pages (a server that never stops
+giving nextPage); a history longer than this is read over several sweeps' intervals."""
 QUARANTINED = "invalid"
 """The ``plan_state`` of an event that arrived broken: kept with its reason, never planned."""
 UNREADABLE = "Unreadable"
@@ -78,23 +86,38 @@ def _quarantined(raw: bytes, reason: str) -> NewEvent:
     )
 
 
+def max_pages(page_size: int) -> int:
+    """The absolute bound on the pages of one sweep: :data:`MAX_SWEEP_EVENTS` worth."""
+    return -(-MAX_SWEEP_EVENTS // max(page_size, 1))
+
+
 def next_page(
-    pagination: wire.Pagination, requested: int | None, seen: set[int]
+    pagination: wire.Pagination,
+    requested: int | None,
+    seen: set[int],
+    bound: int | None = None,
 ) -> tuple[int | None, str | None]:
     """The page to read after this one, or ``(None, why)`` when paging must stop early.
 
-    ``(None, None)`` is the normal end. Pages count from 1; ``seen`` holds the pages read.
+    ``(None, None)`` is the normal end. Pages count from 1; ``requested`` is the page
+    asked for (``None``: the first, unnamed), ``seen`` holds the pages asked for so far
+    and ``bound`` the last page this sweep may ask for.
     """
+    answered = pagination.current_page
+    if requested is not None and answered is not None and answered != requested:
+        return None, f"asked for page {requested}, the reply is page {answered}"
     after = pagination.next_page
     if after is None:
         return None, None
-    current = pagination.current_page or requested or 1
+    current = answered or requested or 1
     if after in seen or after == current:
         return None, f"nextPage {after} repeats a page already read"
     if after < current:
         return None, f"nextPage {after} points back from page {current}"
     if pagination.total_pages is not None and after > pagination.total_pages:
         return None, f"nextPage {after} is beyond totalPages {pagination.total_pages}"
+    if bound is not None and after > bound:
+        return None, f"nextPage {after} is beyond this sweep's bound of {bound} pages"
     return after, None
 
 
@@ -134,15 +157,18 @@ class Poller:
         page: int | None = None
         seen: set[int] = set()
         total = pages = 0
-        while pages < MAX_PAGES:
+        bound = max_pages(self._page_size)
+        while True:
             reply = await self._api.get_events(page=page, page_size=self._page_size)
             pages += 1
-            seen.add(reply.pagination.current_page or page or 1)
+            seen.add(page or reply.pagination.current_page or 1)  # the page asked for
+            if pages == 1 and reply.pagination.total_pages is not None:
+                bound = min(bound, max(reply.pagination.total_pages, 1) + 1)
             new, met_known = await self._store_page(reply, sweep)
             total += new
             if met_known or not reply.events:
                 break
-            page, stop = next_page(reply.pagination, page, seen)
+            page, stop = next_page(reply.pagination, page, seen, bound)
             if stop:
                 log.warning("poll.paging_stopped", sweep=sweep, pages=pages, new=total, reason=stop)
                 return total  # not complete: the next sweep reads these pages again

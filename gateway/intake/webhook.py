@@ -1,6 +1,9 @@
 """The webhook receiver: signed ``EventNotification`` POSTs from Spark into the inbox.
 
-Order of checks: size (413), read deadline (408), signature before any parsing
+Order of checks: content encoding (415: Spark sends plain JSON; a gzip or deflate body
+is refused before a byte of it is read, and the connection is closed so that aiohttp
+never inflates the rest), size (413), read deadline (408), a body that cannot be read
+(400: cut short or badly framed; one log line), signature before any parsing
 (401, nothing stored), shape (400), then the inbox commit; only after it is
 committed does Spark get its 200. A duplicate is answered 200 and changes
 nothing. A database failure is answered 503 so that Spark retries.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +33,7 @@ from dataclasses import dataclass
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway import wire
 from gateway.config import Secret
@@ -57,6 +62,17 @@ class WebhookSettings:
 
 def _reply(status: int, message: str) -> web.Response:
     return web.json_response({"status": status, "message": message}, status=status)
+
+
+_PLAIN = ("", "identity")
+
+
+def _refused_encoding() -> web.Response:
+    """415 for a compressed body; the connection closes after it (the body is never read)."""
+    resp = _reply(415, "Content-Encoding not supported; send the JSON body unencoded")
+    resp.headers["Accept-Encoding"] = "identity"
+    resp.force_close()
+    return resp
 
 
 _STORED = json.dumps({"status": 200, "message": "stored"}).encode()
@@ -203,6 +219,10 @@ class _Receiver:
         self._on_event = on_event
 
     async def handle(self, request: web.Request) -> web.Response:
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        if encoding not in _PLAIN:
+            log.warning("webhook.rejected", reason="encoding", encoding=encoding[:40])
+            return _refused_encoding()
         limit = self._settings.max_body
         if request.content_length is not None and request.content_length > limit:
             log.warning("webhook.rejected", reason="too_large", size=request.content_length)
@@ -219,6 +239,11 @@ class _Receiver:
         except web.HTTPRequestEntityTooLarge:
             log.warning("webhook.rejected", reason="too_large")
             return _reply(413, f"body larger than {limit} bytes")
+        except (web.RequestPayloadError, ConnectionError) as exc:
+            # cut short, or framing aiohttp could not follow: the client's mistake, not ours
+            detail = str(exc.__cause__ or exc) or type(exc).__name__
+            log.warning("webhook.rejected", reason="unreadable", detail=detail[:200])
+            return _reply(400, "body could not be read")
         try:
             verify(body, request.headers.get(SIGNATURE_HEADER), self._settings.secret.reveal())
         except SignatureError as exc:
@@ -282,6 +307,19 @@ async def serve_webhook(
         yield url
 
 
+class _BadRequestsOnOneLine(logging.Filter):
+    """aiohttp logs a request it cannot parse (a bad head, bad chunking, an encoding it
+    cannot decode) with a traceback before any handler runs; it has answered 400 already.
+    That is the client's mistake: one ``webhook.rejected`` line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            log.warning("webhook.rejected", reason="malformed", detail=str(exc.message)[:200])
+            return False
+        return True
+
+
 @contextlib.asynccontextmanager
 async def _serving(app: web.Application, settings: WebhookSettings) -> AsyncIterator[str]:
     runner = web.AppRunner(
@@ -292,8 +330,13 @@ async def _serving(app: web.Application, settings: WebhookSettings) -> AsyncIter
         # aiohttp (>= 3.14.4) closes a connection that has not sent a whole request head
         # this long after it opened or after its last answer: the deadline for headers.
         keepalive_timeout=settings.read_timeout,
+        # a body the handler did not read (refused for its size or encoding) is not drained:
+        # the connection closes instead, so a compressed body is never inflated on the loop
+        lingering_time=0,
     )
     await runner.setup()
+    one_line = _BadRequestsOnOneLine()
+    logging.getLogger("aiohttp.server").addFilter(one_line)
     try:
         site = web.TCPSite(runner, settings.host, settings.port)
         try:
@@ -310,3 +353,4 @@ async def _serving(app: web.Application, settings: WebhookSettings) -> AsyncIter
         yield url
     finally:
         await runner.cleanup()
+        logging.getLogger("aiohttp.server").removeFilter(one_line)

@@ -7,9 +7,11 @@ Rules that protect the money:
 * An interval without data (``None``) is **left out** of the payload, never sent as 0: a zero
   is a claim that nothing was used. A target with no data at all gets no payload.
 * Each point's timestamp is the event's own point timestamp (``Target.starts``): written
-  exactly as Spark wrote it when it is in UTC (``Z`` or ``+00:00``, up to 7 fractional
-  digits), else converted to UTC with its fractional digits kept; a start the event did not
-  write is written in UTC.
+  exactly as Spark wrote it when it is in the contract's UTC form (``T``, ``Z`` or
+  ``+00:00``, up to 7 fractional digits), else written in that form: converted to UTC with
+  ``T`` and ``Z``, its fractional digits kept up to the 7th (a space for ``T``, a comma, a
+  lowercase ``z`` or 9 digits would break the report's ``date-time`` and lose the report);
+  a start the event did not write is written in UTC.
 * kWh are rounded here and only here, to 6 decimals (1 mWh). Meters resolve at best to the
   watt-hour (0.001 kWh), so 6 decimals keep every watt-hour exact with three digits of margin
   while dropping binary noise such as ``2.4000000000000004``. Spark reads the value as a double,

@@ -81,13 +81,15 @@ def read_report_file(path: str) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise ValueError(f"cannot read {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as file:
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise ValueError(f"{path}: not a regular file")
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path}: not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as file:
             raw = file.read(MAX_FILE_BYTES + 1)
-        except OSError as exc:
-            raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
     if len(raw) > MAX_FILE_BYTES:
         raise ValueError(f"{path}: longer than {MAX_FILE_BYTES} bytes (4 MiB); not read")
     return raw

@@ -168,7 +168,7 @@ async def cmd_status(args: argparse.Namespace, config: Config) -> int:
         f" (pid {status['pid']}, last heartbeat {status['heartbeat']})"
     )
     _out(f"database: {status['database']}")
-    _out(f"webhook:  {status['webhook_url'] or 'off'}")
+    _out(f"webhook:  {render.printable(str(status['webhook_url'] or 'off'))}")
     _out(f"events:   {events}")
     _out("outbox:   " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     for name, info in sorted(adapters.items()):
@@ -176,8 +176,10 @@ async def cmd_status(args: argparse.Namespace, config: Config) -> int:
             error = f" - {info.get('last_error')}" if info.get("last_error") else ""
             rejected = f", {info['rejected']} rejected" if info.get("rejected") else ""
             _out(
-                f"adapter:  {name} {info.get('state')} ({info.get('readings')} readings, "
-                f"{info.get('restarts')} restarts{rejected}){error}"
+                render.printable(
+                    f"adapter:  {name} {info.get('state')} ({info.get('readings')} readings, "
+                    f"{info.get('restarts')} restarts{rejected}){error}"
+                )
             )
     return EXIT_OK
 
@@ -288,10 +290,11 @@ async def cmd_events_replan(args: argparse.Namespace, config: Config) -> int:
         if await Inbox(db).get(args.event_id) is None:
             raise UsageError(f"no event {args.event_id!r} in the inbox")
         released = await ReportJobs(db).release(args.event_id)
+    shown = render.printable(args.event_id)
     if released:
-        _out(f"event {args.event_id} will be planned again (its quarantined jobs are forgotten)")
+        _out(f"event {shown} will be planned again (its quarantined jobs are forgotten)")
     else:
-        _out(f"event {args.event_id} has nothing quarantined: unchanged")
+        _out(f"event {shown} has nothing quarantined: unchanged")
     return EXIT_OK
 
 
@@ -302,10 +305,11 @@ async def cmd_report_submit(args: argparse.Namespace, config: Config) -> int:
         raise UsageError(str(exc)) from None
     async with _stores(config) as (_, outbox, _meta):
         report, queued = await manual.submit(outbox, raw, now=time.time())
+    what = f"{report.kind} report for event {render.printable(report.event_id)}"
     if queued:
-        _out(f"queued {report.kind} report for event {report.event_id}")
+        _out(f"queued {what}")
     else:
-        _out(f"already queued: {report.kind} report for event {report.event_id} (not queued again)")
+        _out(f"already queued: {what} (not queued again)")
     return EXIT_OK
 
 

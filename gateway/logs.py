@@ -26,7 +26,8 @@ _secrets: set[str] = set()
 _tokens: deque[str] = deque(maxlen=8)  # the bearer tokens obtained last; older ones expired
 REDACTED = "***"
 # "Bearer" and a token68 (RFC 6750), whatever the token; the scheme is case-insensitive.
-_BEARER = re.compile(r"(?i)(bearer)(\s+)[A-Za-z0-9\-._~+/]+=*")
+# Twelve characters at least, so that prose ("bearer token", "Bearer realm") is left alone.
+_BEARER = re.compile(r"(?i)(bearer)(\s+)[A-Za-z0-9\-._~+/]{12,}=*")
 
 
 def register_secrets(values: Iterable[str | None]) -> None:

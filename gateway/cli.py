@@ -17,7 +17,6 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -41,13 +40,15 @@ from gateway.reports.scheduler import ReportJobs, build_job
 from gateway.store.database import open_database
 from gateway.store.inbox import Inbox
 from gateway.store.meta import Meta
-from gateway.store.outbox import Outbox
+from gateway.store.outbox import Outbox, OutboxItem
 from gateway.store.readings import ReadingsStore
 from gateway.supervise import exit_code, run_process
 
 __all__ = ["check_config", "main"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+SQLITE_MAX_INT = 2**63 - 1
+PATH_ARGUMENTS = frozenset({"config", "file"})  # any bytes the file system takes
 
 
 class UsageError(GatewayError):
@@ -167,7 +168,7 @@ async def cmd_status(args: argparse.Namespace, config: Config) -> int:
         f" (pid {status['pid']}, last heartbeat {status['heartbeat']})"
     )
     _out(f"database: {status['database']}")
-    _out(f"webhook:  {status['webhook_url'] or 'off'}")
+    _out(f"webhook:  {render.printable(str(status['webhook_url'] or 'off'))}")
     _out(f"events:   {events}")
     _out("outbox:   " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     for name, info in sorted(adapters.items()):
@@ -175,8 +176,10 @@ async def cmd_status(args: argparse.Namespace, config: Config) -> int:
             error = f" - {info.get('last_error')}" if info.get("last_error") else ""
             rejected = f", {info['rejected']} rejected" if info.get("rejected") else ""
             _out(
-                f"adapter:  {name} {info.get('state')} ({info.get('readings')} readings, "
-                f"{info.get('restarts')} restarts{rejected}){error}"
+                render.printable(
+                    f"adapter:  {name} {info.get('state')} ({info.get('readings')} readings, "
+                    f"{info.get('restarts')} restarts{rejected}){error}"
+                )
             )
     return EXIT_OK
 
@@ -205,9 +208,20 @@ async def cmd_outbox_list(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
+async def _find(outbox: Outbox, ref: str) -> list[OutboxItem]:
+    """Rows by id or event id; a number no SQLite row id can be (beyond 64 bits, or digits
+    ``int`` does not take) finds nothing by id instead of ending in a traceback."""
+    if ref.isdigit() and not (ref.isascii() and int(ref) <= SQLITE_MAX_INT):
+        try:
+            return await outbox.find(ref)
+        except (OverflowError, ValueError):
+            return []
+    return await outbox.find(ref)
+
+
 async def cmd_outbox_show(args: argparse.Namespace, config: Config) -> int:
     async with _stores(config) as (_, outbox, _meta):
-        items = await outbox.find(args.ref)
+        items = await _find(outbox, args.ref)
     if not items:
         raise UsageError(f"no outbox row with id or event id {args.ref!r}")
     _out(render.to_json([render.outbox_record(i, body=True) for i in items]))
@@ -221,7 +235,7 @@ async def _outbox_ids(outbox: Outbox, refs: list[str], all_dead: bool) -> list[i
         raise UsageError("name outbox rows (id or event id) or pass --all-dead")
     ids: list[int] = []
     for ref in refs:
-        found = await outbox.find(ref)
+        found = await _find(outbox, ref)
         if not found:
             raise UsageError(f"no outbox row with id or event id {ref!r}")
         ids += [i.id for i in found]
@@ -258,7 +272,7 @@ async def cmd_events_list(args: argparse.Namespace, config: Config) -> int:
 async def cmd_events_show(args: argparse.Namespace, config: Config) -> int:
     async with open_database(config.db_path) as db:
         event = await Inbox(db).get(args.event_id)
-        reports = await Outbox(db).find(args.event_id)
+        reports = await _find(Outbox(db), args.event_id)
         jobs = await ReportJobs(db).for_event(args.event_id)
     if event is None:
         raise UsageError(f"no event {args.event_id!r} in the inbox")
@@ -276,24 +290,26 @@ async def cmd_events_replan(args: argparse.Namespace, config: Config) -> int:
         if await Inbox(db).get(args.event_id) is None:
             raise UsageError(f"no event {args.event_id!r} in the inbox")
         released = await ReportJobs(db).release(args.event_id)
+    shown = render.printable(args.event_id)
     if released:
-        _out(f"event {args.event_id} will be planned again (its quarantined jobs are forgotten)")
+        _out(f"event {shown} will be planned again (its quarantined jobs are forgotten)")
     else:
-        _out(f"event {args.event_id} has nothing quarantined: unchanged")
+        _out(f"event {shown} has nothing quarantined: unchanged")
     return EXIT_OK
 
 
 async def cmd_report_submit(args: argparse.Namespace, config: Config) -> int:
     try:
-        raw = await asyncio.to_thread(Path(args.file).read_bytes)
-    except OSError as exc:
-        raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
+        raw = await asyncio.to_thread(manual.read_report_file, args.file)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     async with _stores(config) as (_, outbox, _meta):
         report, queued = await manual.submit(outbox, raw, now=time.time())
+    what = f"{report.kind} report for event {render.printable(report.event_id)}"
     if queued:
-        _out(f"queued {report.kind} report for event {report.event_id}")
+        _out(f"queued {what}")
     else:
-        _out(f"already queued: {report.kind} report for event {report.event_id} (not queued again)")
+        _out(f"already queued: {what} (not queued again)")
     return EXIT_OK
 
 
@@ -479,11 +495,26 @@ def _log_level(default: str) -> str:
     return level.lower()
 
 
+def _require_utf8(args: argparse.Namespace) -> None:
+    """Refs, event ids and names are text: one not valid UTF-8 (bytes the locale could not
+    decode, kept as surrogates) is a usage error naming the argument. Paths may be any bytes."""
+    for name, value in vars(args).items():
+        if name in PATH_ARGUMENTS:
+            continue
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise UsageError(f"{name}: not valid UTF-8 text: {text!a}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_cleanly)
     args = _parser().parse_args(argv)
     try:
+        _require_utf8(args)
         config = None
         if args.handler not in NO_CONFIG:
             config = load_config(getattr(args, "config", None))

@@ -1,4 +1,4 @@
-"""What ``ecgw run`` needs of this machine beyond a valid config: looked at, never changed.
+"""What ``ecgw run`` needs of this machine beyond a valid config: nothing lasting changed.
 
 I/O (the file system, name resolution, a bind to port 0), kept apart from the pure rules
 in :mod:`gateway.config_rules` so that nothing pure imports a socket. ``ecgw check`` runs
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from pathlib import Path
 
 from gateway.config import ApiConfig, Config
@@ -54,9 +55,20 @@ def listen_problem(host: str) -> str | None:
 def state_dir_problem(path: Path) -> str | None:
     """None if ``ecgw run`` can create (or open) its database under ``path``.
 
-    Reads only: nothing is created. The nearest existing folder must be a folder we
-    may write in; an existing database file must be a file we may read and write.
+    Changes nothing lasting. The nearest existing folder must be a folder we may write
+    in, and one that really takes files: a temporary folder (when ``path`` is still to be
+    made) or file (when it exists) is created there and removed at once, so a ``/proc``
+    or ``/sys`` path, or a read-only mount, is refused here and not by every start of
+    ``run``. An existing database file must be a file we may read and write. A path the
+    file system refuses outright (a name longer than it allows) is named, not a traceback.
     """
+    try:
+        return _state_dir_problem(path)
+    except OSError as exc:
+        return f"cannot use {shown(str(path))}: {exc.strerror or exc}"
+
+
+def _state_dir_problem(path: Path) -> str | None:
     probe = path
     while not probe.exists():
         probe = probe.parent
@@ -70,4 +82,19 @@ def state_dir_problem(path: Path) -> str | None:
             return f"{shown(str(db))} is not a file"
         if not os.access(db, os.R_OK | os.W_OK):
             return f"cannot read and write {shown(str(db))}"
+    return _try_writing(probe, folder=probe != path)
+
+
+def _try_writing(where: Path, *, folder: bool) -> str | None:
+    """Create a temporary folder or file in ``where`` and remove it; why not, if it fails."""
+    try:
+        if folder:
+            os.rmdir(tempfile.mkdtemp(prefix=".ecgw-check-", dir=where))
+        else:
+            fd, name = tempfile.mkstemp(prefix=".ecgw-check-", dir=where)
+            os.close(fd)
+            os.unlink(name)
+    except OSError as exc:
+        what = "a folder" if folder else "a file"
+        return f"cannot create {what} in {shown(str(where))}: {exc.strerror or exc}"
     return None

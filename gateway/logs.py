@@ -4,21 +4,30 @@ JSON lines when stderr is not a terminal, a console renderer when it is.
 Context (event id, adapter, outbox id) travels in contextvars. A redaction
 processor replaces any registered secret that reaches a log line, wherever it
 hides, as a last line of defence: secrets are never logged on purpose.
+Bearer tokens the gateway obtains are registered too (the last few, as each one
+expires within the hour), and any ``Bearer <token68>`` is redacted whatever its
+token: an API error body may echo the request's ``Authorization`` header.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections import deque
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 import structlog
 
-__all__ = ["configure_logging", "register_secrets"]
+__all__ = ["configure_logging", "redact", "register_secrets", "register_token"]
 
 _secrets: set[str] = set()
+_tokens: deque[str] = deque(maxlen=8)  # the bearer tokens obtained last; older ones expired
 REDACTED = "***"
+# "Bearer" and a token68 (RFC 6750), whatever the token; the scheme is case-insensitive.
+# Twelve characters at least, so that prose ("bearer token", "Bearer realm") is left alone.
+_BEARER = re.compile(r"(?i)(bearer)(\s+)[A-Za-z0-9\-._~+/]{12,}=*")
 
 
 def register_secrets(values: Iterable[str | None]) -> None:
@@ -26,12 +35,23 @@ def register_secrets(values: Iterable[str | None]) -> None:
     _secrets.update(v for v in values if v and len(v) >= 4)
 
 
+def register_token(token: str) -> None:
+    """A bearer token just obtained: scrubbed from log lines and kept reply texts."""
+    if len(token) >= 4 and token not in _tokens:
+        _tokens.append(token)
+
+
+def redact(text: str) -> str:
+    """``text`` with every registered secret and token, and any ``Bearer <token>``, as ***."""
+    for secret in (*_secrets, *_tokens):
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return _BEARER.sub(lambda m: f"{m[1]}{m[2]}{REDACTED}", text)
+
+
 def _scrub(value: Any) -> Any:
     if isinstance(value, str):
-        for secret in _secrets:
-            if secret in value:
-                value = value.replace(secret, REDACTED)
-        return value
+        return redact(value)
     if isinstance(value, dict):
         return {k: _scrub(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -40,8 +60,6 @@ def _scrub(value: Any) -> Any:
 
 
 def _redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    if not _secrets:
-        return event_dict
     return {k: _scrub(v) for k, v in event_dict.items()}
 
 

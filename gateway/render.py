@@ -1,4 +1,9 @@
-"""How the CLI shows things: JSON records and plain text tables. Pure."""
+"""How the CLI shows things: JSON records and plain text tables. Pure.
+
+Text that came from outside (event ids, payload types, reply bodies, notes) reaches the
+operator's terminal with every control character (C0, DEL, C1) escaped as ``\\xNN``, so
+an event id cannot retitle or clear the terminal; JSON escapes them as ``\\uNNNN``.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,16 @@ from typing import Any
 from gateway.store.inbox import InboxEvent
 from gateway.store.outbox import OutboxItem
 
-__all__ = ["event_record", "iso", "outbox_record", "table", "to_json"]
+__all__ = ["event_record", "iso", "outbox_record", "printable", "table", "to_json"]
+
+_CONTROLS = [*range(0x20), *range(0x7F, 0xA0)]  # C0, DEL, C1
+_ESCAPED = {c: f"\\x{c:02x}" for c in _CONTROLS}
+_JSON_ESCAPED = {c: f"\\u{c:04x}" for c in range(0x7F, 0xA0)}  # json.dumps leaves these
+
+
+def printable(text: str) -> str:
+    """``text`` with every C0, DEL and C1 control character written as ``\\xNN``."""
+    return text.translate(_ESCAPED)
 
 
 def iso(moment: float | None) -> str | None:
@@ -66,7 +80,8 @@ def event_record(event: InboxEvent, *, payload: bool = False) -> dict[str, Any]:
 
 
 def to_json(value: object) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False)
+    """Indented JSON, non-ASCII text as is but DEL and C1 escaped like C0 (``\\u009b``)."""
+    return json.dumps(value, indent=2, ensure_ascii=False).translate(_JSON_ESCAPED)
 
 
 def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
@@ -81,5 +96,5 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
 
 
 def _cell(value: object, limit: int = 60) -> str:
-    text = "-" if value is None else str(value).replace("\n", " ")
+    text = "-" if value is None else printable(str(value).replace("\n", " "))
     return text if len(text) <= limit else text[: limit - 1] + "…"

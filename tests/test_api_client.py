@@ -438,3 +438,39 @@ async def test_the_gateway_stays_up_through_a_token_with_crlf(
     assert sum(1 for line in logs if line["event"] == "token.reply_unusable") >= 2
     assert all("X-Evil" not in str(line) for line in logs)
     assert any(s[1] == "/v1/events" for s in fake.seen), "polling resumed with the good token"
+
+
+async def test_an_error_body_echoing_the_token_keeps_no_token(
+    fake: FakeApi, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    token = GOOD_TOKEN["access_token"]
+    assert isinstance(token, str)
+
+    async def echo(request: web.Request) -> web.StreamResponse:
+        auth = request.headers["Authorization"]
+        text = f"bad request; {auth}; token={token}; BEARER abc.def.ghi.jkl"
+        return web.Response(text=text, status=400)
+
+    fake.reports = [echo]
+    with capture_logs():
+        row = await deliver(fake, session, tmp_path, settled, timeout=3.0)
+    assert (row.state, row.last_status) == ("dead", 400)
+    assert row.last_error is not None
+    assert token not in row.last_error and "abc.def.ghi.jkl" not in row.last_error
+    assert "Bearer ***" in row.last_error and "token=***" in row.last_error
+
+
+def test_redact_takes_out_any_bearer_token() -> None:
+    from gateway.logs import redact
+
+    assert (
+        redact("Authorization: Bearer a-b.c~d+e/f0123456789==, next")
+        == "Authorization: Bearer ***, next"
+    )
+    assert (
+        redact('{"authorization": "bearer  xyz-0123456789"}') == '{"authorization": "bearer  ***"}'
+    )
+    assert redact('bearer token rejected; WWW-Authenticate: Bearer realm="x"') == (
+        'bearer token rejected; WWW-Authenticate: Bearer realm="x"'
+    )
+    assert redact("no secrets here") == "no secrets here"

@@ -269,3 +269,17 @@ async def test_a_broken_adapter_is_named_and_the_others_run(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), timeout=15) == 0
+
+
+def test_render_escapes_every_control_character() -> None:
+    import json as json_module
+
+    from gateway import render
+
+    hostile = "a\x1b]0;x\x07b\x7fc\x9b2Jd\té"
+    assert render.printable(hostile) == "a\\x1b]0;x\\x07b\\x7fc\\x9b2Jd\\x09é"
+    table = render.table([{"id": hostile}], ["id"])
+    assert not [c for c in table if (ord(c) < 32 and c != "\n") or 0x7F <= ord(c) < 0xA0]
+    shown = render.to_json({"id": hostile})
+    assert not [c for c in shown if (ord(c) < 32 and c != "\n") or 0x7F <= ord(c) < 0xA0]
+    assert json_module.loads(shown) == {"id": hostile}

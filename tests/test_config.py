@@ -337,3 +337,20 @@ def test_state_dir_must_be_usable(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as err:
             runnable(bad)
         assert err.value.key == "gateway.state_dir"
+
+
+def test_state_dir_probe_leaves_nothing_and_names_what_the_file_system_refuses(
+    tmp_path: Path,
+) -> None:
+    from gateway.config_probes import state_dir_problem
+
+    (tmp_path / "state").mkdir()
+    assert state_dir_problem(tmp_path / "state") is None
+    assert state_dir_problem(tmp_path / "new" / "deeper") is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state"]
+    assert list((tmp_path / "state").iterdir()) == []
+    problem = state_dir_problem(tmp_path / ("x" * 300))
+    assert problem is not None and "too long" in problem.lower()
+    if Path("/proc/self").is_dir():
+        problem = state_dir_problem(Path("/proc/ecgw-state"))
+        assert problem is not None and "cannot create" in problem

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -98,3 +99,20 @@ def test_resolution_is_written_hh_mm_ss() -> None:
 def test_what_cannot_be_represented_is_refused_not_a_traceback(raw: bytes) -> None:
     with pytest.raises(ReportInvalid):
         parse_manual_report(raw, now=NOW)
+
+
+def test_a_report_file_longer_than_the_limit_is_refused_unread(tmp_path: Path) -> None:
+    from gateway.reports.manual import MAX_FILE_BYTES, read_report_file
+
+    big = tmp_path / "big.json"
+    big.write_bytes(b" " * (MAX_FILE_BYTES + 1))
+    with pytest.raises(ValueError, match="longer than"):
+        read_report_file(str(big))
+    fine = tmp_path / "fine.json"
+    fine.write_bytes(b" " * MAX_FILE_BYTES)
+    assert len(read_report_file(str(fine))) == MAX_FILE_BYTES
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for odd in (fifo, tmp_path, Path("/dev/zero")):
+        with pytest.raises(ValueError, match="not a regular file"):
+            read_report_file(str(odd))

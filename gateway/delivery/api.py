@@ -42,6 +42,7 @@ from gateway.errors import (
     WireError,
     describe,
 )
+from gateway.logs import redact, register_token
 from gateway.reports.clock import ServerClock
 
 __all__ = [
@@ -123,8 +124,9 @@ class _Reply:
     headers: dict[str, str]  # the few headers used: Retry-After, Date, Location
 
     def text(self, limit: int) -> str:
-        """The body for a log line or an outbox row."""
-        text = self.body.decode("utf-8", "replace")
+        """The body for a log line or an outbox row, with bearer tokens and secrets redacted
+        (an error body may echo the request's ``Authorization`` header)."""
+        text = redact(self.body.decode("utf-8", "replace"))
         return text if self.complete else f"(reply longer than {limit} bytes; not read) {text}"
 
     def location(self) -> str:
@@ -132,7 +134,7 @@ class _Reply:
         if not where:
             return "no Location header"
         kept = "".join(ch for ch in where[:300] if ch.isprintable())
-        return f"Location: {kept}"
+        return f"Location: {redact(kept)}"
 
 
 async def _read(resp: aiohttp.ClientResponse, limit: int) -> _Reply:
@@ -212,6 +214,7 @@ class TokenSource:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamUnavailable(f"token endpoint: {describe(exc)}") from exc
         token, lifetime = _accept_token_reply(reply)
+        register_token(token)  # redacted from every reply text kept or logged from now on
         self._token = token
         # Refresh a minute early (or at 90 % of a short lifetime).
         self._refresh_at = self._clock() + max(lifetime - min(60.0, lifetime * 0.1), 1.0)

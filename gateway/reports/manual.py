@@ -7,12 +7,17 @@ written in UTC is kept as written, every fractional digit), resolutions as
 ``hh:mm:ss``, unset optional fields left out. The deprecated ``curvePoints``
 is accepted as ``null`` or ``[]`` (the OpenAPI document's own example sends
 ``null``) and left out; points in it are refused: they belong in ``points``.
+
+The file must be a regular file of at most :data:`MAX_FILE_BYTES` (4 MiB, far more than any
+report the API takes); a longer one, or a device, pipe or directory, is refused unread.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import stat
 
 import msgspec
 
@@ -21,7 +26,17 @@ from gateway.errors import ReportInvalid, WireError
 from gateway.store.outbox import Outbox
 from gateway.timeutil import month_end
 
-__all__ = ["ManualReport", "canonical_report", "parse_manual_report", "report_deadline", "submit"]
+__all__ = [
+    "MAX_FILE_BYTES",
+    "ManualReport",
+    "canonical_report",
+    "parse_manual_report",
+    "read_report_file",
+    "report_deadline",
+    "submit",
+]
+
+MAX_FILE_BYTES = 4 * 1024 * 1024
 
 
 class ManualReport(msgspec.Struct, frozen=True):
@@ -56,6 +71,28 @@ def canonical_report(request: wire.PostReportRequest) -> wire.PostReportRequest:
     """
     payloads = [_canonical_payload(p, i) for i, p in enumerate(request.payloads)]
     return msgspec.structs.replace(request, payloads=payloads)
+
+
+def read_report_file(path: str) -> bytes:
+    """The bytes of a report file, at most :data:`MAX_FILE_BYTES`; ValueError saying why
+    not (not a regular file, too long, unreadable). Never blocks on a pipe, never reads
+    more than the limit and one byte."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path}: not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            raw = file.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_FILE_BYTES:
+        raise ValueError(f"{path}: longer than {MAX_FILE_BYTES} bytes (4 MiB); not read")
+    return raw
 
 
 def report_deadline(request: wire.PostReportRequest, *, now: float) -> float:

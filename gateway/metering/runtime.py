@@ -27,8 +27,9 @@ code neither stalls the event loop, nor starves the default executor, nor keeps
 the process alive at exit (``asyncio.to_thread`` would do all three if the read
 never returns). The thread also consumes what the read returns (a generator
 ``read()`` runs its register reads there, under the read deadline), and an async
-read's result that is not a list or tuple is consumed in such a thread too. Whatever it raises, SystemExit included, comes back to the
-adapter's task as its crash. A thread cannot be cancelled: a timed-out plain
+read's result that is not a list or tuple is consumed in such a thread too.
+Whatever it raises, SystemExit included, comes back to the adapter's task as
+its crash. A thread cannot be cancelled: a timed-out plain
 read keeps running until it returns and its result is dropped. An *async*
 ``read()`` that blocks the event loop cannot be interrupted by any deadline
 either; the runtime can only log ``adapter.read_overran`` afterwards (and keeps

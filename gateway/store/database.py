@@ -294,8 +294,7 @@ async def hold_state_dir(state_dir: Path) -> AsyncIterator[None]:
     try:
         _lock(fd, state_dir)
         try:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            _write_pid(fd)
             yield
         finally:
             with contextlib.suppress(OSError):
@@ -317,6 +316,13 @@ def _lock(fd: int, state_dir: Path) -> None:
         ) from None
     except OSError as exc:
         raise StoreError(f"cannot lock {state_dir / LOCK_FILE}: {exc.strerror}") from exc
+
+
+def _write_pid(fd: int) -> None:
+    """Write our PID for a refused second gateway to name; best effort (a full disk)."""
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
 
 
 def _holder(fd: int) -> int | None:

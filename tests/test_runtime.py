@@ -822,6 +822,30 @@ async def test_a_lazy_batch_is_consumed_in_the_thread_not_on_the_loop(
     assert [len(b) for b in sink.of("lazy")[:2]] == [2, 2]
 
 
+class LazyStream(GeneratorRead):
+    """A stream whose batches are lazy generators of blocking register reads."""
+
+    read = None  # type: ignore[assignment]
+
+    async def stream(self) -> AsyncIterator[Iterator[Reading]]:
+        while True:
+            yield GeneratorRead.read(self)
+            await asyncio.sleep(0.2)
+
+
+async def test_a_lazy_stream_batch_is_consumed_in_a_thread() -> None:
+    sink = Sink()
+    adapter = LazyStream("lazy")
+
+    async def run() -> None:
+        async with make_runtime({"lazy": adapter}, sink):
+            await sink.wait_for(lambda: sink.count("lazy") >= 2)
+
+    assert await _loop_lag(run) < 0.08
+    assert threading.get_ident() not in adapter.thread_ids
+    assert [len(b) for b in sink.of("lazy")[:2]] == [2, 2]
+
+
 async def test_a_lazy_batch_past_its_deadline_is_a_timed_out_read() -> None:
     sink, status = Sink(), StatusLog()
     adapter = GeneratorRead("lazy", config(poll=0.5, read_timeout=0.15))

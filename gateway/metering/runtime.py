@@ -27,7 +27,8 @@ code neither stalls the event loop, nor starves the default executor, nor keeps
 the process alive at exit (``asyncio.to_thread`` would do all three if the read
 never returns). The thread also consumes what the read returns (a generator
 ``read()`` runs its register reads there, under the read deadline), and an async
-read's result that is not a list or tuple is consumed in such a thread too.
+read's result, or a batch a stream yields, that is not a list or tuple is
+consumed in such a thread too.
 Whatever it raises, SystemExit included, comes back to the adapter's task as
 its crash. A thread cannot be cancelled: a timed-out plain
 read keeps running until it returns and its result is dropped. An *async*
@@ -557,6 +558,8 @@ class AdapterRuntime:
             while True:
                 try:
                     batch = await anext(iterator)
+                    if type(batch) not in (list, tuple):  # a lazy batch: not on the loop
+                        batch = await self._in_thread(sup, functools.partial(_consume, batch))
                 except StopAsyncIteration:
                     ended = AdapterError("stream() ended", adapter=sup.status.name)
                     raise _Crash("stream ended", ended) from None

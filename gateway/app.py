@@ -4,8 +4,10 @@
                                    ^
     adapters -> runtime -> readings store
 
-Resources are entered on one AsyncExitStack (database, readings writer, HTTP
-session, webhook server, adapter runtime) and closed in reverse; every loop
+Resources are entered on one AsyncExitStack (the state directory's lock,
+database, readings writer, HTTP session, webhook server, adapter runtime) and
+closed in reverse; a second gateway on the same state directory stops at once
+with a ConfigError (``gateway.state_dir``) naming the holder's PID; every loop
 runs as a named, supervised task (:mod:`gateway.supervise`): a loop that fails
 is logged and restarted with backoff, and only a fatal error (a broken
 database, a config error) stops the gateway, leaving :meth:`Gateway.run` as
@@ -39,7 +41,7 @@ from gateway.metering.runtime import AdapterRuntime, AdapterStatus, adapter_chan
 from gateway.plugin import Adapter, Channel, Reading
 from gateway.reports.clock import ServerClock
 from gateway.reports.scheduler import ReportScheduler
-from gateway.store.database import open_database
+from gateway.store.database import hold_state_dir, open_database
 from gateway.store.inbox import Inbox
 from gateway.store.meta import Meta
 from gateway.store.outbox import Outbox
@@ -133,11 +135,13 @@ class Gateway:
         config = self.config
         api_config = config.require_api()
         assert config.client_secret is not None
-        adapters, load_errors = load_adapters(config)
         loops = Supervisor()
-        for name, error in load_errors.items():
-            log.error("adapter.load_failed", adapter=name, error=str(error))
         async with contextlib.AsyncExitStack() as stack:
+            # First: one gateway per state directory (before any plugin is built).
+            await stack.enter_async_context(hold_state_dir(config.state_path))
+            adapters, load_errors = load_adapters(config)
+            for name, error in load_errors.items():
+                log.error("adapter.load_failed", adapter=name, error=str(error))
             db = await stack.enter_async_context(open_database(config.db_path))
             inbox, outbox, meta = Inbox(db), Outbox(db), Meta(db)
             readings = ReadingsStore(db)

@@ -13,7 +13,7 @@ import itertools
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, ClassVar
 
@@ -763,6 +763,137 @@ async def test_a_blocking_sync_read_runs_in_a_thread() -> None:
     assert blocking.context_adapter[0] == "blocking"  # logging context follows into the thread
     assert len(lags) > 20  # the loop kept turning while the reads blocked for 2 x 200 ms
     assert max(lags) < 0.1, max(lags)
+
+
+class GeneratorRead(Base):
+    """A plain read written as a generator: one blocking register read per ``yield``."""
+
+    def __init__(self, name: str, cfg: AdapterConfig | None = None) -> None:
+        super().__init__(name, cfg)
+        self.thread_ids: set[int] = set()
+
+    def read(self) -> Iterator[Reading]:
+        for _ in range(2):
+            time.sleep(0.1)
+            self.thread_ids.add(threading.get_ident())
+            self.reads += 1
+            yield Reading("energy", time.time(), float(self.reads))
+
+
+class AsyncGeneratorResult(GeneratorRead):
+    """An async read that hands back a lazy generator of blocking register reads."""
+
+    async def read(self) -> Iterator[Reading]:  # type: ignore[override]
+        return super().read()
+
+
+async def _loop_lag(run: Callable[[], Awaitable[None]]) -> float:
+    """The worst delay of a 5 ms sleep on the loop while ``run()`` is awaited."""
+    loop = asyncio.get_running_loop()
+    lags: list[float] = []
+
+    async def measure() -> None:
+        while True:
+            before = loop.time()
+            await asyncio.sleep(0.005)
+            lags.append(loop.time() - before - 0.005)
+
+    async with asyncio.TaskGroup() as group:
+        ticker = group.create_task(measure())
+        await run()
+        ticker.cancel()
+    assert len(lags) > 10
+    return max(lags)
+
+
+@pytest.mark.parametrize("kind", [GeneratorRead, AsyncGeneratorResult])
+async def test_a_lazy_batch_is_consumed_in_the_thread_not_on_the_loop(
+    kind: type[GeneratorRead],
+) -> None:
+    sink = Sink()
+    adapter = kind("lazy", config(poll=0.3, read_timeout=1.0))
+
+    async def run() -> None:
+        async with make_runtime({"lazy": adapter}, sink):
+            await sink.wait_for(lambda: sink.count("lazy") >= 2)
+
+    assert await _loop_lag(run) < 0.08
+    assert threading.get_ident() not in adapter.thread_ids
+    assert [len(b) for b in sink.of("lazy")[:2]] == [2, 2]
+
+
+class LazyStream(GeneratorRead):
+    """A stream whose batches are lazy generators of blocking register reads."""
+
+    read = None  # type: ignore[assignment]
+
+    async def stream(self) -> AsyncIterator[Iterator[Reading]]:
+        while True:
+            yield GeneratorRead.read(self)
+            await asyncio.sleep(0.2)
+
+
+async def test_a_lazy_stream_batch_is_consumed_in_a_thread() -> None:
+    sink = Sink()
+    adapter = LazyStream("lazy")
+
+    async def run() -> None:
+        async with make_runtime({"lazy": adapter}, sink):
+            await sink.wait_for(lambda: sink.count("lazy") >= 2)
+
+    assert await _loop_lag(run) < 0.08
+    assert threading.get_ident() not in adapter.thread_ids
+    assert [len(b) for b in sink.of("lazy")[:2]] == [2, 2]
+
+
+async def test_a_lazy_batch_past_its_deadline_is_a_timed_out_read() -> None:
+    sink, status = Sink(), StatusLog()
+    adapter = GeneratorRead("lazy", config(poll=0.5, read_timeout=0.15))
+    timed_out = lambda: any(  # noqa: E731
+        (s.last_error or "").startswith("read timed out") for s in status.pushed
+    )
+    async with make_runtime({"lazy": adapter}, sink, status_sink=status, status_interval=0):
+        await status.wait_for(timed_out)
+    assert sink.count("lazy") == 0
+
+
+class Unconvertible(float):
+    def __float__(self) -> float:
+        raise MemoryError("the device SDK ran out of buffers")
+
+
+class OddChannel(str):
+    def __hash__(self) -> int:
+        raise MemoryError("no hash today")
+
+
+@pytest.mark.parametrize(
+    "reading",
+    [
+        Reading("energy", 1.8e9, Unconvertible(1.0)),
+        Reading("energy", Unconvertible(1.8e9), 1.0),
+    ],
+    ids=["value", "time"],
+)
+async def test_what_converting_a_reading_raises_fails_only_its_adapter(reading: Reading) -> None:
+    class Odd(Counter):
+        async def read(self) -> Sequence[Reading]:
+            await self.tick()
+            return [reading]
+
+    sink, status = Sink(), StatusLog()
+    healthy = Counter("healthy")
+    async with make_runtime({"odd": Odd("odd"), "healthy": healthy}, sink, status_sink=status):
+        await status.wait_for(lambda: status.restarts("odd") >= 2)
+        await sink.wait_for(lambda: sink.count("healthy") >= 2)
+    error = status.latest("odd").last_error or ""
+    assert error.startswith("checking the readings failed: MemoryError"), error
+
+
+async def test_a_str_subclass_channel_is_checked_as_a_plain_str() -> None:
+    checked = check_reading(Reading(OddChannel("energy"), 1.8e9, 2.0), frozenset({"energy"}))
+    assert checked == Reading("energy", 1.8e9, 2.0)
+    assert isinstance(checked, Reading) and type(checked.channel) is str
 
 
 async def test_an_async_read_that_blocks_the_loop_cannot_be_cut_off_only_reported() -> None:

@@ -25,8 +25,12 @@ A plain (non-async) ``read()`` runs in a daemon thread, at most one at a time
 per adapter (ticks are skipped while it is still busy), so blocking partner
 code neither stalls the event loop, nor starves the default executor, nor keeps
 the process alive at exit (``asyncio.to_thread`` would do all three if the read
-never returns). Whatever it raises, SystemExit included, comes back to the
-adapter's task as its crash. A thread cannot be cancelled: a timed-out plain
+never returns). The thread also consumes what the read returns (a generator
+``read()`` runs its register reads there, under the read deadline), and an async
+read's result, or a batch a stream yields, that is not a list or tuple is
+consumed in such a thread too.
+Whatever it raises, SystemExit included, comes back to the adapter's task as
+its crash. A thread cannot be cancelled: a timed-out plain
 read keeps running until it returns and its result is dropped. An *async*
 ``read()`` that blocks the event loop cannot be interrupted by any deadline
 either; the runtime can only log ``adapter.read_overran`` afterwards (and keeps
@@ -37,7 +41,9 @@ Readings are checked before they reach the sink. Rejected, counted per adapter
 first time per reason and channel, then at most every minute with the count),
 while the rest of the batch is kept: a reading of a channel not in
 ``channels()``, a value or time that is not a finite number, a value beyond
-±1e15 and a time outside 2000-01-01 .. 2200-01-01 UTC.
+±1e15 and a time outside 2000-01-01 .. 2200-01-01 UTC. Whatever checking a
+reading raises (a number type whose ``__float__`` fails, MemoryError included)
+is that adapter's crash, never the gateway's fatal error.
 
 The sink and the channels sink belong to the gateway, not to the adapter. An
 error they raise is logged as ``adapter.sink_failed`` and that batch is not
@@ -157,6 +163,7 @@ def check_reading(item: object, channels: frozenset[str]) -> Reading | tuple[str
     channel: object = item.channel  # partners may put anything here
     if not isinstance(channel, str):
         return "channel is not a str", type(channel).__name__
+    channel = str.__str__(channel)  # a plain str: a subclass's __hash__/__eq__ is not run
     if channel not in channels:
         return "unknown channel", channel
     fields: tuple[object, object] = (item.at, item.value)
@@ -495,12 +502,23 @@ class AdapterRuntime:
         return False
 
     async def _call_read(self, sup: _Supervised, read: Callable[[], Any]) -> object:
+        """The read's batch, fully consumed: a list (or what ``_clean`` refuses).
+
+        A plain read is called *and its result iterated* in the thread, so a generator
+        ``read()`` (one slow register per ``yield``) runs there, under the read deadline.
+        An async read's result that is not a plain list or tuple (a generator, a lazy
+        iterable) is consumed in the thread too, never on the event loop.
+        """
         if inspect.iscoroutinefunction(read):
-            return await read()
-        result = await self._in_thread(sup, read)
-        if inspect.isawaitable(result):  # an async read behind a plain wrapper
-            return await result
-        return result
+            result = await read()
+        else:
+            result = await self._in_thread(sup, functools.partial(_consume_call, read))
+            if not inspect.isawaitable(result):
+                return result
+            result = await result  # an async read behind a plain wrapper
+        if type(result) in (list, tuple):
+            return result
+        return await self._in_thread(sup, functools.partial(_consume, result))
 
     async def _in_thread(self, sup: _Supervised, fn: Callable[[], object]) -> object:
         """``fn()`` in a daemon thread: it can neither block the loop nor the process exit.
@@ -540,6 +558,8 @@ class AdapterRuntime:
             while True:
                 try:
                     batch = await anext(iterator)
+                    if type(batch) not in (list, tuple):  # a lazy batch: not on the loop
+                        batch = await self._in_thread(sup, functools.partial(_consume, batch))
                 except StopAsyncIteration:
                     ended = AdapterError("stream() ended", adapter=sup.status.name)
                     raise _Crash("stream ended", ended) from None
@@ -607,15 +627,29 @@ class AdapterRuntime:
         return True
 
     def _clean(self, sup: _Supervised, batch: object) -> list[Reading]:
-        if not isinstance(batch, Iterable) or isinstance(batch, str | bytes):
-            reason = f"got {type(batch).__name__}, not a sequence of Reading"
-            raise _Crash(reason, AdapterError(reason, adapter=sup.status.name))
+        """The batch's valid readings; the others counted and logged.
+
+        Everything done with the plugin's objects (iteration, ``float()``, attribute
+        access, hashing a channel name) runs here under one guard: whatever it raises,
+        MemoryError included, is the adapter's crash, never the gateway's fatal error.
+        """
         try:
-            items = list(batch)
+            iterable = _check_batch(sup, batch)
+            try:
+                items = list(iterable)
+            except BaseException as exc:
+                if is_cancellation(exc):
+                    raise
+                raise _Crash(f"iterating the readings failed: {describe(exc)}", exc) from exc
+            return self._check_all(sup, items)
+        except _Crash:
+            raise
         except BaseException as exc:
             if is_cancellation(exc):
                 raise
-            raise _Crash(f"iterating the readings failed: {describe(exc)}", exc) from exc
+            raise _Crash(f"checking the readings failed: {describe(exc)}", exc) from exc
+
+    def _check_all(self, sup: _Supervised, items: list[object]) -> list[Reading]:
         kept = []
         now = asyncio.get_running_loop().time()
         for item in items:
@@ -656,6 +690,29 @@ class AdapterRuntime:
             if exit_code(exc) is not None:
                 raise
             log.warning("adapter.status_failed", error=describe(exc))
+
+
+def _check_batch(sup: _Supervised, batch: object) -> Iterable[object]:
+    """``batch`` if it is an iterable of items, else the adapter's crash."""
+    if not isinstance(batch, Iterable) or isinstance(batch, str | bytes):
+        reason = f"got {type(batch).__name__}, not a sequence of Reading"
+        raise _Crash(reason, AdapterError(reason, adapter=sup.status.name))
+    return batch
+
+
+def _consume(batch: object) -> object:
+    """``batch`` as a list if it is an iterable of items; else itself (``_clean`` refuses it)."""
+    if isinstance(batch, Iterable) and not isinstance(batch, str | bytes):
+        return list(batch)
+    return batch
+
+
+def _consume_call(read: Callable[[], object]) -> object:
+    """A plain read's result, consumed in its thread (an awaitable is returned as it is)."""
+    result = read()
+    if inspect.isawaitable(result):
+        return result
+    return _consume(result)
 
 
 def _settle(future: asyncio.Future[object], result: object, exc: BaseException | None) -> None:

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -31,15 +33,24 @@ from typing import Any
 
 import aiosqlite
 
-from gateway.errors import StoreCorrupt, StoreError
+from gateway.errors import ConfigError, StoreCorrupt, StoreError
 from gateway.store.schema import MIGRATIONS
 
-__all__ = ["WAL_AUTOCHECKPOINT", "WAL_SIZE_LIMIT", "Database", "open_database"]
+__all__ = [
+    "LOCK_FILE",
+    "WAL_AUTOCHECKPOINT",
+    "WAL_SIZE_LIMIT",
+    "Database",
+    "hold_state_dir",
+    "open_database",
+]
 
 BUSY_TIMEOUT_MS = 10_000
 CHECKPOINT_BUSY_TIMEOUT_MS = 200  # truncate_wal gives way to a slow reader rather than wait
 WAL_AUTOCHECKPOINT = 1000  # pages (SQLite's default, stated): about 4 MB of WAL at most
 WAL_SIZE_LIMIT = 1024 * 1024  # bytes of WAL kept on disk after a checkpoint restarts it
+
+LOCK_FILE = "ecgw.lock"  # in the state directory: held by the running gateway, holds its PID
 
 _CORRUPT = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 
@@ -263,3 +274,61 @@ async def open_database(path: Path) -> AsyncIterator[Database]:
             await reader.close()
     finally:
         await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def hold_state_dir(state_dir: Path) -> AsyncIterator[None]:
+    """Hold ``state_dir`` for the block: at most one gateway runs on one state directory.
+
+    An exclusive ``flock`` on ``state_dir/ecgw.lock``, which also holds the holder's PID.
+    The kernel releases it when the process ends, however it ends (kill -9
+    included), so no stale lock is ever left behind. Another holder is a ConfigError
+    for ``gateway.state_dir`` naming the directory and the holder's PID; the
+    read-only commands open the database without it.
+    """
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, at start-up
+        fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise StoreError(f"cannot open {state_dir / LOCK_FILE}: {exc.strerror}") from exc
+    try:
+        _lock(fd, state_dir)
+        try:
+            _write_pid(fd)
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)  # the PID of a gateway that has stopped is nobody's
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _lock(fd: int, state_dir: Path) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = _holder(fd)
+        who = f" (PID {pid})" if pid is not None else ""
+        raise ConfigError(
+            f"another gateway{who} is running on the state directory {state_dir}; "
+            "stop it, or give this one a state directory of its own",
+            key="gateway.state_dir",
+        ) from None
+    except OSError as exc:
+        raise StoreError(f"cannot lock {state_dir / LOCK_FILE}: {exc.strerror}") from exc
+
+
+def _write_pid(fd: int) -> None:
+    """Write our PID for a refused second gateway to name; best effort (a full disk)."""
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+
+
+def _holder(fd: int) -> int | None:
+    """The PID the holder wrote into the lock file, if it is there yet."""
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kit.proc import ECGW, ecgw
+from tests.kit.proc import ECGW, ecgw, offline_config
 
 HUGE = "99999999999999999999999"
 NOT_UTF8 = os.fsdecode(b"\xff")
@@ -32,18 +32,7 @@ NOT_UTF8 = os.fsdecode(b"\xff")
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
-    path = tmp_path / "ecgw.toml"
-    path.write_text(
-        f"""
-[gateway]
-state_dir = "{tmp_path / "state"}"
-[api]
-base_url = "http://127.0.0.1:9/v1"
-token_url = "http://127.0.0.1:9/connect/token"
-client_id = "c"
-client_secret = "s"
-"""
-    )
+    path = offline_config(tmp_path)
     assert ecgw("status", config=path).returncode in (0, 1)  # creates the database
     return path
 

@@ -17,23 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.kit.proc import ecgw
+from tests.kit.proc import ecgw, offline_config
 
 
 def _config(tmp_path: Path, state_dir: str) -> Path:
-    config = tmp_path / "ecgw.toml"
-    config.write_text(
-        f"""
-[gateway]
-state_dir = "{state_dir}"
-[api]
-base_url = "http://127.0.0.1:9/v1"
-token_url = "http://127.0.0.1:9/connect/token"
-client_id = "c"
-client_secret = "s"
-"""
-    )
-    return config
+    return offline_config(tmp_path, state_dir=state_dir)
 
 
 def _refused(config: Path, command: str) -> None:

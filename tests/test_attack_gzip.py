@@ -32,7 +32,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.kit.proc import start_ecgw
+from tests.kit.proc import offline_config, start_ecgw, webhook_table
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -69,23 +69,7 @@ def _signature(body: bytes) -> str:
 
 
 def _config(tmp_path: Path, port: int) -> Path:
-    config = tmp_path / "ecgw.toml"
-    config.write_text(
-        f"""
-[gateway]
-state_dir = "{tmp_path / "state"}"
-[api]
-base_url = "http://127.0.0.1:9/v1"
-token_url = "http://127.0.0.1:9/connect/token"
-client_id = "c"
-client_secret = "s"
-[webhook]
-listen = "127.0.0.1:{port}"
-path = "/notify"
-secret = "{SECRET}"
-"""
-    )
-    return config
+    return offline_config(tmp_path, webhook_table(port, SECRET))
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
@@ -122,22 +106,7 @@ async def test_a_gzip_bomb_does_not_stall_other_webhooks(tmp_path: Path) -> None
     bomb = await asyncio.to_thread(_bomb)
     assert len(bomb) < 1_048_576  # under the default max_body: Content-Length lets it in
     port = _free_port()
-    config = tmp_path / "ecgw.toml"
-    config.write_text(
-        f"""
-[gateway]
-state_dir = "{tmp_path / "state"}"
-[api]
-base_url = "http://127.0.0.1:9/v1"
-token_url = "http://127.0.0.1:9/connect/token"
-client_id = "c"
-client_secret = "s"
-[webhook]
-listen = "127.0.0.1:{port}"
-path = "/notify"
-secret = "{SECRET}"
-"""
-    )
+    config = offline_config(tmp_path, webhook_table(port, SECRET))
     url = f"http://127.0.0.1:{port}/notify"
     proc = await start_ecgw("run", config=config, log=tmp_path / "gateway.log")
     try:

@@ -34,7 +34,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.kit.proc import start_ecgw
+from tests.kit.proc import offline_config, start_ecgw, webhook_table
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -109,21 +109,7 @@ def install_plugin(tmp_path: Path) -> dict[str, str]:
 
 
 def write_config(tmp_path: Path, adapter_type: str, port: int) -> Path:
-    config = tmp_path / "ecgw.toml"
-    config.write_text(
-        f"""
-[gateway]
-state_dir = "{tmp_path / "state"}"
-[api]
-base_url = "http://127.0.0.1:9/v1"
-token_url = "http://127.0.0.1:9/connect/token"
-client_id = "c"
-client_secret = "s"
-[webhook]
-listen = "127.0.0.1:{port}"
-path = "/notify"
-secret = "{SECRET}"
-[adapters.dev]
+    adapter = f"""[adapters.dev]
 type = "{adapter_type}"
 poll_interval = "1s"
 read_timeout = "20s"
@@ -132,8 +118,7 @@ resource_id = "r1"
 location_id = "loc-1"
 adapter = "dev"
 """
-    )
-    return config
+    return offline_config(tmp_path, webhook_table(port, SECRET) + adapter)
 
 
 def notification(event_id: str) -> bytes:

@@ -15,22 +15,11 @@ from pathlib import Path
 
 from gateway.store.database import open_database
 from gateway.store.inbox import Inbox, NewEvent
-from tests.kit.proc import ecgw
+from tests.kit.proc import ecgw, offline_config
 
 
 async def test_events_list_does_not_print_control_characters(tmp_path: Path) -> None:
-    config = tmp_path / "ecgw.toml"
-    config.write_text(
-        f"""
-[gateway]
-state_dir = "{tmp_path / "state"}"
-[api]
-base_url = "http://127.0.0.1:9/v1"
-token_url = "http://127.0.0.1:9/connect/token"
-client_id = "c"
-client_secret = "s"
-"""
-    )
+    config = offline_config(tmp_path)
     (tmp_path / "state").mkdir()
     async with open_database(tmp_path / "state" / "ecgw.sqlite3") as db:
         inbox = Inbox(db)

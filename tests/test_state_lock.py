@@ -18,7 +18,7 @@ import pytest
 
 from gateway.errors import ConfigError
 from gateway.store.database import LOCK_FILE, hold_state_dir
-from tests.kit.proc import ecgw, start_ecgw
+from tests.kit.proc import ecgw, offline_config, start_ecgw
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -73,19 +73,7 @@ async def test_a_holder_killed_with_sigkill_leaves_no_stale_lock(tmp_path: Path)
 
 
 def write_config(tmp_path: Path) -> Path:
-    config = tmp_path / "ecgw.toml"
-    config.write_text(
-        f"""
-[gateway]
-state_dir = "{tmp_path / "state"}"
-[api]
-base_url = "http://127.0.0.1:9/v1"
-token_url = "http://127.0.0.1:9/connect/token"
-client_id = "c"
-client_secret = "s"
-"""
-    )
-    return config
+    return offline_config(tmp_path)
 
 
 def read_or_empty(path: Path) -> str:

@@ -34,3 +34,27 @@ async def start_ecgw(
     finally:
         if log is not None:
             stderr.close()  # type: ignore[union-attr]
+
+
+OFFLINE_API = """[api]
+base_url = "http://127.0.0.1:9/v1"
+token_url = "http://127.0.0.1:9/connect/token"
+client_id = "c"
+client_secret = "s"
+"""
+"""An ``[api]`` table that reaches nothing (port 9, discard): for tests of everything but
+delivery."""
+
+
+def offline_config(tmp_path: Path, extra: str = "", *, state_dir: str | Path | None = None) -> Path:
+    """``tmp_path/ecgw.toml``: the state under ``tmp_path/state`` (or ``state_dir``), the
+    offline API, then ``extra`` TOML (a ``[webhook]`` table, adapters, ...)."""
+    state = tmp_path / "state" if state_dir is None else state_dir
+    path = tmp_path / "ecgw.toml"
+    path.write_text(f'[gateway]\nstate_dir = "{state}"\n{OFFLINE_API}{extra}')
+    return path
+
+
+def webhook_table(port: int, secret: str) -> str:
+    """A ``[webhook]`` table listening on 127.0.0.1:``port`` at ``/notify``."""
+    return f'[webhook]\nlisten = "127.0.0.1:{port}"\npath = "/notify"\nsecret = "{secret}"\n'

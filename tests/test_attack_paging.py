@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from tests.kit.proc import start_ecgw
+from tests.kit.proc import offline_config, start_ecgw
 
 pytestmark = pytest.mark.slow
 
@@ -59,19 +59,12 @@ async def test_a_server_that_ignores_page_is_not_paged_forever(tmp_path: Path) -
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
-    config = tmp_path / "ecgw.toml"
-    config.write_text(
-        f"""
-[gateway]
-state_dir = "{tmp_path / "state"}"
-[api]
-base_url = "http://127.0.0.1:{port}/v1"
-token_url = "http://127.0.0.1:{port}/connect/token"
-client_id = "c"
-client_secret = "s"
-[poll]
+    config = offline_config(
+        tmp_path,
+        """[poll]
 interval = "1s"
-"""
+""",
+        api=f"http://127.0.0.1:{port}",
     )
     proc = await start_ecgw("run", config=config, log=tmp_path / "gateway.log")
     try:

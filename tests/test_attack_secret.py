@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from tests.kit.gateway import report_body
-from tests.kit.proc import ecgw, start_ecgw
+from tests.kit.proc import ecgw, offline_config, start_ecgw
 
 pytestmark = pytest.mark.slow
 
@@ -45,21 +45,15 @@ async def test_the_access_token_is_not_logged_or_stored(tmp_path: Path) -> None:
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     port = runner.addresses[0][1]
-    config = tmp_path / "ecgw.toml"
-    config.write_text(
-        f"""
-[gateway]
-state_dir = "{tmp_path / "state"}"
-[api]
-base_url = "http://127.0.0.1:{port}/v1"
-token_url = "http://127.0.0.1:{port}/connect/token"
-client_id = "c"
-client_secret = "client-secret-value"
-[delivery]
+    config = offline_config(
+        tmp_path,
+        """[delivery]
 timeout = "2s"
 backoff_initial = "100ms"
 backoff_max = "1s"
-"""
+""",
+        api=f"http://127.0.0.1:{port}",
+        client_secret="client-secret-value",
     )
     report = tmp_path / "report.json"
     report.write_bytes(report_body("ev-1"))

@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 
 from tests.kit.gateway import report_body
-from tests.kit.proc import ecgw, start_ecgw
+from tests.kit.proc import ecgw, offline_config, start_ecgw
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -45,19 +45,12 @@ async def test_a_second_gateway_does_not_resend_what_the_first_is_sending(
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     port = runner.addresses[0][1]
-    config = tmp_path / "ecgw.toml"
-    config.write_text(
-        f"""
-[gateway]
-state_dir = "{tmp_path / "state"}"
-[api]
-base_url = "http://127.0.0.1:{port}/v1"
-token_url = "http://127.0.0.1:{port}/connect/token"
-client_id = "c"
-client_secret = "s"
-[delivery]
+    config = offline_config(
+        tmp_path,
+        """[delivery]
 timeout = "10s"
-"""
+""",
+        api=f"http://127.0.0.1:{port}",
     )
     for i in range(4):
         path = tmp_path / f"report-{i}.json"

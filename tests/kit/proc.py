@@ -36,22 +36,28 @@ async def start_ecgw(
             stderr.close()  # type: ignore[union-attr]
 
 
-OFFLINE_API = """[api]
-base_url = "http://127.0.0.1:9/v1"
-token_url = "http://127.0.0.1:9/connect/token"
-client_id = "c"
-client_secret = "s"
-"""
-"""An ``[api]`` table that reaches nothing (port 9, discard): for tests of everything but
-delivery."""
+OFFLINE = "http://127.0.0.1:9"
+"""An API that reaches nothing (port 9, discard): for tests of everything but delivery."""
 
 
-def offline_config(tmp_path: Path, extra: str = "", *, state_dir: str | Path | None = None) -> Path:
-    """``tmp_path/ecgw.toml``: the state under ``tmp_path/state`` (or ``state_dir``), the
-    offline API, then ``extra`` TOML (a ``[webhook]`` table, adapters, ...)."""
+def offline_config(
+    tmp_path: Path,
+    extra: str = "",
+    *,
+    state_dir: str | Path | None = None,
+    api: str = OFFLINE,
+    client_secret: str = "s",
+) -> Path:
+    """``tmp_path/ecgw.toml``: the state under ``tmp_path/state`` (or ``state_dir``), an
+    ``[api]`` table at ``api`` (``/v1`` and ``/connect/token``; offline by default), then
+    ``extra`` TOML (a ``[webhook]`` table, adapters, ...)."""
     state = tmp_path / "state" if state_dir is None else state_dir
     path = tmp_path / "ecgw.toml"
-    path.write_text(f'[gateway]\nstate_dir = "{state}"\n{OFFLINE_API}{extra}')
+    path.write_text(
+        f'[gateway]\nstate_dir = "{state}"\n'
+        f'[api]\nbase_url = "{api}/v1"\ntoken_url = "{api}/connect/token"\n'
+        f'client_id = "c"\nclient_secret = "{client_secret}"\n{extra}'
+    )
     return path
 
 

@@ -35,13 +35,16 @@ __all__ = [
     "DEFAULT_MAX_KW",
     "ApiConfig",
     "Config",
+    "ControlConfig",
     "DeliveryConfig",
     "Direction",
     "GatewayConfig",
     "LIMITS",
     "Limit",
     "LocationConfig",
+    "LpcConfig",
     "MeteringConfig",
+    "Participation",
     "PollConfig",
     "ReportingConfig",
     "ResourceConfig",
@@ -128,6 +131,10 @@ class DeliveryConfig(Section, frozen=True):
 
 class ReportingConfig(Section, frozen=True):
     grace: Duration = Duration(300.0)
+    max_wait: Duration = Duration(6 * 3600.0)
+    """How long a due report waits for intervals that lack readings (an adapter restarting,
+    a device that buffers and sends late) before it is built with what exists; never
+    past the day before the month-end cutoff."""
 
 
 class MeteringConfig(Section, frozen=True):
@@ -147,6 +154,13 @@ DEFAULT_MAX_KW = 1000.0
 would need more (a counter jump, a power value) are rejected as glitches."""
 
 
+Participation = Literal["shift", "report", "off"]
+"""How a resource takes part in PriceCurve events. ``shift``: the gateway moves the
+resource's energy need into the best-paid intervals (needs ``control`` and ``need_kwh``);
+``report``: something else steers it, the gateway reports what it used; ``off``: not
+taken part, never reported."""
+
+
 class ResourceConfig(Section, frozen=True):
     resource_id: NonEmpty
     location_id: NonEmpty
@@ -155,6 +169,27 @@ class ResourceConfig(Section, frozen=True):
     channel: NonEmpty = "energy"
     direction: Direction = "import"
     max_kw: float = DEFAULT_MAX_KW
+    control: NonEmpty | None = None
+    """The adapter's control that switches this resource (``switch`` for every built-in)."""
+    rated_kw: float | None = None
+    """The power the resource draws when switched on (needed with ``control``)."""
+    priority: int = 0
+    """Which loads go first under a cap: the lowest priority is switched off first."""
+    participation: Participation | None = None
+    """Default: ``shift`` with a control and a ``need_kwh``, else ``report``."""
+    need_kwh: float | None = None
+    """For ``shift``: the energy the resource must get within each PriceCurve event."""
+    allowed: list[str] = []
+    """For ``shift``: UTC windows it may run in, ``"HH:MM-HH:MM"`` (may wrap midnight);
+    empty: any time."""
+
+    @property
+    def takes_part(self) -> Participation:
+        if self.participation is not None:
+            return self.participation
+        if self.control is not None and self.need_kwh is not None:
+            return "shift"
+        return "report"
 
 
 class LocationConfig(Section, frozen=True):
@@ -164,6 +199,32 @@ class LocationConfig(Section, frozen=True):
     channel: NonEmpty = "energy"
     direction: Direction = "import"
     max_kw: float = DEFAULT_MAX_KW
+    power_channel: NonEmpty = "power"
+    """The location meter's instantaneous power (kW or W), read to hold a cap."""
+
+
+class LpcConfig(Section, frozen=True):
+    margin_kw: float = 0.2
+    """Held below every cap: the controller keeps the location at ``cap - margin_kw``."""
+    failsafe: Duration = Duration(10.0)
+    """The longest a location's power may go unread during a cap before its controllable
+    loads are switched off."""
+    decline_unknown: bool = False
+    """Decline targets at locations this gateway does not own (default: leave them out of
+    both lists: another gateway of the partner answers for them)."""
+    lead: Duration = Duration(5.0)
+    """How long before a capped interval starts its loads are switched off."""
+
+
+class ControlConfig(Section, frozen=True):
+    dry_run: bool = False
+    """Compute and show every plan, switch nothing (and so decline every LPC target)."""
+    publish: str | None = None
+    """``mqtt://host:port/prefix``: plans as retained JSON under ``prefix/plans/EVENT_ID``."""
+    confirm_timeout: Duration = Duration(5.0)
+    """How long a command waits for the device to report the commanded state."""
+    attempts: int = 3
+    """Tries per command before it is recorded as failed."""
 
 
 class Config(Section, frozen=True):
@@ -174,6 +235,8 @@ class Config(Section, frozen=True):
     delivery: DeliveryConfig = DeliveryConfig()
     reporting: ReportingConfig = ReportingConfig()
     metering: MeteringConfig = MeteringConfig()
+    lpc: LpcConfig = LpcConfig()
+    control: ControlConfig = ControlConfig()
     adapters: dict[str, dict[str, Any]] = {}
     resources: list[ResourceConfig] = []
     locations: list[LocationConfig] = []

@@ -31,6 +31,7 @@ __all__ = [
     "check_values",
     "key_name",
     "parse_listen",
+    "parse_window",
     "shown",
 ]
 
@@ -112,6 +113,17 @@ LIMITS: dict[str, Limit] = {
     "locations[].max_kw": Limit(
         0.0, 1e6, "the most a location can draw; above 1 GW is a typo", "number", False
     ),
+    "resources[].rated_kw": Limit(
+        0.0, 1e6, "what the resource draws when on; also <= its max_kw", "number", False
+    ),
+    "resources[].priority": Limit(-1000, 1000, "an order, not a quantity", "integer"),
+    "resources[].need_kwh": Limit(0.0, 1e6, "energy a resource needs per event", "number"),
+    "reporting.max_wait": Limit(0.0, 31 * _DAY, "a report waits at most to month end"),
+    "lpc.margin_kw": Limit(0.0, 1e6, "kept below every cap", "number"),
+    "lpc.failsafe": Limit(1.0, 3600.0, "power unread this long during a cap: loads off"),
+    "lpc.lead": Limit(0.0, 3600.0, "loads go off this long before a capped interval"),
+    "control.confirm_timeout": Limit(0.1, 600.0, "a device confirms a command within this"),
+    "control.attempts": Limit(1, 20, "tries per command", "integer"),
 }
 """The range of every numeric config key. Durations are also finite, not negative and at
 most 100 years (:func:`gateway.timeutil.parse_duration`)."""
@@ -124,9 +136,12 @@ def _numbers(cfg: Config) -> Iterator[tuple[str, str, float]]:
         if section.endswith("[]"):
             items = getattr(cfg, section[:-2])
             for i, item in enumerate(items):
-                yield key, f"{section[:-2]}[{i}].{name}", getattr(item, name)
-        elif (table := getattr(cfg, section)) is not None:
-            yield key, key, getattr(table, name)
+                if (value := getattr(item, name)) is not None:
+                    yield key, f"{section[:-2]}[{i}].{name}", value
+        elif (table := getattr(cfg, section)) is not None and (
+            value := getattr(table, name)
+        ) is not None:
+            yield key, key, value
 
 
 def _check_ranges(cfg: Config) -> None:
@@ -155,6 +170,7 @@ def _check_rules(cfg: Config) -> None:
             f"must be shorter than metering.retention ({format_duration(metering.retention)})",
             key="metering.raw_retention",
         )
+    _check_site(cfg)
     needed = MONTH + metering.max_gap + grace
     if metering.retention < needed:
         raise ConfigError(
@@ -162,6 +178,55 @@ def _check_rules(cfg: Config) -> None:
             f"({format_duration(needed)}): a report may be built until the month's end",
             key="metering.retention",
         )
+
+
+_WINDOW = re.compile(r"([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]|24):([0-5]\d)", re.ASCII)
+
+
+def parse_window(text: str) -> tuple[float, float]:
+    """``"HH:MM-HH:MM"`` (UTC) -> (start, end) in seconds of the day; the end may be
+    before the start (the window wraps midnight) and ``24:00`` ends the day.
+    ValueError if it is not such a window or is empty."""
+    match = _WINDOW.fullmatch(text)
+    if match is None:
+        raise ValueError(f"expected HH:MM-HH:MM (UTC), got {shown(text)}")
+    h1, m1, h2, m2 = (int(g) for g in match.groups())
+    start, end = h1 * 3600.0 + m1 * 60.0, h2 * 3600.0 + m2 * 60.0
+    if end > 86400.0 or start == end:
+        raise ValueError(f"{shown(text)} is not a window of the day")
+    return start, end
+
+
+def _check_site(cfg: Config) -> None:
+    """Controls, shifting and the control tables."""
+    for i, res in enumerate(cfg.resources):
+        where = f"resources[{i}]"
+        if res.control is not None and res.rated_kw is None:
+            raise ConfigError(
+                "a resource with a control needs rated_kw: the power it draws when on",
+                key=f"{where}.rated_kw",
+            )
+        if res.rated_kw is not None and res.rated_kw > res.max_kw:
+            raise ConfigError(f"must be at most max_kw ({res.max_kw:g})", key=f"{where}.rated_kw")
+        if res.participation == "shift" and (res.control is None or res.need_kwh is None):
+            missing = "control" if res.control is None else "need_kwh"
+            raise ConfigError(
+                f"shift needs a control and need_kwh (no {missing})",
+                key=f"{where}.participation",
+            )
+        for j, window in enumerate(res.allowed):
+            try:
+                parse_window(window)
+            except ValueError as exc:
+                raise ConfigError(str(exc), key=f"{where}.allowed[{j}]") from None
+    publish = cfg.control.publish
+    if publish is not None:
+        parts = urllib.parse.urlsplit(publish)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ConfigError(
+                f"expected mqtt://HOST[:PORT]/PREFIX, got {shown(publish)}",
+                key="control.publish",
+            )
 
 
 # --- names, addresses, URLs ---------------------------------------------------------------------

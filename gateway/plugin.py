@@ -15,6 +15,19 @@ a deadline) or a *push* adapter (``stream()`` yields batches as they arrive).
 Readings are plain values: a channel name, a UTC timestamp (seconds since the
 epoch) and the value as the device gave it, in the unit its :class:`Channel`
 declares. The gateway converts units, detects wraps and resets, and integrates.
+
+**Controls.** An adapter that can switch or steer its load is also a
+:class:`ControllableAdapter`: ``controls()`` declares what it can do (a
+:class:`Control`: name, kind ``switch`` or ``power`` setpoint, limits),
+``apply(control, value)`` sends one command, and ``state(control)`` says what the
+device last *reported* for it (a :class:`ControlState`: value and when). The gateway
+never takes ``apply`` returning as done: it confirms each command by ``state``
+(a report at or after the command, with the commanded value) within a deadline,
+retries, and records every command and its confirmation. ``apply`` and ``state``
+are only called while the adapter is entered (between ``__aenter__`` and
+``__aexit__``); either may raise AdapterError (or anything: that command fails).
+Every built-in adapter that can switch its load names that on/off control
+``switch`` (values 0 = off, 1 = on).
 """
 
 from __future__ import annotations
@@ -30,10 +43,15 @@ import msgspec
 from gateway.timeutil import Duration
 
 __all__ = [
+    "SWITCH",
     "Adapter",
     "AdapterConfig",
     "Channel",
     "ChannelKind",
+    "Control",
+    "ControlKind",
+    "ControlState",
+    "ControllableAdapter",
     "PollingAdapter",
     "PushAdapter",
     "Reading",
@@ -125,3 +143,70 @@ class PushAdapter(Adapter, Protocol):
     """Yields batches of readings as the device sends them, until cancelled."""
 
     def stream(self) -> AsyncIterator[Sequence[Reading]]: ...
+
+
+# --- controls -------------------------------------------------------------------------------------
+
+SWITCH = "switch"
+"""The name every built-in adapter gives its on/off control."""
+
+
+class ControlKind(enum.StrEnum):
+    SWITCH = "switch"  # on/off: 0 = off, 1 = on
+    POWER = "power"  # a power setpoint in kW, between the control's minimum and maximum
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """One thing an adapter can command. A ``switch`` takes 0 or 1; a ``power`` setpoint
+    any kW value in ``minimum .. maximum``."""
+
+    name: str
+    kind: ControlKind
+    minimum: float = 0.0
+    maximum: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("a control needs a name")
+        if self.kind is ControlKind.SWITCH and (self.minimum, self.maximum) != (0.0, 1.0):
+            raise ValueError(f"control {self.name!r}: a switch takes 0 and 1 only")
+        if not self.minimum <= self.maximum:  # also refuses NaN
+            raise ValueError(f"control {self.name!r}: minimum above maximum")
+
+    def check(self, value: float) -> float:
+        """``value`` as a command for this control; ValueError if it is not one."""
+        if self.kind is ControlKind.SWITCH:
+            if value not in (0, 1):
+                raise ValueError(f"control {self.name!r} is a switch: 0 or 1, not {value!r}")
+            return float(value)
+        if not self.minimum <= value <= self.maximum:
+            raise ValueError(
+                f"control {self.name!r} takes {self.minimum:g} .. {self.maximum:g} kW, "
+                f"not {value!r}"
+            )
+        return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class ControlState:
+    """What the device last reported for a control: the value, and when (seconds since
+    the epoch, UTC; the device's time if it sent one, else when the report arrived)."""
+
+    value: float
+    at: float
+
+
+@runtime_checkable
+class ControllableAdapter(Adapter, Protocol):
+    """An adapter that can also command its device (see the module's *Controls*)."""
+
+    def controls(self) -> Sequence[Control]: ...
+
+    async def apply(self, control: str, value: float) -> None:
+        """Send one command. Returning means it was sent, not that the device obeyed."""
+        ...
+
+    async def state(self, control: str) -> ControlState | None:
+        """The control's value as the device last reported it; None if never reported."""
+        ...

@@ -107,4 +107,62 @@ CREATE TABLE report_jobs (
 )
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
+# Taking part (gateway.control). ``lpc_decisions``: per LPC event and target, what the
+# gateway decided before it committed (``acknowledged``, ``declined``, ``left_out``: a
+# location of another gateway), why, and for an acknowledged target its caps as JSON
+# ``[[start, end, max_kw], ...]`` (epoch seconds): what the controller holds, also after
+# a restart. ``commands``: every command sent to a device, with its confirmation.
+# ``schedules``: per event and resource, the participation and the schedule a strategy
+# chose (JSON ``[[start, end, value], ...]``); ``overrides``: the operator's choice.
+_V4 = """
+CREATE TABLE lpc_decisions (
+    event_id       TEXT NOT NULL,
+    target         TEXT NOT NULL,
+    kind           TEXT NOT NULL CHECK (kind IN ('location', 'resource')),
+    location_id    TEXT NOT NULL,
+    meter_point_id TEXT,
+    resource_id    TEXT,
+    decision       TEXT NOT NULL CHECK (decision IN ('acknowledged', 'declined', 'left_out')),
+    reason         TEXT NOT NULL,
+    caps           TEXT NOT NULL,
+    decided_at     REAL NOT NULL,
+    PRIMARY KEY (event_id, target)
+);
+CREATE TABLE commands (
+    id              INTEGER PRIMARY KEY,
+    event_id        TEXT,
+    resource_id     TEXT,
+    adapter         TEXT NOT NULL,
+    control         TEXT NOT NULL,
+    value           REAL NOT NULL,
+    reason          TEXT NOT NULL,
+    state           TEXT NOT NULL
+                    CHECK (state IN ('sending', 'confirmed', 'failed', 'dry_run')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    requested_at    REAL NOT NULL,
+    sent_at         REAL,
+    confirmed_at    REAL,
+    confirmed_value REAL,
+    error           TEXT
+);
+CREATE INDEX commands_by_event ON commands (event_id, id);
+CREATE TABLE schedules (
+    event_id      TEXT NOT NULL,
+    resource_id   TEXT NOT NULL,
+    participation TEXT NOT NULL CHECK (participation IN ('shift', 'report', 'off')),
+    strategy      TEXT NOT NULL,
+    schedule      TEXT NOT NULL,
+    note          TEXT,
+    at            REAL NOT NULL,
+    PRIMARY KEY (event_id, resource_id)
+);
+CREATE TABLE overrides (
+    event_id      TEXT NOT NULL,
+    resource_id   TEXT NOT NULL,
+    participation TEXT NOT NULL CHECK (participation IN ('shift', 'report', 'off')),
+    at            REAL NOT NULL,
+    PRIMARY KEY (event_id, resource_id)
+)
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)

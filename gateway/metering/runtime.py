@@ -76,7 +76,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType, TracebackType
-from typing import Any, Literal, NoReturn, Self
+from typing import Any, Literal, NoReturn, Self, cast
 
 import structlog
 
@@ -88,7 +88,7 @@ from gateway.errors import (
     GatewayError,
     describe,
 )
-from gateway.plugin import Adapter, AdapterConfig, Channel, Reading
+from gateway.plugin import Adapter, AdapterConfig, Channel, ControllableAdapter, Reading
 from gateway.supervise import closing, exit_code, is_cancellation, supervised
 
 __all__ = [
@@ -315,6 +315,32 @@ class AdapterRuntime:
 
     def _fail(self, name: str, kind: str, error: str) -> None:
         self._failed[name] = AdapterStatus(name, kind, "failed", error, since=self._clock())
+
+    def controllable(self, name: str) -> ControllableAdapter:
+        """The adapter ``name`` if it is running and can take commands; AdapterError why not.
+
+        Commands go only to a running adapter (entered, not restarting): the caller
+        confirms each one by what the device reports back, so a command refused here
+        is simply tried again later."""
+        sup = self._supervised.get(name)
+        if sup is None:
+            failed = self._failed.get(name)
+            why = f"failed: {failed.last_error}" if failed else "is not configured"
+            raise AdapterError(f"adapter {name!r} {why}", adapter=name)
+        if sup.status.state != "running":
+            raise AdapterError(f"adapter {name!r} is {sup.status.state}", adapter=name)
+        adapter = sup.adapter
+        try:
+            ok = callable(getattr(adapter, "apply", None)) and callable(
+                getattr(adapter, "state", None)
+            )
+        except BaseException as exc:  # plugin code (a property): its failure, not ours
+            if is_cancellation(exc):
+                raise
+            ok = False
+        if not ok:
+            raise AdapterError(f"adapter {name!r} takes no commands", adapter=name)
+        return cast(ControllableAdapter, adapter)
 
     def status(self) -> list[AdapterStatus]:
         """A snapshot of every adapter's status, including those that failed to load."""

@@ -113,7 +113,8 @@ CREATE TABLE report_jobs (
 # ``[[start, end, max_kw], ...]`` (epoch seconds): what the controller holds, also after
 # a restart. ``commands``: every command sent to a device, with its confirmation.
 # ``schedules``: per event and resource, the participation and the schedule a strategy
-# chose (JSON ``[[start, end, value], ...]``); ``overrides``: the operator's choice.
+# chose (JSON ``[[start, end], ...]``: on) over the event's window; ``overrides``: the
+# operator's choice.
 _V4 = """
 CREATE TABLE lpc_decisions (
     event_id       TEXT NOT NULL,
@@ -152,10 +153,13 @@ CREATE TABLE schedules (
     participation TEXT NOT NULL CHECK (participation IN ('shift', 'report', 'off')),
     strategy      TEXT NOT NULL,
     schedule      TEXT NOT NULL,
+    window_start  REAL NOT NULL,
+    window_end    REAL NOT NULL,
     note          TEXT,
     at            REAL NOT NULL,
     PRIMARY KEY (event_id, resource_id)
 );
+CREATE INDEX schedules_by_end ON schedules (window_end);
 CREATE TABLE overrides (
     event_id      TEXT NOT NULL,
     resource_id   TEXT NOT NULL,

@@ -77,7 +77,12 @@ class Commander:
         event_id: str | None = None,
         resource_id: str | None = None,
     ) -> Outcome:
-        """Send ``value`` to ``adapter``'s ``control`` until the device confirms it."""
+        """Send ``value`` to ``adapter``'s ``control`` until the device confirms it.
+
+        ValueError for a value that is not a finite number (a bug of the caller's: it
+        cannot even be recorded)."""
+        if not math.isfinite(value):
+            raise ValueError(f"a command needs a finite value, not {value!r}")
         lock = self._locks.setdefault((adapter, control), asyncio.Lock())
         async with lock:  # one command at a time per control: the last one wins in order
             command_id = await self._store.command_started(

@@ -25,6 +25,7 @@ from gateway import render, wire
 from gateway.app import Gateway, load_adapters, webhook_settings
 from gateway.config import Config, key_name, load_config
 from gateway.config_probes import require_runnable
+from gateway.control.plan_view import event_window, plan_record
 from gateway.errors import (
     AdapterLoadError,
     ConfigError,
@@ -37,6 +38,7 @@ from gateway.logs import configure_logging, register_secrets
 from gateway.reports import manual
 from gateway.reports.planner import plan_event
 from gateway.reports.scheduler import ReportJobs, build_job
+from gateway.store.control import ControlStore
 from gateway.store.database import open_database
 from gateway.store.inbox import Inbox
 from gateway.store.meta import Meta
@@ -298,6 +300,48 @@ async def cmd_events_replan(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
+async def cmd_plan_show(args: argparse.Namespace, config: Config) -> int:
+    async with open_database(config.db_path) as db:
+        record = await plan_record(db, config, args.event_id)
+    if record is None:
+        raise UsageError(f"no event {args.event_id!r} in the inbox")
+    _out(render.to_json(record) if args.json else render.plan_text(record))
+    return EXIT_OK
+
+
+async def cmd_plan_override(args: argparse.Namespace, config: Config) -> int:
+    """Set one resource's participation in one event, before the event's window starts."""
+    resource = next((r for r in config.resources if r.resource_id == args.resource), None)
+    if resource is None:
+        raise UsageError(f"no resource {args.resource!r} in the config")
+    if args.participation == "shift" and (resource.control is None or resource.need_kwh is None):
+        raise UsageError(f"resource {args.resource!r} cannot shift: it needs control and need_kwh")
+    async with open_database(config.db_path) as db:
+        event = await Inbox(db).get(args.event_id)
+        if event is None:
+            raise UsageError(f"no event {args.event_id!r} in the inbox")
+        try:
+            payload = wire.decode_event_payload(event.payload)
+        except WireError as exc:
+            raise UsageError(f"event {args.event_id!r} cannot be read: {exc}") from None
+        if not isinstance(payload, wire.PriceCurve):
+            raise UsageError(f"event {args.event_id!r} is a {event.payload_type}, not a PriceCurve")
+        if args.resource not in {t.resource_id for t in payload.targets}:
+            raise UsageError(f"resource {args.resource!r} is not a target of the event")
+        window = event_window(payload)
+        now = time.time()
+        if window is not None and now >= window[0]:
+            raise UsageError(
+                f"the event's window started at {render.iso(window[0])}: too late to change"
+            )
+        await ControlStore(db).override(args.event_id, args.resource, args.participation, now=now)
+    _out(
+        f"event {render.printable(args.event_id)}: resource {render.printable(args.resource)} "
+        f"takes part as {args.participation!r} (a running gateway plans it again)"
+    )
+    return EXIT_OK
+
+
 async def cmd_report_submit(args: argparse.Namespace, config: Config) -> int:
     try:
         raw = await asyncio.to_thread(manual.read_report_file, args.file)
@@ -451,6 +495,18 @@ def _parser() -> argparse.ArgumentParser:
     add(
         "replan", cmd_events_replan, "plan a quarantined event again, after a fix", into=esub
     ).add_argument("event_id")
+
+    plan = sub.add_parser("plan", help="what the gateway decided and did for an event")
+    psub = plan.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = add("show", cmd_plan_show, "decisions, schedule, commands, caps and peaks", into=psub)
+    show.add_argument("event_id")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    override = add(
+        "override", cmd_plan_override, "set a resource's participation before the window", into=psub
+    )
+    override.add_argument("event_id")
+    override.add_argument("--resource", required=True)
+    override.add_argument("--participation", required=True, choices=("off", "report", "shift"))
 
     report = sub.add_parser("report", help="reports")
     rsub = report.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -15,7 +15,15 @@ from typing import Any
 from gateway.store.inbox import InboxEvent
 from gateway.store.outbox import OutboxItem
 
-__all__ = ["event_record", "iso", "outbox_record", "printable", "table", "to_json"]
+__all__ = [
+    "event_record",
+    "iso",
+    "outbox_record",
+    "plan_text",
+    "printable",
+    "table",
+    "to_json",
+]
 
 _CONTROLS = [*range(0x20), *range(0x7F, 0xA0)]  # C0, DEL, C1
 _ESCAPED = {c: f"\\x{c:02x}" for c in _CONTROLS}
@@ -98,3 +106,32 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
 def _cell(value: object, limit: int = 60) -> str:
     text = "-" if value is None else printable(str(value).replace("\n", " "))
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def plan_text(record: Mapping[str, Any]) -> str:
+    """``ecgw plan show`` for a terminal: the event, then targets, schedules and commands."""
+    window = record.get("window") or {}
+    lines = [
+        f"event {_cell(record['event_id'], 200)} ({_cell(record['payload_type'])}), received "
+        f"{record['received_at']}, window {window.get('start', '-')} .. {window.get('end', '-')}"
+        + ("  [dry run: nothing is switched]" if record.get("dry_run") else ""),
+        f"plan: {_cell(record.get('plan_state'))}; {_cell(record.get('plan_note'), 200)}",
+    ]
+    for target in record["targets"]:
+        who = target["resource_id"] or f"{target['location_id']}/{target['meter_point_id']}"
+        lines += ["", f"{target['kind']} {_cell(who, 120)}: {target['decision']}"]
+        lines.append(f"  {_cell(target['reason'], 300)}")
+        if target["intervals"]:
+            lines.append(table(target["intervals"], ("start", "end", "cap_kw", "highest_kw")))
+    if record["schedules"]:
+        lines += ["", "schedules:"]
+        for sched in record["schedules"]:
+            runs = ", ".join(f"{r['start']}..{r['end']}" for r in sched["on"]) or "none"
+            lines.append(
+                f"  {_cell(sched['resource_id'])}: {sched['participation']} "
+                f"({_cell(sched['strategy'])}); on: {runs}; {_cell(sched['note'], 200)}"
+            )
+    lines += ["", "commands:"]
+    columns = ("id", "resource_id", "value", "reason", "state", "sent_at", "confirmed_at", "error")
+    lines.append(table(record["commands"], columns))
+    return "\n".join(lines)

@@ -1,15 +1,30 @@
-"""Placing a need into the best-paid intervals (gateway.control.shift.place)."""
+"""Placing a need into the best-paid intervals (gateway.control.shift), and strategy plugins
+(gateway.control.strategies): found, loaded and run, each failing alone."""
 
 from __future__ import annotations
 
 import itertools
 import math
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.config_rules import parse_window
 from gateway.control.shift import DAY, Run, Slot, place, usable
+from gateway.control.strategies import (
+    MAX_NOTE,
+    Schedule,
+    StrategyEvent,
+    StrategyResource,
+    load_strategies,
+    run_strategy,
+    shift,
+)
 
 T0 = 1_796_083_200.0  # 2026-12-01T00:00:00Z
 H = 3600.0
@@ -169,3 +184,168 @@ def test_placement_is_exact_feasible_and_greedy(
     ]
     if used_prices and unused_prices:
         assert max(unused_prices) <= min(used_prices)
+
+
+# --- strategies (gateway.control.strategies) ----------------------------------------------------
+
+GROUP = "gateway.strategies"
+EVENT = StrategyEvent("ev-1", tuple(hourly(1, 5, 2, 7, 3)))
+PLUG = StrategyResource("plug", rated_kw=2.0, need_kwh=4.0, allowed=(), participation="shift")
+
+
+@pytest.fixture
+def install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None]]:
+    """Install a throwaway distribution with strategy entry points into a folder on sys.path."""
+    modules_before = set(sys.modules)
+
+    def install(dist: str, entry_points: dict[str, str], modules: dict[str, str]) -> None:
+        site = tmp_path / f"site-{dist}"
+        info = site / f"{dist.replace('-', '_')}-1.0.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+        lines = "".join(f"{name} = {value}\n" for name, value in entry_points.items())
+        (info / "entry_points.txt").write_text(f"[{GROUP}]\n{lines}")
+        for module, source in modules.items():
+            (site / f"{module}.py").write_text(textwrap.dedent(source))
+        monkeypatch.syspath_prepend(str(site))
+
+    yield install
+    for module in set(sys.modules) - modules_before:
+        if module.startswith("ecgw_test_"):
+            del sys.modules[module]
+
+
+def test_the_built_in_strategies_are_registered() -> None:
+    found, errors = load_strategies()
+    assert {"shift", "report", "off"} <= set(found)
+    assert errors == {}
+    assert run_strategy(found["report"], EVENT, PLUG, T0) == Schedule(
+        (), "steered by something else; reported"
+    )
+    assert run_strategy(found["off"], EVENT, PLUG, T0) == Schedule(
+        (), "not taking part; not reported"
+    )
+
+
+def test_the_shift_strategy_places_the_need() -> None:
+    schedule = run_strategy(shift, EVENT, PLUG, T0)
+    assert schedule.runs == (Run(T0 + H, T0 + 2 * H), Run(T0 + 3 * H, T0 + 4 * H))
+    assert schedule.note == "placed 4 of 4 kWh in 2 run(s)"
+    assert not schedule.failed
+    short = run_strategy(shift, EVENT, PLUG, T0 + 4.5 * H)
+    assert short.note == "placed 1 of 4 kWh in 1 run(s) (all the usable time left in the event)"
+    bare = StrategyResource("r", None, None, (), "shift")
+    assert run_strategy(shift, EVENT, bare, T0).note.startswith("shift needs rated_kw")
+
+
+def test_a_plugin_that_cannot_be_loaded_fails_alone(install: Callable[..., None]) -> None:
+    install(
+        "ecgw-test-strategies",
+        {
+            "good": "ecgw_test_good:strategy",
+            "broken": "ecgw_test_broken:strategy",
+            "exits": "ecgw_test_exits:strategy",
+            "missing": "ecgw_test_good:nothing_here",
+            "constant": "ecgw_test_good:CONSTANT",
+            "shift": "ecgw_test_good:strategy",  # the built-in's name, a second time
+        },
+        {
+            "ecgw_test_good": """
+                from gateway.control.strategies import Schedule
+                CONSTANT = 42
+                def strategy(event, resource, now):
+                    return Schedule((), "plugin")
+            """,
+            "ecgw_test_broken": "raise RuntimeError('no numpy here')\n",
+            "ecgw_test_exits": "import sys\nsys.exit(3)\n",
+        },
+    )
+    found, errors = load_strategies()
+    assert set(found) == {"good", "report", "off"}
+    assert run_strategy(found["good"], EVENT, PLUG, T0).note == "plugin"
+    assert set(errors) == {"broken", "exits", "missing", "constant", "shift"}
+    dist = "strategy {!r} from distribution 'ecgw-test-strategies'"
+    assert errors["broken"] == (
+        dist.format("broken") + " failed to import: RuntimeError: no numpy here"
+    )
+    assert errors["exits"].endswith("failed to import: SystemExit: 3")
+    assert "failed to import: AttributeError" in errors["missing"]
+    assert errors["constant"].endswith("is not callable (ecgw_test_good:CONSTANT): got int")
+    assert errors["shift"].startswith("strategy 'shift' is registered more than once: ")
+    assert "ecgw-test-strategies (ecgw_test_good:strategy)" in errors["shift"]
+
+
+def _raises(event: StrategyEvent, resource: StrategyResource, now: float) -> Schedule:
+    raise ZeroDivisionError("division by zero")
+
+
+def _exits(event: StrategyEvent, resource: StrategyResource, now: float) -> Schedule:
+    raise SystemExit(1)
+
+
+def test_a_strategy_that_raises_gives_a_failed_schedule() -> None:
+    schedule = run_strategy(_raises, EVENT, PLUG, T0)
+    assert schedule == Schedule(
+        (), "strategy _raises failed: ZeroDivisionError: division by zero", failed=True
+    )
+    assert run_strategy(_exits, EVENT, PLUG, T0, name="x").note == (
+        "strategy x failed: SystemExit: 1"
+    )
+
+
+def _returning(result: object) -> Callable[[StrategyEvent, StrategyResource, float], Schedule]:
+    def strategy(event: StrategyEvent, resource: StrategyResource, now: float) -> Schedule:
+        return result  # type: ignore[return-value]
+
+    return strategy
+
+
+@pytest.mark.parametrize(
+    ("result", "words"),
+    [
+        (None, "expected a Schedule, got NoneType"),
+        (Schedule([Run(T0, T0 + 1)], "x"), "runs is a list, not a tuple"),  # type: ignore[arg-type]
+        (Schedule((), 7), "the note is a int"),  # type: ignore[arg-type]
+        (Schedule(((T0, T0 + 1),), "x"), "runs[0] is a tuple, not a Run"),  # type: ignore[arg-type]
+        (Schedule((Run(T0, math.nan),), "x"), "runs[0] 1796083200.0..nan is not an interval"),
+        (Schedule((Run(T0 + 9, T0 + 9),), "x"), "is not an interval"),
+        (Schedule((Run(T0, 10**400),), "x"), "is not an interval"),  # type: ignore[arg-type]
+        (Schedule((Run(T0 + 9, T0 + 10), Run(T0, T0 + 1)), "x"), "unsorted or overlapping"),
+        (Schedule((Run(T0, T0 + 10), Run(T0 + 5, T0 + 20)), "x"), "unsorted or overlapping"),
+        (Schedule((Run(T0 - 1, T0 + 10),), "x"), "runs[0] 1.79608e+09..1.79608e+09 lies outside"),
+        (Schedule((Run(T0 + 4 * H, T0 + 6 * H),), "x"), "lies outside the event's intervals"),
+    ],
+)
+def test_a_result_that_is_not_a_usable_schedule_is_rejected(result: object, words: str) -> None:
+    schedule = run_strategy(_returning(result), EVENT, PLUG, T0, name="odd")
+    assert schedule.failed
+    assert schedule.runs == ()
+    assert schedule.note.startswith("strategy odd rejected: ")
+    assert words in schedule.note
+
+
+def test_a_run_may_span_adjacent_slots_and_a_long_note_is_cut_to_one_line() -> None:
+    note = "why\n" + "x" * 1000
+    schedule = run_strategy(_returning(Schedule((Run(T0, T0 + 5 * H),), note)), EVENT, PLUG, T0)
+    assert not schedule.failed
+    assert schedule.runs == (Run(T0, T0 + 5 * H),)
+    assert len(schedule.note) == MAX_NOTE
+    assert "\n" not in schedule.note
+    assert schedule.note.startswith("why xxx")
+
+
+class _Hostile(float):
+    def __float__(self) -> float:
+        raise RuntimeError("not today")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("nor this")
+
+
+def test_a_result_whose_values_raise_when_looked_at_is_rejected() -> None:
+    hostile = Schedule((Run(_Hostile(T0), T0 + 1),), "x")
+    schedule = run_strategy(_returning(hostile), EVENT, PLUG, T0, name="odd")
+    assert schedule.failed
+    assert schedule.note == (
+        "strategy odd rejected: looking at the result raised RuntimeError: not today"
+    )

@@ -1,0 +1,95 @@
+"""The controller's decision time: one ``gateway.control.step.step()`` for 50 loads.
+
+    python bench/controller.py [--loads 50] [--runs 20000] [--quick]
+
+Each run decides one step for one location from what was read: the meter shows the
+location over its limit by about half of the controllable load, so the step sorts all
+the loads and switches about half of them off (the busiest case; a step under the
+limit with nothing held returns sooner). The baseline, in the same run, is a step with
+no loads (the call, the meter check and the empty result): what is left is the cost
+of the loads. Prints the median and p99 of each, and their ratio.
+
+Only the pure decision is timed: reading the meter and sending the commands are I/O,
+measured by the site tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gateway.control.step import Load, Reading, step
+
+
+def site(count: int) -> tuple[list[Load], float]:
+    """``count`` loads of 1..4 kW in 5 priorities, half of them measured; and the meter's power."""
+    loads = [
+        Load(
+            resource_id=f"load-{i:03d}",
+            priority=i % 5,
+            rated_kw=1.0 + (i % 4),
+            on=True if i % 7 else None,
+            measured_kw=(0.9 + (i % 4)) if i % 2 else None,
+            held=False,
+        )
+        for i in range(count)
+    ]
+    power = 3.0 + sum(ld.measured_kw if ld.measured_kw is not None else ld.rated_kw for ld in loads)
+    return loads, power
+
+
+def timings(loads: Sequence[Load], power: float, limit: float, runs: int) -> list[float]:
+    """Seconds per step(), one sample per run."""
+    meter = Reading(power, 0.2)
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter_ns()
+        step(limit_kw=limit, meter=meter, failsafe=10.0, loads=loads, hysteresis_kw=0.5)
+        samples.append((time.perf_counter_ns() - start) / 1e9)
+    return samples
+
+
+def p99(samples: list[float]) -> float:
+    return sorted(samples)[min(len(samples) - 1, int(len(samples) * 0.99))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--loads", type=int, default=50)
+    parser.add_argument("--runs", type=int, default=20000)
+    parser.add_argument("--quick", action="store_true", help="2,000 runs")
+    args = parser.parse_args()
+    if args.quick:
+        args.runs = 2000
+    loads, power = site(args.loads)
+    limit = 3.0 + (power - 3.0) / 2  # about half the controllable load must go
+    commands = step(
+        limit_kw=limit, meter=Reading(power, 0.2), failsafe=10.0, loads=loads, hysteresis_kw=0.5
+    )
+    timings(loads, power, limit, min(args.runs, 500))  # warm up
+    base = timings([], 3.0, limit, args.runs)
+    full = timings(loads, power, limit, args.runs)
+    print(
+        f"step() for {args.loads} loads ({len(commands)} switched off: location at {power:g} kW, "
+        f"limit {limit:g} kW), {args.runs} runs; load average {os.getloadavg()[0]:.2f}"
+    )
+    for name, samples in (("no loads", base), (f"{args.loads} loads", full)):
+        print(
+            f"{name:>9s}: median {statistics.median(samples) * 1e6:7.1f} us, "
+            f"p99 {p99(samples) * 1e6:7.1f} us"
+        )
+    print(
+        f"ratio {args.loads} loads / no loads: median "
+        f"{statistics.median(full) / statistics.median(base):.1f}, p99 {p99(full) / p99(base):.1f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -31,16 +31,24 @@ import structlog
 
 from gateway.backoff import Backoff
 from gateway.config import Config
+from gateway.control.commands import Commander
+from gateway.control.controller import Controller
+from gateway.control.decider import Decider
+from gateway.control.participant import Participant
+from gateway.control.publish import PlanPublisher
+from gateway.control.strategies import load_strategies
 from gateway.delivery.api import ApiClient, TokenSource
 from gateway.delivery.deliverer import Deliverer
 from gateway.errors import AdapterError, AdapterLoadError, ConfigError
 from gateway.intake.poller import Poller
 from gateway.intake.webhook import WebhookSettings, serve_webhook
 from gateway.metering.discovery import build_adapters
+from gateway.metering.latest import LatestReadings
 from gateway.metering.runtime import AdapterRuntime, AdapterStatus, adapter_channels
 from gateway.plugin import Adapter, Channel, Reading
 from gateway.reports.clock import ServerClock
 from gateway.reports.scheduler import ReportScheduler
+from gateway.store.control import ControlStore
 from gateway.store.database import hold_state_dir, open_database
 from gateway.store.inbox import Inbox
 from gateway.store.meta import Meta
@@ -107,20 +115,25 @@ def _channel_names(name: str, adapter: Adapter | None) -> list[str] | None:
 
 
 class _ReadingsSink:
-    """The runtime's sinks: registers an adapter's channels, commits its readings.
+    """The runtime's sinks: registers an adapter's channels, commits its readings, then
+    hands them to the latest-readings cache (the controller's view; never ahead of the
+    database).
 
     A StoreError propagates: the runtime logs the batch as not stored (so not
     accepted; a counter's next reading carries the energy on).
     """
 
-    def __init__(self, store: ReadingsStore) -> None:
+    def __init__(self, store: ReadingsStore, latest: LatestReadings) -> None:
         self._store = store
+        self._latest = latest
 
     async def channels(self, name: str, channels: tuple[Channel, ...]) -> None:
         await self._store.register_channels(name, channels)
+        self._latest.channels(name, channels)
 
     async def __call__(self, name: str, readings: Sequence[Reading]) -> None:
         await self._store.write(name, readings)
+        self._latest.put(name, readings)
 
 
 class Gateway:
@@ -146,7 +159,8 @@ class Gateway:
             inbox, outbox, meta = Inbox(db), Outbox(db), Meta(db)
             readings = ReadingsStore(db)
             await stack.enter_async_context(readings.writer())
-            sink = _ReadingsSink(readings)
+            latest = LatestReadings()
+            sink = _ReadingsSink(readings, latest)
             session = await stack.enter_async_context(
                 aiohttp.ClientSession(headers={"User-Agent": "ecgw"})
             )
@@ -175,6 +189,19 @@ class Gateway:
                 retry_after_max=delivery.retry_after_max,
                 clock=self.clock,
             )
+            control_store = ControlStore(db)
+            switch_states: dict[str, bool | None] = {}  # the controller's, read by the decider
+            strategies, strategy_errors = load_strategies()
+            for strategy, problem in strategy_errors.items():
+                log.error("strategy.load_failed", strategy=strategy, error=problem)
+            participant = Participant(
+                config,
+                control_store,
+                Decider(
+                    config, control_store, readings, latest, states=switch_states, clock=self.clock
+                ),
+                strategies,
+            )
             scheduler = ReportScheduler(
                 db=db,
                 readings=readings,
@@ -189,7 +216,7 @@ class Gateway:
                 self.webhook_url = await stack.enter_async_context(
                     serve_webhook(settings, inbox, scheduler.wake)
                 )
-            await stack.enter_async_context(
+            runtime = await stack.enter_async_context(
                 AdapterRuntime(
                     adapters,
                     sink,
@@ -200,6 +227,23 @@ class Gateway:
                     clock=self.clock,
                 )
             )
+            controller = Controller(
+                config,
+                control_store,
+                Commander(
+                    control_store,
+                    runtime,
+                    confirm_timeout=config.control.confirm_timeout,
+                    attempts=config.control.attempts,
+                    dry_run=config.control.dry_run,
+                    clock=self.clock,
+                ),
+                latest,
+                runtime,
+                states=switch_states,
+                clock=self.clock,
+            )
+            participant.on_change(controller.wake)
             await meta.started(pid=os.getpid(), now=self.clock(), webhook_url=self.webhook_url)
             log.info(
                 "gateway.started",
@@ -212,6 +256,11 @@ class Gateway:
             async with loops:
                 loops.start("delivery", deliverer.run)
                 loops.start("scheduler", scheduler.run)
+                loops.start("controller", controller.run)
+                if config.control.publish is not None:
+                    publisher = PlanPublisher(db, config, clock=self.clock)
+                    participant.on_change(publisher.wake)
+                    loops.start("plans", publisher.run)
                 loops.start("heartbeat", functools.partial(self._heartbeat, meta))
                 loops.start(
                     "compaction",

@@ -182,6 +182,9 @@ class ResourceConfig(Section, frozen=True):
     allowed: list[str] = []
     """For ``shift``: UTC windows it may run in, ``"HH:MM-HH:MM"`` (may wrap midnight);
     empty: any time."""
+    strategy: NonEmpty | None = None
+    """For ``shift``: a strategy plugin (entry-point group ``gateway.strategies``) to use
+    instead of the built-in ``shift``."""
 
     @property
     def takes_part(self) -> Participation:

@@ -75,6 +75,7 @@ class Controller:
         latest: LatestReadings,
         devices: Devices,
         *,
+        states: dict[str, bool | None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
@@ -92,8 +93,9 @@ class Controller:
         self._event_of: dict[str, str] = {}  # resource id -> the event of its next command
         self._refreshed_at = -math.inf
         self._wake = asyncio.Event()
-        self.states: dict[str, bool | None] = {}
-        """Each controllable resource's switch state as last reported (for the decider)."""
+        self.states: dict[str, bool | None] = {} if states is None else states
+        """Each controllable resource's switch state as last reported (shared with the
+        decider, for the base load now)."""
         latest.listen(self._reading)
 
     def wake(self, *_: object) -> None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from gateway import wire
 from gateway.config import Config
@@ -81,6 +81,7 @@ class Decider:
         readings: ReadingsStore,
         latest: LatestReadings,
         *,
+        states: Mapping[str, bool | None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
@@ -94,11 +95,8 @@ class Decider:
         self._owned = {loc.location_id for loc in config.locations}
         self._owned |= {res.location_id for res in config.resources}
         self._resources = {res.resource_id: res for res in config.resources}
-        self._on: dict[str, bool | None] = {}
-
-    def remember_states(self, on: dict[str, bool | None]) -> None:
-        """The switch states the controller last saw (for the base load now)."""
-        self._on = dict(on)
+        self._on: Mapping[str, bool | None] = {} if states is None else states
+        """The switch states the controller last saw (a live mapping), for the base load now."""
 
     async def decide(
         self, event_id: str, payload: wire.LocationLPC | wire.ResourceLPC, *, now: float

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from gateway.control.targets import location_key, resource_key
 from gateway.store.database import Database
 
 __all__ = [
@@ -31,6 +32,8 @@ __all__ = [
     "DecisionKind",
     "DecisionRow",
     "ScheduleRow",
+    "location_key",
+    "resource_key",
 ]
 
 DecisionKind = Literal["acknowledged", "declined", "left_out"]
@@ -85,14 +88,6 @@ class ScheduleRow:
     """The event's window: its first interval's start, its last interval's end."""
     note: str | None
     at: float
-
-
-def location_key(location_id: str, meter_point_id: str) -> str:
-    return json.dumps(["location", location_id, meter_point_id])
-
-
-def resource_key(resource_id: str, location_id: str, meter_point_id: str | None) -> str:
-    return json.dumps(["resource", resource_id, location_id, meter_point_id])
 
 
 class ControlStore:

@@ -4,6 +4,13 @@ Each ``read()`` takes the shared connection's turn, works out which points to
 read (for SunSpec: walks the model chain once per connection epoch), reads them
 in as few requests as the profile allows, and decodes. Any failed request fails
 the whole poll with AdapterReadError: no reading, never a zero.
+
+Controls (``[adapters.NAME.controls.*]``, see config.py) are on/off switches on a
+coil or a holding register. ``apply`` writes it and ``state`` reads it back,
+each in its own turn on the shared connection, with the adapter's unit id and
+pacing; ``state`` is stamped with the time the answer arrived. A holding
+register that holds neither the ``on`` nor the ``off`` value is an AdapterError
+naming both, never a guess.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from typing import ClassVar
 
 import structlog
 
-from adapters.modbus.config import ModbusConfig
+from adapters.modbus.config import ControlSpec, ModbusConfig
 from adapters.modbus.points import Block, Point, channel_for, evaluate, plan_blocks
 from adapters.modbus.profiles import PROFILES, Profile, generic_profile
 from adapters.modbus.sunspec import MeterModel, ModelWalk
@@ -30,10 +37,14 @@ from adapters.modbus.transport import (
 )
 from gateway import (
     AdapterConfig,
+    AdapterError,
     AdapterLoadError,
     AdapterReadError,
     Channel,
     ChannelKind,
+    Control,
+    ControlKind,
+    ControlState,
     Reading,
     Unit,
 )
@@ -65,7 +76,8 @@ def _endpoint(config: ModbusConfig) -> Endpoint:
 
 
 class ModbusAdapter:
-    """A polling adapter for one Modbus device (one unit id on a TCP endpoint or serial line).
+    """A polling adapter for one Modbus device (one unit id on a TCP endpoint or serial line),
+    and a controllable one for the switches named in its ``controls``.
 
     ``backoff`` and ``registry`` are for tests and embedders; the gateway builds
     the adapter as ``ModbusAdapter(name, config)``.
@@ -185,3 +197,52 @@ class ModbusAdapter:
             length=walk.meter.length,
         )
         return walk.meter
+
+    # --- controls ---------------------------------------------------------------------------------
+
+    def controls(self) -> Sequence[Control]:
+        """One on/off switch per ``[adapters.NAME.controls.*]`` table."""
+        return tuple(Control(name, ControlKind.SWITCH) for name in sorted(self.config.controls))
+
+    async def apply(self, control: str, value: float) -> None:
+        """Write the coil (on = 1) or the holding register (its ``on``/``off`` value)."""
+        spec, connection = self._control(control, "apply")
+        try:
+            on = Control(control, ControlKind.SWITCH).check(value) == 1.0
+        except ValueError as exc:
+            raise AdapterError(str(exc), adapter=self.name) from exc
+        unit = self.config.unit
+        async with connection.session(self.name, self._options) as session:
+            if spec.coil is not None:
+                await session.write_coil(spec.coil, on, unit)
+            else:
+                assert spec.holding is not None  # the config's rule: exactly one of them
+                word = spec.on_value if on else spec.off_value
+                await session.write_register(spec.holding, word, unit)
+
+    async def state(self, control: str) -> ControlState:
+        """Read the coil or holding register back: 1 (on) or 0 (off), at the answer's time."""
+        spec, connection = self._control(control, "state")
+        unit = self.config.unit
+        async with connection.session(self.name, self._options) as session:
+            if spec.coil is not None:
+                on, at = await session.read_coil(spec.coil, unit)
+                return ControlState(1.0 if on else 0.0, at=at)
+            assert spec.holding is not None
+            (word,), at = await session.read(Block("holding", spec.holding, 1), unit)
+        if word not in (spec.on_value, spec.off_value):
+            raise AdapterError(
+                f"control {control!r}: holding register {spec.holding} reads {word}, "
+                f"neither on ({spec.on_value}) nor off ({spec.off_value})",
+                adapter=self.name,
+            )
+        return ControlState(1.0 if word == spec.on_value else 0.0, at=at)
+
+    def _control(self, control: str, doing: str) -> tuple[ControlSpec, Connection]:
+        spec = self.config.controls.get(control)
+        if spec is None:
+            known = ", ".join(repr(name) for name in sorted(self.config.controls)) or "none"
+            raise AdapterError(f"no control {control!r} (it has {known})", adapter=self.name)
+        if self._connection is None:
+            raise AdapterError(f"{doing}() outside the adapter's lifetime", adapter=self.name)
+        return spec, self._connection

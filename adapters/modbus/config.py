@@ -18,6 +18,14 @@
     unit = "kWh"
     wrap = 4294967296
 
+    [adapters.meter.controls.switch]    # optional: what switches the load, by control name
+    coil = 16                           # a coil (PDU address): on = 1, off = 0
+    # or: holding = 9, on = 1, off = 0  # a holding register (PDU address) and its two values
+
+Every control is an on/off switch (values 0 and 1); name the one that switches
+the load ``switch``. Commands are written with function 5 (a coil) or 6 (a
+holding register); the state is read back from the same coil or register.
+
 Unknown keys are rejected by msgspec with the key's name. The cross-field rules
 (exactly one of ``host``/``serial_port``, exactly one of ``profile``/``registers``,
 kind/unit agreement, ...) raise ``ValueError`` from ``__post_init__``; msgspec
@@ -36,6 +44,7 @@ from gateway import AdapterConfig, ChannelKind, Duration, Unit
 
 __all__ = [
     "ByteOrder",
+    "ControlSpec",
     "FunctionName",
     "ModbusConfig",
     "ProfileName",
@@ -97,6 +106,48 @@ class RegisterSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
         return found
 
 
+class ControlSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """What one on/off control writes: a ``coil``, or a ``holding`` register with the
+    values that mean ``on`` and ``off`` (default 1 and 0). Addresses are PDU addresses."""
+
+    coil: int | None = None
+    holding: int | None = None
+    on: int | None = None
+    off: int | None = None
+
+    @property
+    def on_value(self) -> int:
+        return 1 if self.on is None else self.on
+
+    @property
+    def off_value(self) -> int:
+        return 0 if self.off is None else self.off
+
+    def problems(self, key: str) -> list[str]:
+        """Messages for every rule this spec breaks; ``key`` is its dotted config key."""
+        if (self.coil is None) == (self.holding is None):
+            return [f"{key}: set exactly one of `coil` or `holding`"]
+        found: list[str] = []
+        for name in ("coil", "holding"):
+            address = getattr(self, name)
+            if address is not None and not 0 <= address <= _MAX_ADDRESS:
+                found.append(f"{key}.{name}: {address} is outside 0..65535")
+        if self.coil is not None:
+            found.extend(
+                f"{key}.{name}: only for a holding register; a coil is on = 1, off = 0"
+                for name in ("on", "off")
+                if getattr(self, name) is not None
+            )
+            return found
+        for name in ("on", "off"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= _MAX_ADDRESS:
+                found.append(f"{key}.{name}: {value} is outside 0..65535 (one register)")
+        if self.on_value == self.off_value:
+            found.append(f"{key}: `on` and `off` are both {self.on_value}")
+        return found
+
+
 class ModbusConfig(AdapterConfig, kw_only=True, frozen=True):
     """One Modbus device: a TCP endpoint or a serial port, a unit id, and a register map."""
 
@@ -110,13 +161,14 @@ class ModbusConfig(AdapterConfig, kw_only=True, frozen=True):
     unit: int = 1
     profile: ProfileName | None = None
     registers: dict[str, RegisterSpec] = msgspec.field(default_factory=dict)
+    controls: dict[str, ControlSpec] = msgspec.field(default_factory=dict)
     connect_delay: Duration = Duration(0.0)
     request_pause: Duration = Duration(0.0)
     close_after_poll: bool = False
     timeout: Duration = Duration(3.0)
 
     def __post_init__(self) -> None:
-        found = self._transport_problems() + self._map_problems()
+        found = self._transport_problems() + self._map_problems() + self._control_problems()
         if found:
             raise ValueError("; ".join(found))
 
@@ -146,4 +198,12 @@ class ModbusConfig(AdapterConfig, kw_only=True, frozen=True):
             if not name.strip():
                 found.append("`registers` has a channel with an empty name")
             found.extend(spec.problems(f"registers.{name}"))
+        return found
+
+    def _control_problems(self) -> list[str]:
+        found: list[str] = []
+        for name, spec in self.controls.items():
+            if not name.strip():
+                found.append("`controls` has a control with an empty name")
+            found.extend(spec.problems(f"controls.{name}"))
         return found

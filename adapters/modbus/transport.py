@@ -17,7 +17,8 @@ made; its delays are ``gateway.Backoff``'s, the gateway's one backoff):
   about the device (the SunSpec layout) re-learns it when the epoch moves.
   ``close_after_poll`` closes on purpose and keeps the epoch.
 
-pymodbus exceptions are translated here into :class:`AdapterReadError`.
+pymodbus exceptions are translated here into :class:`AdapterReadError` (for writes
+too: the link failed either way), a Modbus exception response into :class:`DeviceRefused`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import asyncio
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -269,35 +270,41 @@ class Connection:
             if wait > 0:
                 await asyncio.sleep(wait)
 
-    async def read(
-        self, adapter: str, options: SessionOptions, block: Block, unit: int
-    ) -> tuple[list[int], float]:
-        """Registers of ``block`` and the wall-clock time their answer arrived."""
+    async def _request(
+        self,
+        adapter: str,
+        options: SessionOptions,
+        call: Callable[[ModbusBaseClient], Awaitable[ModbusPDU]],
+        what: str,
+        unit: int,
+        *,
+        event: str = "modbus.read_failed",
+    ) -> tuple[ModbusPDU, float]:
+        """One request on the link and the wall-clock time its answer arrived.
+
+        ``what`` says what was asked (``read 2 input registers at 52``) for the errors:
+        a link failure raises AdapterReadError (logged as ``event``), an exception
+        response DeviceRefused.
+        """
         client = self._client
         if client is None or not client.connected:
             self._fail(adapter, "modbus.link_lost", "connection closed by the peer")
             raise AdapterReadError(f"lost the connection to {self.endpoint}", adapter=adapter)
         await self._pace(options.request_pause)
-        reader = (
-            client.read_holding_registers
-            if block.function == "holding"
-            else client.read_input_registers
-        )
         try:
             async with asyncio.timeout(options.timeout):
-                response = await self._answer_or_loss(
-                    reader(block.address, count=block.count, device_id=unit)
-                )
+                response = await self._answer_or_loss(call(client))
         except TimeoutError as exc:
-            self._fail(adapter, "modbus.read_failed", "timeout")
+            self._fail(adapter, event, "timeout")
             raise AdapterReadError(
-                f"no answer from unit {unit} at {self.endpoint} within {options.timeout:g} s",
+                f"no answer from unit {unit} at {self.endpoint} within {options.timeout:g} s "
+                f"(asked to {what})",
                 adapter=adapter,
             ) from exc
         except (ModbusException, OSError) as exc:
-            self._fail(adapter, "modbus.read_failed", str(exc))
+            self._fail(adapter, event, str(exc))
             raise AdapterReadError(
-                f"reading from {self.endpoint} failed: {exc}", adapter=adapter
+                f"asking unit {unit} at {self.endpoint} to {what} failed: {exc}", adapter=adapter
             ) from exc
         except BaseException:
             self._drop()  # cancelled mid-request: the stream's state is unknown
@@ -309,11 +316,27 @@ class Connection:
         if response.isError():
             code = response.exception_code
             raise DeviceRefused(
-                f"unit {unit} refused to read {block.count} {block.function} registers "
-                f"at {block.address} (Modbus exception {code})",
+                f"unit {unit} refused to {what} (Modbus exception {code})",
                 code=code,
                 adapter=adapter,
             )
+        return response, at
+
+    async def read(
+        self, adapter: str, options: SessionOptions, block: Block, unit: int
+    ) -> tuple[list[int], float]:
+        """Registers of ``block`` and the wall-clock time their answer arrived."""
+
+        def call(client: ModbusBaseClient) -> Awaitable[ModbusPDU]:
+            reader = (
+                client.read_holding_registers
+                if block.function == "holding"
+                else client.read_input_registers
+            )
+            return reader(block.address, count=block.count, device_id=unit)
+
+        what = f"read {block.count} {block.function} registers at {block.address}"
+        response, at = await self._request(adapter, options, call, what, unit)
         registers = list(response.registers)
         if len(registers) != block.count:
             raise AdapterReadError(
@@ -322,9 +345,47 @@ class Connection:
             )
         return registers, at
 
+    async def read_coil(
+        self, adapter: str, options: SessionOptions, address: int, unit: int
+    ) -> tuple[bool, float]:
+        """One coil (function 1) and the wall-clock time its answer arrived."""
+
+        def call(client: ModbusBaseClient) -> Awaitable[ModbusPDU]:
+            return client.read_coils(address, count=1, device_id=unit)
+
+        response, at = await self._request(
+            adapter, options, call, f"read the coil at {address}", unit
+        )
+        if not response.bits:
+            raise AdapterReadError(f"unit {unit} sent no coil for {address}", adapter=adapter)
+        return bool(response.bits[0]), at
+
+    async def write_coil(
+        self, adapter: str, options: SessionOptions, address: int, on: bool, unit: int
+    ) -> None:
+        """Write one coil (function 5)."""
+
+        def call(client: ModbusBaseClient) -> Awaitable[ModbusPDU]:
+            return client.write_coil(address, on, device_id=unit)
+
+        what = f"set the coil at {address} {'on' if on else 'off'}"
+        await self._request(adapter, options, call, what, unit, event="modbus.write_failed")
+
+    async def write_register(
+        self, adapter: str, options: SessionOptions, address: int, value: int, unit: int
+    ) -> None:
+        """Write one holding register (function 6)."""
+
+        def call(client: ModbusBaseClient) -> Awaitable[ModbusPDU]:
+            return client.write_register(address, value, device_id=unit)
+
+        what = f"write {value} to the holding register at {address}"
+        await self._request(adapter, options, call, what, unit, event="modbus.write_failed")
+
 
 class Session:
-    """An adapter's turn on a connection: read blocks from its unit."""
+    """An adapter's turn on a connection: read blocks from its unit, read and write its
+    coils and holding registers."""
 
     def __init__(self, connection: Connection, adapter: str, options: SessionOptions) -> None:
         self.connection = connection
@@ -337,6 +398,15 @@ class Session:
 
     async def read(self, block: Block, unit: int) -> tuple[list[int], float]:
         return await self.connection.read(self._adapter, self._options, block, unit)
+
+    async def read_coil(self, address: int, unit: int) -> tuple[bool, float]:
+        return await self.connection.read_coil(self._adapter, self._options, address, unit)
+
+    async def write_coil(self, address: int, on: bool, unit: int) -> None:
+        await self.connection.write_coil(self._adapter, self._options, address, on, unit)
+
+    async def write_register(self, address: int, value: int, unit: int) -> None:
+        await self.connection.write_register(self._adapter, self._options, address, value, unit)
 
 
 class ConnectionRegistry:

@@ -5,6 +5,12 @@
   registers), :class:`SunSpecMeter` (``SunS`` + common model 1 + meter model
   203 or 213). Values can be set at any time (``meter.set_energy_kwh(1234.5)``)
   or rise at a known rate against the test's own clock (``meter.ramp(...)``).
+  :meth:`EastronMeter.follow_power` makes a meter's power a live function of other
+  devices (a base load plus whatever plugs are on), its counters integrating it.
+* Every meter also has coils (``meter.set_coil(16, True)``, ``meter.coils``) and
+  takes writes of coils (functions 5, 15) and holding registers (6, 16) into its
+  model; ``meter.obey_writes = False`` plays a device that answers every write
+  with success and keeps its state (a lying device).
 * :func:`modbus_tcp_server` serves meters by unit id on 127.0.0.1, port 0;
   the server counts connections and records every request it receives, and
   can be stopped and started again on the same port (a device going away).
@@ -34,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, cast
 
 import msgspec
+from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
@@ -96,12 +103,24 @@ def modbus_config(**fields: Any) -> ModbusConfig:
 # --------------------------------------------------------------------------- meters
 
 
+_COIL_FUNCTIONS = frozenset({1, 5, 15})
+_DISCRETE_INPUT_FUNCTIONS = frozenset({2})
+
+
 class SimMeter:
-    """A device's register spaces. Subclasses fill them in device terms."""
+    """A device's register spaces and coils. Subclasses fill them in device terms.
+
+    Registers and coils must exist before the server starts (pymodbus fixes the valid
+    addresses then): coils 0..15 always exist, more as far as the highest one set.
+    ``failures`` collects what :meth:`refresh` raised; the request got exception 4.
+    """
 
     def __init__(self) -> None:
         self.holding: dict[int, int] = {}
         self.input: dict[int, int] = {}
+        self.coils: dict[int, bool] = {}
+        self.obey_writes = True
+        self.failures: list[Exception] = []
 
     def space(self, function_code: int) -> dict[int, int]:
         return self.holding if function_code in (3, 6, 16, 23) else self.input
@@ -111,8 +130,11 @@ class SimMeter:
         for offset, word in enumerate(values):
             space[address + offset] = word & 0xFFFF
 
+    def set_coil(self, address: int, on: bool) -> None:
+        self.coils[address] = on
+
     def refresh(self) -> None:
-        """Called before every read the server answers: recompute live values here."""
+        """Called before every request the server answers: recompute live values here."""
 
     async def _serve(
         self,
@@ -122,16 +144,61 @@ class SimMeter:
         count: int,
         registers: list[int],
         set_values: list[int] | list[bool] | None,
-    ) -> None:
-        """pymodbus SimDevice action: copy the model into the server's registers."""
-        self.refresh()
+    ) -> ExcCodes | None:
+        """pymodbus SimDevice action: copy the model into the server's registers.
+
+        A write reaches the model first; a device that does not obey rewrites the
+        request's values to what it holds, so pymodbus stores those.
+        """
+        try:
+            self.refresh()
+        except Exception as exc:  # a broken follow_power callable: the device fails
+            self.failures.append(exc)
+            return ExcCodes.DEVICE_FAILURE
+        if function_code in _COIL_FUNCTIONS:
+            self._serve_coils(start_address, address, registers, set_values)
+            return None
+        if function_code in _DISCRETE_INPUT_FUNCTIONS:
+            return None
         space = self.space(function_code)
         if set_values is not None:
             for offset, value in enumerate(set_values):
-                space[address + offset] = int(value)
+                at = address + offset
+                if self.obey_writes:
+                    space[at] = int(value)
+                else:
+                    cast(list[int], set_values)[offset] = space.get(
+                        at, registers[at - start_address]
+                    )
         for offset in range(count):
             if (address + offset) in space:
                 registers[address - start_address + offset] = space[address + offset]
+        return None
+
+    def _serve_coils(
+        self,
+        start_word: int,
+        address: int,
+        words: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> None:
+        """Coils live 16 to a word (bit 0 first), ``start_word`` is the first word's index."""
+
+        def bit(coil: int) -> bool:
+            return bool(words[coil // 16 - start_word] >> (coil % 16) & 1)
+
+        if set_values is not None:
+            for offset, value in enumerate(set_values):
+                coil = address + offset
+                if self.obey_writes:
+                    self.coils[coil] = bool(value)
+                else:
+                    cast(list[bool], set_values)[offset] = self.coils.get(coil, bit(coil))
+        for coil, on in self.coils.items():
+            index = coil // 16 - start_word
+            if 0 <= index < len(words):
+                mask = 1 << (coil % 16)
+                words[index] = words[index] | mask if on else words[index] & ~mask
 
     def simdevice(self, unit: int) -> SimDevice:
         """A pymodbus SimDevice with separate holding and input spaces, backed by this meter."""
@@ -153,12 +220,26 @@ class SimMeter:
                     start = prev = address
             return runs
 
-        bits = [SimData(0, values=[False] * 16, datatype=DataType.BITS)]
+        n_coils = (max(self.coils, default=0) // 16 + 1) * 16
+        coils = [
+            SimData(
+                0, values=[self.coils.get(a, False) for a in range(n_coils)], datatype=DataType.BITS
+            )
+        ]
+        inputs = [SimData(0, values=[False] * 16, datatype=DataType.BITS)]
         return SimDevice(
             unit,
-            simdata=(bits, list(bits), blocks(self.holding), blocks(self.input)),
+            simdata=(coils, inputs, blocks(self.holding), blocks(self.input)),
             action=self._serve,
         )
+
+
+@dataclass
+class _Follow:
+    power_kw: Callable[[], float]
+    clock: Callable[[], float]
+    at: float
+    kw: float
 
 
 class EastronMeter(SimMeter):
@@ -179,6 +260,8 @@ class EastronMeter(SimMeter):
         self.model = model
         self.power_address = self.POWER[model]
         self._ramp: tuple[float, float, float, Callable[[], float]] | None = None
+        self._follow: _Follow | None = None
+        self.energy_kwh = self.export_kwh = 0.0
         # A few neighbours so the map looks like a real one (voltage, frequency).
         self.write("input", 0x0000, words(230.0, "f32"))
         self.write("input", 0x0046, words(50.0, "f32"))
@@ -187,25 +270,79 @@ class EastronMeter(SimMeter):
         self.set_power_w(power_w)
 
     def set_energy_kwh(self, kwh: float) -> None:
-        self._ramp = None
-        self.write("input", self.IMPORT, words(kwh, "f32"))
+        """Set the import counter; stops a ramp or a :meth:`follow_power`."""
+        self._ramp = self._follow = None
+        self._set_import(kwh)
 
     def set_export_kwh(self, kwh: float) -> None:
+        self.export_kwh = kwh
         self.write("input", self.EXPORT, words(kwh, "f32"))
 
     def set_power_w(self, watts: float) -> None:
+        """Set the power register; stops a :meth:`follow_power` (its counters stay)."""
+        self._follow = None
+        self._write_power(watts)
+
+    def _set_import(self, kwh: float) -> None:
+        self.energy_kwh = kwh
+        self.write("input", self.IMPORT, words(kwh, "f32"))
+
+    def _write_power(self, watts: float) -> None:
         self.write("input", self.power_address, words(watts, "f32"))
 
     def ramp(self, kw: float, clock: Callable[[], float], *, from_kwh: float = 0.0) -> None:
         """Import energy rises at ``kw`` from ``from_kwh``, by the test's ``clock`` (seconds)."""
+        self._follow = None
         self._ramp = (from_kwh, kw, clock(), clock)
-        self.set_power_w(kw * 1000)
+        self._write_power(kw * 1000)
+
+    def follow_power(
+        self,
+        power_kw: Callable[[], float],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        from_kwh: float | None = None,
+    ) -> None:
+        """The power follows ``power_kw()`` (kW; negative: exporting), live.
+
+        Every request the server answers calls ``power_kw()`` and writes it to the
+        power register (in W), so a read sees the callable's value at read time. The
+        import counter (from ``from_kwh``, default its current value) and the export
+        counter integrate it by ``clock`` (seconds): the power sampled at one request
+        holds until the next, as between a real meter's own samples. A callable that
+        raises (or returns NaN or an infinity) fails that request with Modbus
+        exception 4 and lands in ``failures``. Stopped by ``set_power_w``,
+        ``set_energy_kwh`` or ``ramp``.
+        """
+        self._ramp = None
+        if from_kwh is not None:
+            self._set_import(from_kwh)
+        self._follow = _Follow(power_kw, clock, clock(), self._sample(power_kw))
+        self._write_power(self._follow.kw * 1000)
+
+    @staticmethod
+    def _sample(power_kw: Callable[[], float]) -> float:
+        kw = float(power_kw())
+        if not math.isfinite(kw):
+            raise ValueError(f"follow_power: the power is {kw!r} kW")
+        return kw
 
     def refresh(self) -> None:
         if self._ramp is not None:
             start_kwh, kw, started, clock = self._ramp
             kwh = start_kwh + kw * (clock() - started) / 3600
             self.write("input", self.IMPORT, words(kwh, "f32"))
+        follow = self._follow
+        if follow is not None:
+            now = follow.clock()
+            kwh = follow.kw * max(now - follow.at, 0.0) / 3600
+            if kwh > 0:
+                self._set_import(self.energy_kwh + kwh)
+            elif kwh < 0:
+                self.set_export_kwh(self.export_kwh - kwh)
+            follow.at = now
+            follow.kw = self._sample(follow.power_kw)
+            self._write_power(follow.kw * 1000)
 
 
 class SunSpecMeter(SimMeter):

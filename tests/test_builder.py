@@ -30,6 +30,7 @@ from tests.conftest import VECTORS
 from tests.test_planner import (
     EVENT,
     NOW,
+    VECTOR_ARRIVED,
     hours,
     loc,
     location_lpc,
@@ -71,7 +72,11 @@ def price_job(
     resolution: str = "01:00:00",
 ) -> Job:
     plan = plan_event(
-        EVENT, price_curve(targets, stamps, resolution), make_config(resources), now=NOW
+        EVENT,
+        price_curve(targets, stamps, resolution),
+        make_config(resources),
+        now=NOW,
+        received_at=NOW,
     )
     (job,) = plan.jobs
     return job
@@ -262,7 +267,13 @@ def test_volue_vector_timestamps_are_the_events_own_as_spark_wrote_them() -> Non
     payload = msgspec.structs.replace(
         payload, targets=[wire.PriceCurveTarget(resource_id="hwt", location_id="home")]
     )
-    (job,) = plan_event(note.event_id, payload, make_config([res("hwt", "home")]), now=NOW).jobs
+    (job,) = plan_event(
+        note.event_id,
+        payload,
+        make_config([res("hwt", "home")]),
+        now=NOW,
+        received_at=VECTOR_ARRIVED,
+    ).jobs
     (hwt,) = job.targets
     result = build_report(job, {hwt: series(hwt, [0.5 * i for i in range(24)])})
     (sent,) = body_json(result)["payloads"]
@@ -328,7 +339,7 @@ def test_location_lpc_ack_and_usage_bodies() -> None:
             ("barn", "9", "01:00:00", hours("2025-03-12", 16, 1)),
         ]
     )
-    ack_job, usage_job = plan_event(EVENT, payload, config, now=NOW).jobs
+    ack_job, usage_job = plan_event(EVENT, payload, config, now=NOW, received_at=NOW).jobs
     ack = build_report(ack_job, {})
     assert body_json(ack) == {
         "eventId": EVENT,
@@ -373,7 +384,7 @@ def test_location_lpc_ack_and_usage_bodies() -> None:
 
 def test_all_declined_location_ack_is_contract_valid() -> None:
     payload = location_lpc([("home", "1", "01:00:00", hours("2025-03-12", 16, 1))])
-    (ack_job,) = plan_event(EVENT, payload, make_config(), now=NOW).jobs
+    (ack_job,) = plan_event(EVENT, payload, make_config(), now=NOW, received_at=NOW).jobs
     (sent,) = body_json(build_report(ack_job, {}))["payloads"]
     assert sent["payloadType"] == "LocationLPCAcknowledgement"
     assert sent["declinedTargets"] == [{"locationId": "home", "meterPointId": "1"}]
@@ -387,7 +398,7 @@ def test_resource_lpc_ack_and_usage_bodies() -> None:
             ("ghost", "home", "707057500000000001", "01:00:00", hours("2025-03-12", 16, 2)),
         ]
     )
-    ack_job, usage_job = plan_event(EVENT, payload, config, now=NOW).jobs
+    ack_job, usage_job = plan_event(EVENT, payload, config, now=NOW, received_at=NOW).jobs
     assert body_json(build_report(ack_job, {}))["payloads"] == [
         {
             "payloadType": "ResourceLPCAcknowledgement",

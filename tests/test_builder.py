@@ -82,6 +82,48 @@ def price_job(
     return job
 
 
+# --- gaps: what a waiting report waits for -------------------------------------------------
+
+
+def test_gaps_name_every_target_interval_without_data() -> None:
+    job = price_job(
+        [res("hwt", "home"), res("ev", "home"), res("pv", "home")],
+        [("hwt", "home"), ("ev", "home"), ("pv", "home")],
+        hours("2025-03-11", 10, 3),
+    )
+    hwt, ev, pv = job.targets
+    result = build_report(job, {hwt: series(hwt, [1.0, None, 2.0]), ev: series(ev, [None] * 3)})
+    first, second, third = hwt.intervals
+    assert result.gaps == (
+        (hwt, second),
+        (ev, first),
+        (ev, second),
+        (ev, third),
+        (pv, first),  # not read at all
+        (pv, second),
+        (pv, third),
+    )
+    assert result.request is not None  # the report is still built with what exists
+
+
+def test_no_gaps_when_every_interval_has_data_or_for_an_acknowledgement() -> None:
+    job = price_job([res("hwt", "home")], [("hwt", "home")], hours("2025-03-11", 10, 2))
+    (hwt,) = job.targets
+    assert build_report(job, {hwt: series(hwt, [0.0, 1.0])}).gaps == ()
+    payload = location_lpc([("home", "1", "01:00:00", hours("2025-03-12", 16, 1))])
+    config = make_config(locations=[loc("home", "1")])
+    ack_job, _ = plan_event(EVENT, payload, config, now=NOW, received_at=NOW).jobs
+    assert build_report(ack_job, {}).gaps == ()
+
+
+def test_a_job_without_any_data_has_every_interval_as_a_gap() -> None:
+    job = price_job([res("hwt", "home")], [("hwt", "home")], hours("2025-03-11", 10, 2))
+    (hwt,) = job.targets
+    result = build_report(job, {hwt: series(hwt, [None, None])})
+    assert result.request is None
+    assert [interval for _, interval in result.gaps] == list(hwt.intervals)
+
+
 # --- EnergyUsage ---------------------------------------------------------------------------
 
 

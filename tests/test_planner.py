@@ -45,11 +45,12 @@ def make_config(
     locations: Sequence[dict[str, Any]] = (),
     *,
     grace: str = "5m",
+    max_wait: str = "6h",
 ) -> Config:
     return parse_config(
         {
             "adapters": {"meter": {"type": "simulated"}, "other": {"type": "simulated"}},
-            "reporting": {"grace": grace},
+            "reporting": {"grace": grace, "max_wait": max_wait},
             "resources": list(resources),
             "locations": list(locations),
         },

@@ -419,7 +419,9 @@ class ReportScheduler:
         self._waiting.pop(key, None)
         waited = []
         if result.gaps and wait_until > job.due_at:
-            waited = [f"built after waiting until {_iso(wait_until)} for the missing readings"]
+            waited = [
+                f"the wait for missing readings ended at {_iso(wait_until)}: built with what exists"
+            ]
         note = _summary([*notes, *result.notes, *waited])
         if result.request is None or result.body is None:
             await self._jobs.record(job.event_id, job.kind, "empty", note, now=now)

@@ -221,7 +221,6 @@ class ReportScheduler:
     ) -> None:
         self._db = db
         self._inbox = Inbox(db)
-        self._outbox = Outbox(db)
         self._jobs = ReportJobs(db)
         self._readings = readings
         self._config = config
@@ -413,7 +412,7 @@ class ReportScheduler:
                 note=_wait_note(job, result.gaps, wait_until),
             )
             if key not in self._waiting:
-                log.info("reports.waiting_for_readings", kind=job.kind, note=waiting.note)
+                log.info("reports.waiting_for_data", kind=job.kind, note=waiting.note)
             self._waiting[key] = waiting
             return waiting
         self._waiting.pop(key, None)

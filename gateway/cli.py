@@ -37,7 +37,7 @@ from gateway.errors import (
 from gateway.logs import configure_logging, register_secrets
 from gateway.reports import manual
 from gateway.reports.planner import plan_event
-from gateway.reports.scheduler import ReportJobs, build_job
+from gateway.reports.scheduler import ReportJobs, build_job, read_overrides
 from gateway.store.control import ControlStore
 from gateway.store.database import open_database
 from gateway.store.inbox import Inbox
@@ -364,7 +364,12 @@ async def cmd_report_preview(args: argparse.Namespace, config: Config) -> int:
         if event is None:
             raise UsageError(f"no event {args.event_id!r} in the inbox")
         plan = plan_event(
-            event.event_id, wire.decode_event_payload(event.payload), config, now=time.time()
+            event.event_id,
+            wire.decode_event_payload(event.payload),
+            config,
+            now=time.time(),
+            received_at=event.received_at,
+            overrides=await read_overrides(db, event.event_id),
         )
         previews = []
         for job in plan.jobs:

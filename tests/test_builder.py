@@ -30,6 +30,7 @@ from tests.conftest import VECTORS
 from tests.test_planner import (
     EVENT,
     NOW,
+    VECTOR_ARRIVED,
     hours,
     loc,
     location_lpc,
@@ -71,10 +72,56 @@ def price_job(
     resolution: str = "01:00:00",
 ) -> Job:
     plan = plan_event(
-        EVENT, price_curve(targets, stamps, resolution), make_config(resources), now=NOW
+        EVENT,
+        price_curve(targets, stamps, resolution),
+        make_config(resources),
+        now=NOW,
+        received_at=NOW,
     )
     (job,) = plan.jobs
     return job
+
+
+# --- gaps: what a waiting report waits for -------------------------------------------------
+
+
+def test_gaps_name_every_target_interval_without_data() -> None:
+    job = price_job(
+        [res("hwt", "home"), res("ev", "home"), res("pv", "home")],
+        [("hwt", "home"), ("ev", "home"), ("pv", "home")],
+        hours("2025-03-11", 10, 3),
+    )
+    hwt, ev, pv = job.targets
+    result = build_report(job, {hwt: series(hwt, [1.0, None, 2.0]), ev: series(ev, [None] * 3)})
+    first, second, third = hwt.intervals
+    assert result.gaps == (
+        (hwt, second),
+        (ev, first),
+        (ev, second),
+        (ev, third),
+        (pv, first),  # not read at all
+        (pv, second),
+        (pv, third),
+    )
+    assert result.request is not None  # the report is still built with what exists
+
+
+def test_no_gaps_when_every_interval_has_data_or_for_an_acknowledgement() -> None:
+    job = price_job([res("hwt", "home")], [("hwt", "home")], hours("2025-03-11", 10, 2))
+    (hwt,) = job.targets
+    assert build_report(job, {hwt: series(hwt, [0.0, 1.0])}).gaps == ()
+    payload = location_lpc([("home", "1", "01:00:00", hours("2025-03-12", 16, 1))])
+    config = make_config(locations=[loc("home", "1")])
+    ack_job, _ = plan_event(EVENT, payload, config, now=NOW, received_at=NOW).jobs
+    assert build_report(ack_job, {}).gaps == ()
+
+
+def test_a_job_without_any_data_has_every_interval_as_a_gap() -> None:
+    job = price_job([res("hwt", "home")], [("hwt", "home")], hours("2025-03-11", 10, 2))
+    (hwt,) = job.targets
+    result = build_report(job, {hwt: series(hwt, [None, None])})
+    assert result.request is None
+    assert [interval for _, interval in result.gaps] == list(hwt.intervals)
 
 
 # --- EnergyUsage ---------------------------------------------------------------------------
@@ -262,7 +309,13 @@ def test_volue_vector_timestamps_are_the_events_own_as_spark_wrote_them() -> Non
     payload = msgspec.structs.replace(
         payload, targets=[wire.PriceCurveTarget(resource_id="hwt", location_id="home")]
     )
-    (job,) = plan_event(note.event_id, payload, make_config([res("hwt", "home")]), now=NOW).jobs
+    (job,) = plan_event(
+        note.event_id,
+        payload,
+        make_config([res("hwt", "home")]),
+        now=NOW,
+        received_at=VECTOR_ARRIVED,
+    ).jobs
     (hwt,) = job.targets
     result = build_report(job, {hwt: series(hwt, [0.5 * i for i in range(24)])})
     (sent,) = body_json(result)["payloads"]
@@ -328,7 +381,7 @@ def test_location_lpc_ack_and_usage_bodies() -> None:
             ("barn", "9", "01:00:00", hours("2025-03-12", 16, 1)),
         ]
     )
-    ack_job, usage_job = plan_event(EVENT, payload, config, now=NOW).jobs
+    ack_job, usage_job = plan_event(EVENT, payload, config, now=NOW, received_at=NOW).jobs
     ack = build_report(ack_job, {})
     assert body_json(ack) == {
         "eventId": EVENT,
@@ -373,7 +426,7 @@ def test_location_lpc_ack_and_usage_bodies() -> None:
 
 def test_all_declined_location_ack_is_contract_valid() -> None:
     payload = location_lpc([("home", "1", "01:00:00", hours("2025-03-12", 16, 1))])
-    (ack_job,) = plan_event(EVENT, payload, make_config(), now=NOW).jobs
+    (ack_job,) = plan_event(EVENT, payload, make_config(), now=NOW, received_at=NOW).jobs
     (sent,) = body_json(build_report(ack_job, {}))["payloads"]
     assert sent["payloadType"] == "LocationLPCAcknowledgement"
     assert sent["declinedTargets"] == [{"locationId": "home", "meterPointId": "1"}]
@@ -387,7 +440,7 @@ def test_resource_lpc_ack_and_usage_bodies() -> None:
             ("ghost", "home", "707057500000000001", "01:00:00", hours("2025-03-12", 16, 2)),
         ]
     )
-    ack_job, usage_job = plan_event(EVENT, payload, config, now=NOW).jobs
+    ack_job, usage_job = plan_event(EVENT, payload, config, now=NOW, received_at=NOW).jobs
     assert body_json(build_report(ack_job, {}))["payloads"] == [
         {
             "payloadType": "ResourceLPCAcknowledgement",

@@ -18,6 +18,8 @@ import pytest
 from gateway import contract
 from gateway.sandbox import Sandbox, run_sandbox
 from gateway.sandbox.client import api_post
+from gateway.store.database import open_database
+from gateway.store.inbox import Inbox
 from tests.kit.gateway import (
     make_config,
     outbox_rows,
@@ -135,6 +137,8 @@ async def test_price_curve_at_10_second_resolution(sandbox: Sandbox, tmp_path: P
         await sandbox.wait_for_reports(1, timeout=90)
         await wait_until(lambda: _delivered(config), timeout=10)
         await asyncio.sleep(1.5)  # nothing more may follow
+    arrived = await received_at(config, event["id"])
+    assert arrived > first + 20  # the first two intervals had begun: not reported
     assert len(sandbox.reports) == 1
     report = sandbox.reports[0]
     assert report.event_id == event["id"]
@@ -152,12 +156,21 @@ async def test_price_curve_at_10_second_resolution(sandbox: Sandbox, tmp_path: P
             ]
             for p in payload["points"]
         }
-        expected_starts = [first + 10 * i for i in range(6) if first + 10 * i >= started]
+        # Only what the gateway could react to: intervals that began once it had the event.
+        expected_starts = [first + 10 * i for i in range(6) if first + 10 * i >= arrived]
+        assert expected_starts, (arrived, first)
         assert sorted(got) == expected_starts, (resource, started, sorted(got))
         for start in expected_starts:
             truth = kw * 10 / 3600
             assert abs(got[start] - truth) <= 0.02 * abs(truth), (resource, start, got[start])
         assert first not in got and first + 10 not in got  # before any reading: absent, not 0
+
+
+async def received_at(config: Any, event_id: str) -> float:
+    async with open_database(config.db_path) as db:
+        event = await Inbox(db).get(event_id)
+    assert event is not None
+    return event.received_at
 
 
 async def _has_readings(config: Any) -> bool:

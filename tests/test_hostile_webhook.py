@@ -168,7 +168,9 @@ async def test_the_last_representable_point_plans_without_overflow(hook: Hook) -
             "resources": [{"resource_id": "hwt", "location_id": "home", "adapter": "meter"}],
         }
     )
-    plan = plan_event("e1", wire.decode_event_payload(stored.payload), config, now=0.0)
+    plan = plan_event(
+        "e1", wire.decode_event_payload(stored.payload), config, now=0.0, received_at=0.0
+    )
     assert len(plan.jobs) == 1
 
 

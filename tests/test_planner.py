@@ -33,6 +33,8 @@ EVENT = "7c2e9b10-1d4a-4f3b-9e8d-6a5b4c3d2e1f"
 NOW = dt.datetime(2025, 3, 10, 12, 0, tzinfo=UTC).timestamp()
 GRACE = 300.0
 HOUR = 3600.0
+VECTOR_ARRIVED = dt.datetime(2024, 9, 12, 12, 0, tzinfo=UTC).timestamp()
+"""Before the Volue vector's window (2024-09-12 13:48 on): as if pushed when it was created."""
 
 
 # --- helpers shared with test_builder ------------------------------------------------------
@@ -43,11 +45,12 @@ def make_config(
     locations: Sequence[dict[str, Any]] = (),
     *,
     grace: str = "5m",
+    max_wait: str = "6h",
 ) -> Config:
     return parse_config(
         {
             "adapters": {"meter": {"type": "simulated"}, "other": {"type": "simulated"}},
-            "reporting": {"grace": grace},
+            "reporting": {"grace": grace, "max_wait": max_wait},
             "resources": list(resources),
             "locations": list(locations),
         },
@@ -151,7 +154,7 @@ def only_job(plan: Plan) -> Job:
 
 def test_volue_vector_has_no_targets_so_no_report() -> None:
     _, payload = wire.decode_notification((VECTORS / "price-curve-event.json").read_bytes())
-    plan = plan_event("e", payload, make_config([res("hwt", "home")]), now=NOW)
+    plan = plan_event("e", payload, make_config([res("hwt", "home")]), now=NOW, received_at=NOW)
     assert plan.jobs == ()
     assert plan.no_report_reason == "the event has no targets"
 
@@ -162,7 +165,13 @@ def test_volue_vector_with_a_target_gives_hourly_intervals_at_its_odd_seconds() 
     payload = msgspec.structs.replace(
         payload, targets=[wire.PriceCurveTarget(resource_id="hwt", location_id="home")]
     )
-    plan = plan_event(note.event_id, payload, make_config([res("hwt", "home")]), now=NOW)
+    plan = plan_event(
+        note.event_id,
+        payload,
+        make_config([res("hwt", "home")]),
+        now=NOW,
+        received_at=VECTOR_ARRIVED,
+    )
     job = only_job(plan)
     assert job.kind == ENERGY_USAGE
     assert job.event_id == "1cc9ea41-59a4-453e-8c3a-2385b900a0a9"
@@ -188,20 +197,29 @@ def test_any_resolution_gives_contiguous_intervals(resolution: str, step: int, c
     base = dt.datetime(2025, 3, 11, 10, tzinfo=UTC)
     stamps = [(base + dt.timedelta(seconds=step * i)).isoformat() for i in range(count)]
     payload = price_curve([("hwt", "home")], stamps, resolution)
-    job = only_job(plan_event(EVENT, payload, make_config([res("hwt", "home")]), now=NOW))
+    job = only_job(
+        plan_event(EVENT, payload, make_config([res("hwt", "home")]), now=NOW, received_at=NOW)
+    )
     assert job.resolution == resolution
     assert len(job.intervals) == count
     assert job.intervals[0] == (base.timestamp(), base.timestamp() + step)
     for (_, end), (start, _) in zip(job.intervals, job.intervals[1:], strict=False):
         assert end == start  # bit-equal: ends come from exact datetime arithmetic
     assert job.due_at == base.timestamp() + step * count + GRACE
-    assert plan_event(EVENT, payload, make_config([res("hwt", "home")]), now=NOW).notes == ()
+    assert (
+        plan_event(
+            EVENT, payload, make_config([res("hwt", "home")]), now=NOW, received_at=NOW
+        ).notes
+        == ()
+    )
 
 
 def test_ten_second_curve_at_odd_sub_seconds() -> None:
     stamps = [f"2025-03-11T10:00:{s:02d}.1234560+00:00" for s in (3, 13, 23)]
     payload = price_curve([("hwt", "home")], stamps, "00:00:10")
-    job = only_job(plan_event(EVENT, payload, make_config([res("hwt", "home")]), now=NOW))
+    job = only_job(
+        plan_event(EVENT, payload, make_config([res("hwt", "home")]), now=NOW, received_at=NOW)
+    )
     start = stamp("2025-03-11T10:00:03.123456+00:00")
     assert job.intervals == (
         (start, start + 10),
@@ -218,7 +236,9 @@ def test_sparse_unordered_duplicate_points_become_sorted_unique_intervals() -> N
         "2025-03-11T10:00:00Z",
     ]
     payload = price_curve([("hwt", "home")], stamps)
-    job = only_job(plan_event(EVENT, payload, make_config([res("hwt", "home")]), now=NOW))
+    job = only_job(
+        plan_event(EVENT, payload, make_config([res("hwt", "home")]), now=NOW, received_at=NOW)
+    )
     starts = [stamp(f"2025-03-11T{h}:00:00+00:00") for h in ("10", "13", "17")]
     assert job.intervals == tuple((s, s + HOUR) for s in starts)
     assert job.due_at == starts[-1] + HOUR + GRACE
@@ -226,7 +246,9 @@ def test_sparse_unordered_duplicate_points_become_sorted_unique_intervals() -> N
 
 def test_timestamps_with_any_offset_are_the_same_instants() -> None:
     payload = price_curve([("hwt", "home")], ["2025-03-11T12:00:00+02:00"])
-    job = only_job(plan_event(EVENT, payload, make_config([res("hwt", "home")]), now=NOW))
+    job = only_job(
+        plan_event(EVENT, payload, make_config([res("hwt", "home")]), now=NOW, received_at=NOW)
+    )
     assert job.intervals == ((stamp("2025-03-11T10:00:00+00:00"), stamp("2025-03-11T11:00:00Z")),)
 
 
@@ -237,7 +259,7 @@ def test_only_configured_targets_are_planned_and_the_others_noted() -> None:
     payload = price_curve(
         [("hwt", "home"), ("stranger", "home"), ("ev", "home")], hours("2025-03-11", 10, 2)
     )
-    plan = plan_event(EVENT, payload, config, now=NOW)
+    plan = plan_event(EVENT, payload, config, now=NOW, received_at=NOW)
     job = only_job(plan)
     assert [t.resource_id for t in job.targets] == ["hwt", "ev"]
     hwt = job.targets[0]
@@ -261,7 +283,7 @@ def test_only_configured_targets_are_planned_and_the_others_noted() -> None:
 def test_a_resource_configured_at_another_location_is_not_configured() -> None:
     config = make_config([res("hwt", "cabin"), res("ev", "home")])
     payload = price_curve([("hwt", "home"), ("ev", "home")], hours("2025-03-11", 10, 1))
-    plan = plan_event(EVENT, payload, config, now=NOW)
+    plan = plan_event(EVENT, payload, config, now=NOW, received_at=NOW)
     assert [t.resource_id for t in only_job(plan).targets] == ["ev"]
     assert plan.notes == (
         "target resource 'hwt' is configured at location 'cabin', not at the event's 'home': "
@@ -271,26 +293,30 @@ def test_a_resource_configured_at_another_location_is_not_configured() -> None:
 
 def test_no_configured_target_means_no_report_with_a_reason() -> None:
     payload = price_curve([("a", "x"), ("b", "x"), ("c", "y")], hours("2025-03-11", 10, 1))
-    plan = plan_event(EVENT, payload, make_config([res("a", "elsewhere")]), now=NOW)
+    plan = plan_event(
+        EVENT, payload, make_config([res("a", "elsewhere")]), now=NOW, received_at=NOW
+    )
     assert plan.jobs == ()
     assert plan.no_report_reason == "none of the event's 3 targets is configured"
     assert len(plan.notes) == 3
     single = price_curve([("a", "x")], hours("2025-03-11", 10, 1))
     assert (
-        plan_event(EVENT, single, make_config(), now=NOW).no_report_reason
+        plan_event(EVENT, single, make_config(), now=NOW, received_at=NOW).no_report_reason
         == "the event's only target is not configured"
     )
 
 
 def test_a_target_listed_twice_is_planned_once() -> None:
     payload = price_curve([("hwt", "home"), ("hwt", "home")], hours("2025-03-11", 10, 1))
-    job = only_job(plan_event(EVENT, payload, make_config([res("hwt", "home")]), now=NOW))
+    job = only_job(
+        plan_event(EVENT, payload, make_config([res("hwt", "home")]), now=NOW, received_at=NOW)
+    )
     assert len(job.targets) == 1
 
 
 def test_a_curve_without_points_is_not_reported() -> None:
     payload = price_curve([("hwt", "home")], [])
-    plan = plan_event(EVENT, payload, make_config([res("hwt", "home")]), now=NOW)
+    plan = plan_event(EVENT, payload, make_config([res("hwt", "home")]), now=NOW, received_at=NOW)
     assert plan.jobs == ()
     assert plan.no_report_reason == "the event has no points"
 
@@ -306,7 +332,9 @@ def test_an_unreadable_resolution_never_reaches_the_planner() -> None:
 def test_due_at_is_not_moved_when_already_past() -> None:
     payload = price_curve([("hwt", "home")], hours("2025-03-11", 10, 1))
     late = stamp("2025-04-02T00:00:00+00:00")
-    job = only_job(plan_event(EVENT, payload, make_config([res("hwt", "home")]), now=late))
+    job = only_job(
+        plan_event(EVENT, payload, make_config([res("hwt", "home")]), now=late, received_at=NOW)
+    )
     assert job.due_at == stamp("2025-03-11T11:05:00+00:00")
     assert job.due_at < late  # the caller sees it is due at once
 
@@ -314,14 +342,18 @@ def test_due_at_is_not_moved_when_already_past() -> None:
 def test_grace_comes_from_config() -> None:
     payload = price_curve([("hwt", "home")], hours("2025-03-11", 10, 1))
     config = make_config([res("hwt", "home")], grace="1h")
-    job = only_job(plan_event(EVENT, payload, config, now=NOW))
+    job = only_job(plan_event(EVENT, payload, config, now=NOW, received_at=NOW))
     assert job.due_at == stamp("2025-03-11T12:00:00+00:00")
 
 
 def test_overlapping_points_are_kept_and_noted() -> None:
     stamps = ["2025-03-11T10:00:00+00:00", "2025-03-11T10:30:00+00:00"]
     plan = plan_event(
-        EVENT, price_curve([("hwt", "home")], stamps), make_config([res("hwt", "home")]), now=NOW
+        EVENT,
+        price_curve([("hwt", "home")], stamps),
+        make_config([res("hwt", "home")]),
+        now=NOW,
+        received_at=NOW,
     )
     assert len(only_job(plan).intervals) == 2
     assert len(plan.notes) == 1
@@ -339,7 +371,7 @@ def test_intervals_are_the_distinct_points_sorted(
     base = dt.datetime(2025, 3, 11, tzinfo=UTC)
     moments = [base + dt.timedelta(microseconds=us) for us in offsets]
     payload = price_curve([("hwt", "home")], [m.isoformat() for m in moments], resolution)
-    plan = plan_event(EVENT, payload, make_config([res("hwt", "home")]), now=NOW)
+    plan = plan_event(EVENT, payload, make_config([res("hwt", "home")]), now=NOW, received_at=NOW)
     if not moments:
         assert plan.no_report_reason == "the event has no points"
         return
@@ -368,7 +400,7 @@ def test_location_lpc_acks_now_then_reports_usage_per_target_schedule() -> None:
             ("barn", "707057500000000009", "01:00:00", hours("2025-03-12", 16, 1)),
         ]
     )
-    plan = plan_event(EVENT, payload, config, now=NOW)
+    plan = plan_event(EVENT, payload, config, now=NOW, received_at=NOW)
     assert plan.no_report_reason is None
     ack, usage = plan.jobs
     assert ack.kind == LOCATION_ACK
@@ -412,7 +444,7 @@ def test_location_lpc_acks_now_then_reports_usage_per_target_schedule() -> None:
 def test_location_lpc_meter_point_mismatch_is_declined_and_noted() -> None:
     config = make_config(locations=[loc("home", "707057500000000001")])
     payload = location_lpc([("home", "707057500000000099", "01:00:00", hours("2025-03-12", 16, 1))])
-    plan = plan_event(EVENT, payload, config, now=NOW)
+    plan = plan_event(EVENT, payload, config, now=NOW, received_at=NOW)
     (ack,) = plan.jobs
     assert ack.acknowledgement == wire.LocationLPCAcknowledgement(
         acknowledged_targets=[],
@@ -429,7 +461,7 @@ def test_location_lpc_meter_point_mismatch_is_declined_and_noted() -> None:
 
 def test_location_lpc_with_nothing_configured_still_acknowledges_by_declining() -> None:
     payload = location_lpc([("home", "1", "01:00:00", hours("2025-03-12", 16, 1))])
-    plan = plan_event(EVENT, payload, make_config(), now=NOW)
+    plan = plan_event(EVENT, payload, make_config(), now=NOW, received_at=NOW)
     (ack,) = plan.jobs
     assert ack.kind == LOCATION_ACK
     assert isinstance(ack.acknowledgement, wire.LocationLPCAcknowledgement)
@@ -448,7 +480,11 @@ def test_location_lpc_without_targets_or_points_is_not_reported(
     targets: list[tuple[str, str, str, list[str]]], reason: str
 ) -> None:
     plan = plan_event(
-        EVENT, location_lpc(targets), make_config(locations=[loc("home", "1")]), now=NOW
+        EVENT,
+        location_lpc(targets),
+        make_config(locations=[loc("home", "1")]),
+        now=NOW,
+        received_at=NOW,
     )
     assert plan.jobs == ()
     assert plan.no_report_reason == reason
@@ -459,7 +495,7 @@ def test_location_lpc_target_without_points_is_acknowledged_but_not_measured() -
     payload = location_lpc(
         [("home", "1", "01:00:00", []), ("shop", "2", "01:00:00", hours("2025-03-12", 16, 1))]
     )
-    plan = plan_event(EVENT, payload, config, now=NOW)
+    plan = plan_event(EVENT, payload, config, now=NOW, received_at=NOW)
     ack, usage = plan.jobs
     assert isinstance(ack.acknowledgement, wire.LocationLPCAcknowledgement)
     assert len(ack.acknowledgement.acknowledged_targets) == 2
@@ -477,7 +513,7 @@ def test_location_lpc_target_listed_twice_is_merged_or_declined() -> None:
             ("shop", "2", "00:15:00", hours("2025-03-12", 18, 1)),
         ]
     )
-    plan = plan_event(EVENT, payload, config, now=NOW)
+    plan = plan_event(EVENT, payload, config, now=NOW, received_at=NOW)
     ack, usage = plan.jobs
     assert isinstance(ack.acknowledgement, wire.LocationLPCAcknowledgement)
     assert ack.acknowledgement.acknowledged_targets == [
@@ -518,7 +554,7 @@ def test_resource_lpc_acks_then_energy_usage_with_the_targets_meter_point() -> N
             ("ghost", "home", "707057500000000001", "01:00:00", hours("2025-03-12", 16, 1)),
         ]
     )
-    plan = plan_event(EVENT, payload, config, now=NOW)
+    plan = plan_event(EVENT, payload, config, now=NOW, received_at=NOW)
     ack, usage = plan.jobs
     assert ack.kind == RESOURCE_ACK
     assert ack.due_at == NOW
@@ -547,14 +583,14 @@ def test_resource_lpc_acks_then_energy_usage_with_the_targets_meter_point() -> N
 
 def test_resource_lpc_without_points_is_not_reported() -> None:
     payload = resource_lpc([("hwt", "home", "1", "01:00:00", [])])
-    plan = plan_event(EVENT, payload, make_config([res("hwt", "home")]), now=NOW)
+    plan = plan_event(EVENT, payload, make_config([res("hwt", "home")]), now=NOW, received_at=NOW)
     assert plan.jobs == ()
     assert plan.no_report_reason == "the event has no points"
 
 
 def test_resource_lpc_with_nothing_acknowledged_sends_only_the_ack() -> None:
     payload = resource_lpc([("hwt", "home", "1", "01:00:00", hours("2025-03-12", 16, 1))])
-    plan = plan_event(EVENT, payload, make_config([res("other", "home")]), now=NOW)
+    plan = plan_event(EVENT, payload, make_config([res("other", "home")]), now=NOW, received_at=NOW)
     (ack,) = plan.jobs
     assert ack.kind == RESOURCE_ACK
     assert plan.no_report_reason is None
@@ -572,7 +608,7 @@ def test_user_eligibility_is_informational() -> None:
             "removedUsers": [],
         }
     )
-    plan = plan_event(EVENT, payload, make_config([res("hwt", "home")]), now=NOW)
+    plan = plan_event(EVENT, payload, make_config([res("hwt", "home")]), now=NOW, received_at=NOW)
     assert plan.jobs == ()
     assert plan.no_report_reason is not None
     assert "informational" in plan.no_report_reason
@@ -580,7 +616,7 @@ def test_user_eligibility_is_informational() -> None:
 
 def test_volue_user_eligibility_vector_is_informational() -> None:
     _, payload = wire.decode_notification((VECTORS / "user-eligibility-event.json").read_bytes())
-    plan = plan_event("e", payload, make_config(), now=NOW)
+    plan = plan_event("e", payload, make_config(), now=NOW, received_at=NOW)
     assert plan.jobs == ()
     assert plan.no_report_reason is not None
 
@@ -599,7 +635,9 @@ def test_lpc_reservation_has_no_documented_report() -> None:
             ],
         }
     )
-    plan = plan_event(EVENT, payload, make_config(locations=[loc("home", "1")]), now=NOW)
+    plan = plan_event(
+        EVENT, payload, make_config(locations=[loc("home", "1")]), now=NOW, received_at=NOW
+    )
     assert plan.jobs == ()
     assert plan.no_report_reason is not None
     assert "LPCReservation" in plan.no_report_reason
@@ -608,14 +646,16 @@ def test_lpc_reservation_has_no_documented_report() -> None:
 def test_unknown_payload_type_is_ignored() -> None:
     payload = decode({"payloadType": "SomethingNew2027", "targets": [{"resourceId": "hwt"}]})
     assert isinstance(payload, wire.UnknownPayload)
-    plan = plan_event(EVENT, payload, make_config([res("hwt", "home")]), now=NOW)
+    plan = plan_event(EVENT, payload, make_config([res("hwt", "home")]), now=NOW, received_at=NOW)
     assert plan.jobs == ()
     assert plan.no_report_reason == "payload type 'SomethingNew2027' is unknown: ignored"
 
 
 def test_plans_are_immutable_and_targets_hashable() -> None:
     payload = price_curve([("hwt", "home")], hours("2025-03-11", 10, 2))
-    job = only_job(plan_event(EVENT, payload, make_config([res("hwt", "home")]), now=NOW))
+    job = only_job(
+        plan_event(EVENT, payload, make_config([res("hwt", "home")]), now=NOW, received_at=NOW)
+    )
     assert {job.targets[0]: 1}[job.targets[0]] == 1
     with pytest.raises(AttributeError):
         job.due_at = 0.0  # type: ignore[misc]
@@ -628,12 +668,16 @@ def test_targets_carry_their_configured_direction_and_max_kw() -> None:
     config = make_config([battery, res("hwt", "home")], [site])
     stamps = hours("2025-03-11", 10, 1)
     plan = plan_event(
-        EVENT, price_curve([("bat", "home"), ("hwt", "home")], stamps), config, now=NOW
+        EVENT,
+        price_curve([("bat", "home"), ("hwt", "home")], stamps),
+        config,
+        now=NOW,
+        received_at=NOW,
     )
     (job,) = plan.jobs
     limits = {t.resource_id: (t.direction, t.max_kw) for t in job.targets}
     assert limits == {"bat": ("net", 5.0), "hwt": ("import", DEFAULT_MAX_KW)}
     lpc = location_lpc([("home", "mp-1", "01:00:00", stamps)])
-    _, usage = plan_event(EVENT, lpc, config, now=NOW).jobs
+    _, usage = plan_event(EVENT, lpc, config, now=NOW, received_at=NOW).jobs
     ((direction, max_kw),) = {(t.direction, t.max_kw) for t in usage.targets}
     assert (direction, max_kw) == ("import", 40.0)

@@ -397,7 +397,7 @@ def test_a_report_carries_sparks_timestamps_and_a_normalised_resolution() -> Non
         base=Path("/"),
     )
     decoded = wire.decode_event_payload(json.dumps(payload).encode())
-    (job,) = plan_event("e1", decoded, config, now=0.0).jobs
+    (job,) = plan_event("e1", decoded, config, now=0.0, received_at=0.0).jobs
     (target,) = job.targets
     energy = [IntervalEnergy(s, e, 1.0, Quality.MEASURED) for s, e in target.intervals]
     result = build_report(job, {target: energy})

@@ -5,7 +5,9 @@ Pure: no I/O, no clock, no logging. The caller logs the notes and shows the tabl
 Rules that protect the money:
 
 * An interval without data (``None``) is **left out** of the payload, never sent as 0: a zero
-  is a claim that nothing was used. A target with no data at all gets no payload.
+  is a claim that nothing was used. A target with no data at all gets no payload. Every
+  interval left out is named in :attr:`BuildResult.gaps`: the scheduler waits for its
+  readings (``reporting.max_wait``) before it builds the report for good.
 * Each point's timestamp is the event's own point timestamp (``Target.starts``): written
   exactly as Spark wrote it when it is in the contract's UTC form (``T``, ``Z`` or
   ``+00:00``, up to 7 fractional digits), else written in that form: converted to UTC with
@@ -34,9 +36,9 @@ from dataclasses import dataclass
 from gateway import wire
 from gateway.errors import ReportInvalid
 from gateway.metering.energy import IntervalEnergy, Limits, Quality
-from gateway.reports.planner import ENERGY_USAGE, LOCATION_ENERGY_USAGE, Job, Target
+from gateway.reports.planner import ENERGY_USAGE, LOCATION_ENERGY_USAGE, Interval, Job, Target
 
-__all__ = ["KWH_DECIMALS", "BuildResult", "Row", "build_report"]
+__all__ = ["KWH_DECIMALS", "BuildResult", "Gap", "Row", "build_report"]
 
 KWH_DECIMALS = 6
 """kWh are sent rounded to 1 mWh: exact to the watt-hour with margin (see the module docstring)."""
@@ -46,6 +48,9 @@ _ALIGN_TOLERANCE = 1e-3
 
 Row = tuple[str, float, float | None]
 """(target label, interval start in epoch seconds, kWh as sent or None when left out)."""
+
+Gap = tuple[Target, Interval]
+"""A target's interval that has no data (yet): what a waiting report waits for."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,9 @@ class BuildResult:
     notes: tuple[str, ...]
     table: list[Row]
     """One row per target interval, for display."""
+    gaps: tuple[Gap, ...] = ()
+    """Every target interval left out for want of data, in target then interval order.
+    Empty when the report is complete (and for acknowledgements)."""
 
 
 def build_report(job: Job, energy: Mapping[Target, Sequence[IntervalEnergy | None]]) -> BuildResult:
@@ -65,20 +73,23 @@ def build_report(job: Job, energy: Mapping[Target, Sequence[IntervalEnergy | Non
     Raises ReportInvalid when ``energy`` is misaligned with the job or holds an impossible value.
     """
     if job.acknowledgement is not None:
-        return _finish(job.event_id, [job.acknowledgement], [], [])
+        return _finish(job.event_id, [job.acknowledgement], [], [], [])
     if job.kind not in (ENERGY_USAGE, LOCATION_ENERGY_USAGE):
         raise ReportInvalid(f"job kind {job.kind!r} without an acknowledgement cannot be built")
     payloads: list[wire.ReportPayload] = []
     notes: list[str] = []
     table: list[Row] = []
+    gaps: list[Gap] = []
     stamps: dict[float, dt.datetime] = {}
     for target in job.targets:
         series = energy.get(target)
         if series is None:
             notes.append(f"{target.label}: no energy was read: payload left out")
             table.extend((target.label, start, None) for start, _ in target.intervals)
+            gaps.extend((target, interval) for interval in target.intervals)
             continue
         points = _points(target, series, len(payloads), table, stamps)
+        gaps.extend((target, i) for i, v in zip(target.intervals, series, strict=True) if v is None)
         missing = len(target.intervals) - len(points)
         if not points:
             notes.append(f"{target.label}: no data in any interval: payload left out")
@@ -95,17 +106,21 @@ def build_report(job: Job, energy: Mapping[Target, Sequence[IntervalEnergy | Non
                 "interpolated between readings"
             )
         payloads.append(_payload(job.kind, target, points))
-    return _finish(job.event_id, payloads, notes, table)
+    return _finish(job.event_id, payloads, notes, table, gaps)
 
 
 def _finish(
-    event_id: str, payloads: list[wire.ReportPayload], notes: list[str], table: list[Row]
+    event_id: str,
+    payloads: list[wire.ReportPayload],
+    notes: list[str],
+    table: list[Row],
+    gaps: list[Gap],
 ) -> BuildResult:
     if not payloads:
         notes.append("no target has any data: nothing to report")
-        return BuildResult(request=None, body=None, notes=tuple(notes), table=table)
+        return BuildResult(None, None, tuple(notes), table, tuple(gaps))
     request = wire.PostReportRequest(event_id=event_id, payloads=payloads)
-    return BuildResult(request=request, body=wire.encode(request), notes=tuple(notes), table=table)
+    return BuildResult(request, wire.encode(request), tuple(notes), table, tuple(gaps))
 
 
 def _points(

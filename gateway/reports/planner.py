@@ -6,9 +6,9 @@ Pure: no I/O, no clock (``now`` is an argument), no logging. The caller logs the
 event              reports                                          due
 =================  ===============================================  ==============================
 PriceCurve         ``EnergyUsage`` for the configured targets       last interval end + grace
-LocationLPC        ``LocationLPCAcknowledgement`` (every target)    now
+LocationLPC        ``LocationLPCAcknowledgement`` (every target)    now (none: arrived too late)
                    ``LocationEnergyUsage`` for the acknowledged     last interval end + grace
-ResourceLPC        ``ResourceLPCAcknowledgement`` (every target)    now
+ResourceLPC        ``ResourceLPCAcknowledgement`` (every target)    now (none: arrived too late)
                    ``EnergyUsage`` for the acknowledged             last interval end + grace
 UserEligibility    none: informational
 LPCReservation     none: no report is documented
@@ -24,19 +24,41 @@ not configure.
 Each :class:`Target` carries its own resolution and intervals: LPC targets each have their own
 points. A job holds every target of one report kind, since Spark wants one report per event and
 the outbox keeps one report per ``(event_id, kind)``.
+
+**Only what was done.** Spark pays for reactions, and the gateway can react only to an event it
+has. So no report covers an interval that started before the event first reached the gateway
+(``received_at``): such intervals are left out of every usage target, with a note. An event none
+of whose intervals starts at or after its arrival (the first poll takes the whole history) gets
+no report at all, and an LPC event then no acknowledgement either: the plan says why. A resource
+whose participation is ``off`` (from the config, or the operator's override for this event) is
+never reported: left out of a PriceCurve, declined in a ResourceLPC.
+
+**Waiting for late readings.** A usage job is due at ``due_at``, but when intervals lack
+readings then (an adapter restarting, a device that buffers) its report waits for them until
+``wait_until``: ``due_at + reporting.max_wait``, never past the day before the month-end cut-off
+of its first interval (so that what is built then still reaches Spark in time). The scheduler
+retries it until every interval has data or ``wait_until`` has passed.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Literal, TypeAlias, TypeVar, assert_never
 
 from gateway import wire
-from gateway.config import DEFAULT_MAX_KW, Config, Direction, LocationConfig, ResourceConfig
-from gateway.timeutil import parse_timespan
+from gateway.config import (
+    DEFAULT_MAX_KW,
+    Config,
+    Direction,
+    LocationConfig,
+    Participation,
+    ResourceConfig,
+)
+from gateway.timeutil import month_end, parse_timespan
 
 __all__ = [
     "ENERGY_USAGE",
@@ -107,6 +129,9 @@ class Job:
     """The targets to read energy for. Empty for acknowledgements."""
     acknowledgement: Acknowledgement | None = None
     """The finished acknowledgement payload, for the two acknowledgement kinds."""
+    wait_until: float | None = None
+    """Until when a usage report waits for intervals without readings (see the module
+    docstring); ``None`` for acknowledgements, which never wait."""
 
 
 @dataclass(frozen=True)
@@ -118,15 +143,50 @@ class Plan:
     """Why there are no jobs; ``None`` when there are."""
 
 
-def plan_event(event_id: str, payload: wire.EventPayload, config: Config, *, now: float) -> Plan:
-    """The reports ``payload`` asks for, given what ``config`` names."""
+_NO_OVERRIDES: Mapping[str, Participation] = MappingProxyType({})
+
+_DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What a plan depends on besides the payload."""
+
+    event_id: str
+    config: Config
+    now: float
+    received_at: float
+    overrides: Mapping[str, Participation]
+
+    def participation(self, res: ResourceConfig) -> tuple[Participation, str]:
+        """The resource's participation in this event, and where it comes from."""
+        if res.resource_id in self.overrides:
+            return self.overrides[res.resource_id], "the operator's override"
+        return res.takes_part, "the config"
+
+
+def plan_event(
+    event_id: str,
+    payload: wire.EventPayload,
+    config: Config,
+    *,
+    now: float,
+    received_at: float,
+    overrides: Mapping[str, Participation] = _NO_OVERRIDES,
+) -> Plan:
+    """The reports ``payload`` asks for, given what ``config`` names.
+
+    ``received_at``: when the event first reached the gateway (``events.received_at``);
+    ``overrides``: the operator's participation per resource id for this event.
+    """
+    ctx = _Context(event_id, config, now, received_at, overrides)
     match payload:
         case wire.PriceCurve():
-            return _plan_price_curve(event_id, payload, config)
+            return _plan_price_curve(ctx, payload)
         case wire.LocationLPC():
-            return _plan_location_lpc(event_id, payload, config, now=now)
+            return _plan_location_lpc(ctx, payload)
         case wire.ResourceLPC():
-            return _plan_resource_lpc(event_id, payload, config, now=now)
+            return _plan_resource_lpc(ctx, payload)
         case wire.UserEligibility():
             return _no_report("UserEligibility is informational: Spark expects no report")
         case wire.LPCReservation():
@@ -140,7 +200,7 @@ def plan_event(event_id: str, payload: wire.EventPayload, config: Config, *, now
 # --- PriceCurve --------------------------------------------------------------
 
 
-def _plan_price_curve(event_id: str, curve: wire.PriceCurve, config: Config) -> Plan:
+def _plan_price_curve(ctx: _Context, curve: wire.PriceCurve) -> Plan:
     delta = curve.price_curve_delta
     if not curve.targets:
         return _no_report("the event has no targets")
@@ -151,36 +211,47 @@ def _plan_price_curve(event_id: str, curve: wire.PriceCurve, config: Config) -> 
         starts = _starts((p.timestamp for p in delta.points), intervals)
     except ValueError as exc:
         return _no_report(f"the event's resolution cannot be read: {exc}")
+    if (late := _arrived_late(ctx.received_at, intervals)) is not None:
+        return _no_report(late)
     notes = _overlap_notes("the price curve", intervals)
-    resources = {r.resource_id: r for r in config.resources}
+    intervals, starts = _after_arrival("the price curve", intervals, starts, ctx, notes)
+    resources = {r.resource_id: r for r in ctx.config.resources}
     targets: dict[str, Target] = {}
+    off: set[str] = set()
     for t in curve.targets:
         res, why = _match_resource(resources, t.resource_id, t.location_id, None)
         if res is None:
             notes.append(f"{why}: left out")
-        elif t.resource_id not in targets:
+        elif t.resource_id in targets or t.resource_id in off:
+            continue
+        elif (off_why := _takes_no_part(ctx, res)) is not None:
+            off.add(t.resource_id)
+            notes.append(f"{off_why}: left out")
+        else:
             targets[t.resource_id] = _resource_target(
                 res, t.location_id, res.meter_point_id, delta.resolution, intervals, starts
             )
     if not targets:
-        return Plan((), tuple(notes), _none_configured(len(curve.targets)))
-    job = _usage_job(event_id, ENERGY_USAGE, tuple(targets.values()), config)
+        return Plan((), tuple(notes), _nothing_to_report(len(curve.targets), len(off)))
+    job = _usage_job(ctx, ENERGY_USAGE, tuple(targets.values()))
     return Plan((job,), tuple(notes), None)
 
 
 # --- LocationLPC -------------------------------------------------------------
 
 
-def _plan_location_lpc(event_id: str, lpc: wire.LocationLPC, config: Config, *, now: float) -> Plan:
+def _plan_location_lpc(ctx: _Context, lpc: wire.LocationLPC) -> Plan:
     if not lpc.targets:
         return _no_report("the event has no targets")
     if not any(t.points for t in lpc.targets):
         return _no_report("the event has no points")
+    if (late := _arrived_late(ctx.received_at, _lpc_window(lpc.targets))) is not None:
+        return _no_report(late)
     locations: dict[tuple[str, str], LocationConfig] = {}
-    for entry in config.locations:
+    for entry in ctx.config.locations:
         locations.setdefault((entry.location_id, entry.meter_point_id), entry)
     meters: dict[str, list[str]] = {}
-    for entry in config.locations:
+    for entry in ctx.config.locations:
         meters.setdefault(entry.location_id, []).append(entry.meter_point_id)
     notes: list[str] = []
     acked: list[wire.LPCLocation] = []
@@ -198,7 +269,7 @@ def _plan_location_lpc(event_id: str, lpc: wire.LocationLPC, config: Config, *, 
             notes.append(f"{name} {why}: declined")
             declined.append(item)
             continue
-        schedule = _schedule(name, group, notes)
+        schedule = _schedule(name, group, ctx, notes)
         if schedule is None:
             declined.append(item)
             continue
@@ -207,18 +278,20 @@ def _plan_location_lpc(event_id: str, lpc: wire.LocationLPC, config: Config, *, 
         if intervals:
             usage.append(_location_target(loc, resolution, intervals, starts))
     ack = wire.LocationLPCAcknowledgement(acknowledged_targets=acked, declined_targets=declined)
-    return _lpc_plan(event_id, LOCATION_ACK, ack, LOCATION_ENERGY_USAGE, usage, notes, config, now)
+    return _lpc_plan(ctx, LOCATION_ACK, ack, LOCATION_ENERGY_USAGE, usage, notes)
 
 
 # --- ResourceLPC -------------------------------------------------------------
 
 
-def _plan_resource_lpc(event_id: str, lpc: wire.ResourceLPC, config: Config, *, now: float) -> Plan:
+def _plan_resource_lpc(ctx: _Context, lpc: wire.ResourceLPC) -> Plan:
     if not lpc.targets:
         return _no_report("the event has no targets")
     if not any(t.points for t in lpc.targets):
         return _no_report("the event has no points")
-    resources = {r.resource_id: r for r in config.resources}
+    if (late := _arrived_late(ctx.received_at, _lpc_window(lpc.targets))) is not None:
+        return _no_report(late)
+    resources = {r.resource_id: r for r in ctx.config.resources}
     notes: list[str] = []
     acked: list[wire.LPCResource] = []
     declined: list[wire.LPCResource] = []
@@ -229,11 +302,13 @@ def _plan_resource_lpc(event_id: str, lpc: wire.ResourceLPC, config: Config, *, 
             resource_id=resource_id, location_id=location_id, meter_point_id=meter_point_id
         )
         res, why = _match_resource(resources, resource_id, location_id, meter_point_id)
+        if res is not None and (off := _takes_no_part(ctx, res)) is not None:
+            res, why = None, off
         if res is None:
             notes.append(f"{why}: declined")
             declined.append(item)
             continue
-        schedule = _schedule(f"target resource {resource_id!r}", group, notes)
+        schedule = _schedule(f"target resource {resource_id!r}", group, ctx, notes)
         if schedule is None:
             declined.append(item)
             continue
@@ -244,7 +319,79 @@ def _plan_resource_lpc(event_id: str, lpc: wire.ResourceLPC, config: Config, *, 
                 _resource_target(res, location_id, meter_point_id, resolution, intervals, starts)
             )
     ack = wire.ResourceLPCAcknowledgement(acknowledged_targets=acked, declined_targets=declined)
-    return _lpc_plan(event_id, RESOURCE_ACK, ack, ENERGY_USAGE, usage, notes, config, now)
+    return _lpc_plan(ctx, RESOURCE_ACK, ack, ENERGY_USAGE, usage, notes)
+
+
+# --- arrival and participation -----------------------------------------------
+
+
+def _iso(epoch: float) -> str:
+    moment = dt.datetime.fromtimestamp(epoch, dt.UTC)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _arrived_late(received_at: float, window: Sequence[Interval]) -> str | None:
+    """Why nothing of the event can be reported, when none of its intervals starts at or
+    after its arrival; else None."""
+    if not window or any(start >= received_at for start, _ in window):
+        return None
+    ended = max(end for _, end in window)
+    if ended <= received_at:
+        return (
+            f"arrived at {_iso(received_at)} after its window ended at {_iso(ended)}: "
+            "nothing was reacted to"
+        )
+    last = max(start for start, _ in window)
+    return (
+        f"arrived at {_iso(received_at)} after its last interval began at {_iso(last)} "
+        f"(the window ends at {_iso(ended)}): nothing was reacted to"
+    )
+
+
+def _after_arrival(
+    name: str,
+    intervals: tuple[Interval, ...],
+    starts: tuple[dt.datetime, ...],
+    ctx: _Context,
+    notes: list[str],
+) -> tuple[tuple[Interval, ...], tuple[dt.datetime, ...]]:
+    """The intervals (and their written starts) that began at or after the event's arrival."""
+    keep = [i for i, (start, _) in enumerate(intervals) if start >= ctx.received_at]
+    if len(keep) == len(intervals):
+        return intervals, starts
+    notes.append(
+        f"{name}: {len(intervals) - len(keep)} of {len(intervals)} intervals began before "
+        f"the event arrived at {_iso(ctx.received_at)}: not reported"
+    )
+    return tuple(intervals[i] for i in keep), tuple(starts[i] for i in keep if i < len(starts))
+
+
+def _lpc_window(targets: Iterable[_LPCTarget]) -> tuple[Interval, ...]:
+    """Every interval of every target (a resolution that cannot be read: its points only)."""
+    window: set[Interval] = set()
+    for target in targets:
+        try:
+            span = parse_timespan(target.resolution)
+        except ValueError:
+            span = dt.timedelta(0)
+        window.update(
+            (p.timestamp.timestamp(), (p.timestamp + span).timestamp()) for p in target.points
+        )
+    return tuple(sorted(window))
+
+
+def _takes_no_part(ctx: _Context, res: ResourceConfig) -> str | None:
+    """Why the resource is not reported in this event, or None when it takes part."""
+    participation, source = ctx.participation(res)
+    if participation != "off":
+        return None
+    return f"target resource {res.resource_id!r} takes no part (participation 'off' from {source})"
+
+
+def _nothing_to_report(count: int, off: int) -> str:
+    if not off:
+        return _none_configured(count)
+    return f"no target takes part: {off} configured resource(s) have participation 'off'"
 
 
 # --- shared ------------------------------------------------------------------
@@ -372,10 +519,10 @@ def _group(targets: Iterable[T], key: Callable[[T], K]) -> dict[K, list[T]]:
 
 
 def _schedule(
-    name: str, group: Sequence[_LPCTarget], notes: list[str]
+    name: str, group: Sequence[_LPCTarget], ctx: _Context, notes: list[str]
 ) -> tuple[str, tuple[Interval, ...], tuple[dt.datetime, ...]] | None:
-    """One LPC target's resolution, intervals and their starts (its entries merged), or None:
-    decline it."""
+    """One LPC target's resolution, intervals that began at or after the event's arrival and
+    their starts (its entries merged), or None: decline it."""
     resolutions = {t.resolution for t in group}
     if len(resolutions) > 1:
         notes.append(f"{name} is listed with resolutions {sorted(resolutions)}: declined")
@@ -390,36 +537,49 @@ def _schedule(
     if not intervals:
         notes.append(f"{name} has no points: acknowledged, nothing to report")
     notes.extend(_overlap_notes(name, intervals))
+    intervals, starts = _after_arrival(name, intervals, starts, ctx, notes)
     return resolution, intervals, starts
 
 
-def _usage_job(event_id: str, kind: str, targets: tuple[Target, ...], config: Config) -> Job:
+def _usage_job(ctx: _Context, kind: str, targets: tuple[Target, ...]) -> Job:
     intervals = tuple(sorted({i for t in targets for i in t.intervals}))
+    due_at = max(end for _, end in intervals) + ctx.config.reporting.grace
     return Job(
-        event_id=event_id,
+        event_id=ctx.event_id,
         kind=kind,
-        due_at=max(end for _, end in intervals) + config.reporting.grace,
+        due_at=due_at,
         resolution=", ".join(sorted({t.resolution for t in targets})),
         intervals=intervals,
         targets=targets,
+        wait_until=_wait_until(due_at, intervals[0][0], ctx.config.reporting.max_wait),
     )
 
 
+def _wait_until(due_at: float, first_start: float, max_wait: float) -> float:
+    """``due_at + max_wait``, but not past the day before the month-end cut-off of the first
+    interval, and never before ``due_at``.
+
+    The cut-off (:func:`gateway.reports.manual.report_deadline`) is the end of the month of a
+    report's latest point; the first interval's month ends first, so a report built by then
+    has at least a day left for delivery whichever of its intervals end up carrying data.
+    """
+    cutoff = month_end(dt.datetime.fromtimestamp(first_start, dt.UTC)).timestamp() - _DAY
+    return max(due_at, min(due_at + max_wait, cutoff))
+
+
 def _lpc_plan(
-    event_id: str,
+    ctx: _Context,
     ack_kind: str,
     ack: Acknowledgement,
     usage_kind: str,
     usage: list[Target],
     notes: list[str],
-    config: Config,
-    now: float,
 ) -> Plan:
     """The acknowledgement, due now, then the usage report if anything was acknowledged."""
     ack_job = Job(
-        event_id=event_id,
+        event_id=ctx.event_id,
         kind=ack_kind,
-        due_at=now,
+        due_at=ctx.now,
         resolution="",
         intervals=(),
         targets=(),
@@ -428,6 +588,4 @@ def _lpc_plan(
     if not usage:
         notes.append("no target was acknowledged with points: no energy report")
         return Plan((ack_job,), tuple(notes), None)
-    return Plan(
-        (ack_job, _usage_job(event_id, usage_kind, tuple(usage), config)), tuple(notes), None
-    )
+    return Plan((ack_job, _usage_job(ctx, usage_kind, tuple(usage))), tuple(notes), None)

@@ -8,9 +8,24 @@ an event that arrives late, or a restart in the middle of an event, still
 yields every interval that has data.
 
 ``report_jobs`` remembers the outcome of each (event, kind) job, so none is
-built twice; the outbox's own key makes a rebuild after a crash harmless.
+built twice; a job's outbox row and its ``report_jobs`` row commit in one
+transaction, and the outbox's own key makes a rebuild after a crash harmless.
 Event plan states: ``new`` -> ``planned`` -> ``done`` | ``no_report`` |
 ``invalid``; ``plan_note`` says why.
+
+**What the planner is told.** Each event is planned with its stored arrival
+time (``events.received_at``: nothing before it is reported, and an event that
+arrived after its window gets no report, its reason in ``plan_note``) and the
+operator's participation overrides for it (the ``overrides`` table).
+
+**Waiting for late readings.** A due usage report whose intervals lack readings
+is not final at its first build: it is built again every ``retry_every``
+(default :data:`RETRY_EVERY`) until every interval has data or the job's
+``wait_until`` (``reporting.max_wait`` after it fell due, see the planner) has
+passed, and only then queued, or recorded ``empty`` when there is still no data
+at all. Nothing about the wait is stored: it follows from the plan and the
+readings, so a restart only makes the next build come sooner. The wait and its
+reason are in the event's ``plan_note`` while it lasts.
 
 **Quarantine.** Every event, and every job of an event, is a unit of work that
 fails alone. Any exception while decoding or planning an event sets the event
@@ -34,17 +49,23 @@ removed the cause (a config change, a corrected channel, a new release),
 from __future__ import annotations
 
 import asyncio
+import collections
+import datetime as dt
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import cast
 
+import aiosqlite
 import structlog
 
 from gateway import contract, wire
-from gateway.config import Config
+from gateway.config import Config, Participation
+from gateway.crashpoints import crashpoint
 from gateway.errors import StoreError, WireError, describe
 from gateway.metering.energy import Energies, Limits
-from gateway.reports.builder import BuildResult, build_report
+from gateway.reports.builder import BuildResult, Gap, build_report
 from gateway.reports.clock import ServerClock, clock_problem
 from gateway.reports.manual import report_deadline
 from gateway.reports.planner import Job, Target, plan_event
@@ -52,13 +73,15 @@ from gateway.store.database import Database
 from gateway.store.inbox import Inbox, InboxEvent
 from gateway.store.outbox import Outbox
 from gateway.store.readings import ReadingsStore
+from gateway.timeutil import format_utc
 
-__all__ = ["ReportJobs", "ReportScheduler", "build_job"]
+__all__ = ["RETRY_EVERY", "ReportJobs", "ReportScheduler", "build_job", "read_overrides"]
 
 log = structlog.get_logger("gateway.reports")
 
 READ_CONCURRENCY = 4  # targets read at once while building a report
 PASS_EVERY = 5.0  # seconds between passes when nothing wakes the scheduler
+RETRY_EVERY = 60.0  # seconds between builds of a report that waits for readings
 OPEN_STATES = ("new", "planned")
 
 
@@ -78,11 +101,24 @@ class ReportJobs:
         self, event_id: str, kind: str, outcome: str, note: str | None, *, now: float
     ) -> None:
         async with self._db.write() as conn:
-            await conn.execute(
-                "INSERT INTO report_jobs (event_id, kind, outcome, note, at) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (event_id, kind) DO NOTHING",
-                (event_id, kind, outcome, note, now),
-            )
+            await self.record_in(conn, event_id, kind, outcome, note, now=now)
+
+    @staticmethod
+    async def record_in(
+        conn: aiosqlite.Connection,
+        event_id: str,
+        kind: str,
+        outcome: str,
+        note: str | None,
+        *,
+        now: float,
+    ) -> None:
+        """:meth:`record` inside the caller's write transaction."""
+        await conn.execute(
+            "INSERT INTO report_jobs (event_id, kind, outcome, note, at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (event_id, kind) DO NOTHING",
+            (event_id, kind, outcome, note, now),
+        )
 
     async def quarantined_kinds(self, event_id: str) -> list[str]:
         rows = await self._db.fetchall(
@@ -154,6 +190,23 @@ async def build_job(
     return build_report(job, energy), notes
 
 
+async def read_overrides(db: Database, event_id: str) -> dict[str, Participation]:
+    """The operator's participation per resource for one event (``ecgw plan override``)."""
+    rows = await db.fetchall(
+        "SELECT resource_id, participation FROM overrides WHERE event_id = ?", (event_id,)
+    )
+    # The table's CHECK keeps participation to the three values.
+    return {r[0]: cast(Participation, r[1]) for r in rows}
+
+
+@dataclass(frozen=True)
+class _Waiting:
+    """A due report that waits for readings: when to build it again, and why it waits."""
+
+    retry_at: float
+    note: str
+
+
 class ReportScheduler:
     def __init__(
         self,
@@ -164,9 +217,10 @@ class ReportScheduler:
         server_clock: ServerClock,
         on_queued: Callable[[], None],
         clock: Callable[[], float] = time.time,
+        retry_every: float = RETRY_EVERY,
     ) -> None:
+        self._db = db
         self._inbox = Inbox(db)
-        self._outbox = Outbox(db)
         self._jobs = ReportJobs(db)
         self._readings = readings
         self._config = config
@@ -175,6 +229,8 @@ class ReportScheduler:
         self._clock = clock
         self._wake = asyncio.Event()
         self._clock_warned: str | None = None
+        self._retry_every = retry_every
+        self._waiting: dict[tuple[str, str], _Waiting] = {}
 
     def wake(self, event_id: str | None = None) -> None:
         """A new event arrived (or anything else worth a look)."""
@@ -209,12 +265,15 @@ class ReportScheduler:
         )
         self._say_clock(problem)
         dues: list[float] = []
+        advanced: set[str] = set()
         for state in OPEN_STATES:
             for event in await self._inbox.by_plan_state(state):
+                advanced.add(event.event_id)
                 with structlog.contextvars.bound_contextvars(event_id=event.event_id):
                     due = await self._advance_alone(event, now, problem)
                 if due is not None:
                     dues.append(due)
+        self._waiting = {k: w for k, w in self._waiting.items() if k[0] in advanced}
         return min(dues, default=None)
 
     async def _advance_alone(
@@ -250,7 +309,14 @@ class ReportScheduler:
             await self._inbox.set_plan(event.event_id, "invalid", f"unreadable payload: {exc}")
             log.error("reports.event_unreadable", event_id=event.event_id, error=str(exc))
             return None
-        plan = plan_event(event.event_id, payload, self._config, now=now)
+        plan = plan_event(
+            event.event_id,
+            payload,
+            self._config,
+            now=now,
+            received_at=event.received_at,
+            overrides=await read_overrides(self._db, event.event_id),
+        )
         if event.plan_state == "new":
             for note in plan.notes:
                 log.info("reports.plan_note", note=note)
@@ -266,18 +332,25 @@ class ReportScheduler:
                 event.event_id, "done", _summary([*_quarantine_notes(quarantined), *plan.notes])
             )
             return None
-        if event.plan_state == "new":
-            await self._inbox.set_plan(event.event_id, "planned", _summary(plan.notes))
         due = [job for job in open_jobs if job.due_at <= now]
         if due and problem:
             await self._inbox.set_plan(event.event_id, "planned", f"held back: {problem}")
             return now + PASS_EVERY
         later = [job.due_at for job in open_jobs if job.due_at > now]
+        waits: list[str] = []
         for job in due:
             if (wait := await self._unbracketed_until(job, now)) is not None:
                 later.append(wait)
                 continue
-            await self._build_alone(job, now)
+            waiting = self._waiting.get((job.event_id, job.kind))
+            if waiting is None or waiting.retry_at <= now:
+                waiting = await self._build_alone(job, now)
+            if waiting is not None:
+                later.append(waiting.retry_at)
+                waits.append(waiting.note)
+        plan_note = _summary([*waits, *plan.notes])
+        if event.plan_state == "new" or plan_note != event.plan_note:
+            await self._inbox.set_plan(event.event_id, "planned", plan_note)
         return min(later, default=now if due else None)
 
     async def _unbracketed_until(self, job: Job, now: float) -> float | None:
@@ -309,13 +382,14 @@ class ReportScheduler:
         log.debug("reports.waiting_for_readings", kind=job.kind, until=max(deadlines))
         return min(now + PASS_EVERY, max(deadlines))
 
-    async def _build_alone(self, job: Job, now: float) -> None:
+    async def _build_alone(self, job: Job, now: float) -> _Waiting | None:
         """:meth:`_build_and_queue`, with any failure but the database's quarantining the job."""
         try:
-            await self._build_and_queue(job, now)
+            return await self._build_and_queue(job, now)
         except StoreError:
             raise
         except Exception as exc:  # one bad job must not stop the others
+            self._waiting.pop((job.event_id, job.kind), None)
             reason = f"quarantined: {describe(exc)}"
             await self._jobs.record(job.event_id, job.kind, "invalid", reason, now=now)
             log.error(
@@ -324,30 +398,53 @@ class ReportScheduler:
                 kind=job.kind,
                 error=describe(exc),
             )
+            return None
 
-    async def _build_and_queue(self, job: Job, now: float) -> None:
+    async def _build_and_queue(self, job: Job, now: float) -> _Waiting | None:
+        """Build the job; queue and record it, or, while intervals lack readings and its
+        wait is not over, say until when it waits (nothing is recorded)."""
         result, notes = await build_job(job, self._readings, max_gap=self._config.metering.max_gap)
-        note = _summary([*notes, *result.notes])
+        key = (job.event_id, job.kind)
+        wait_until = job.wait_until if job.wait_until is not None else job.due_at
+        if result.gaps and now < wait_until:
+            waiting = _Waiting(
+                retry_at=min(now + self._retry_every, wait_until),
+                note=_wait_note(job, result.gaps, wait_until),
+            )
+            if key not in self._waiting:
+                log.info("reports.waiting_for_data", kind=job.kind, note=waiting.note)
+            self._waiting[key] = waiting
+            return waiting
+        self._waiting.pop(key, None)
+        waited = []
+        if result.gaps and wait_until > job.due_at:
+            waited = [
+                f"the wait for missing readings ended at {_iso(wait_until)}: built with what exists"
+            ]
+        note = _summary([*notes, *result.notes, *waited])
         if result.request is None or result.body is None:
             await self._jobs.record(job.event_id, job.kind, "empty", note, now=now)
             log.warning("reports.nothing_to_report", kind=job.kind, note=note)
-            return
+            return None
         try:  # never queue what the API would refuse: that is a bug of ours, kept for a look
             contract.check("PostReportRequest", json.loads(result.body))
         except WireError as exc:
             reason = f"quarantined: breaks the contract: {describe(exc)}"
             await self._jobs.record(job.event_id, job.kind, "invalid", reason, now=now)
             log.error("reports.breaks_contract", kind=job.kind, error=describe(exc))
-            return
-        queued = await self._outbox.enqueue(
-            event_id=job.event_id,
-            kind=job.kind,
-            body=result.body,
-            source="planner",
-            now=now,
-            deadline=report_deadline(result.request, now=now),
-        )
-        await self._jobs.record(job.event_id, job.kind, "queued", note, now=now)
+            return None
+        async with self._db.write() as conn:  # the outbox row and its job row commit together
+            queued = await Outbox.enqueue_in(
+                conn,
+                event_id=job.event_id,
+                kind=job.kind,
+                body=result.body,
+                source="planner",
+                now=now,
+                deadline=report_deadline(result.request, now=now),
+            )
+            await ReportJobs.record_in(conn, job.event_id, job.kind, "queued", note, now=now)
+        crashpoint("outbox.queued")
         log.info(
             "reports.queued",
             kind=job.kind,
@@ -356,6 +453,22 @@ class ReportScheduler:
             note=note,
         )
         self._on_queued()
+        return None
+
+
+def _iso(epoch: float) -> str:
+    return format_utc(dt.datetime.fromtimestamp(epoch, dt.UTC))
+
+
+def _wait_note(job: Job, gaps: Sequence[Gap], wait_until: float) -> str:
+    """``EnergyUsage report waits for readings of 3 interval(s) (resource 'a': 2 of 4, ...)
+    until ...``: what the event's plan note says while the report waits."""
+    missing = collections.Counter(target for target, _ in gaps)
+    where = ", ".join(f"{t.label}: {n} of {len(t.intervals)}" for t, n in missing.items())
+    return (
+        f"{job.kind} report waits for readings of {len(gaps)} interval(s) ({where}) "
+        f"until {_iso(wait_until)} at the latest, then is built with what exists"
+    )
 
 
 def _quarantine_notes(kinds: Sequence[str]) -> list[str]:

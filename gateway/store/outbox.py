@@ -144,18 +144,43 @@ class Outbox:
         deadline: float | None = None,
     ) -> bool:
         """Queue a report; False (and nothing changes) if its key is already queued."""
-        key = idempotency_key(event_id, kind, body)
         async with self._write() as conn:
-            cur = await conn.execute(
-                "INSERT INTO outbox (event_id, kind, body, idempotency_key, source, state, "
-                "next_attempt_at, deadline, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?) "
-                "ON CONFLICT (event_id, kind) DO NOTHING",
-                (event_id, kind, body, key, source, now, deadline, now, now),
+            queued = await self.enqueue_in(
+                conn,
+                event_id=event_id,
+                kind=kind,
+                body=body,
+                source=source,
+                now=now,
+                deadline=deadline,
             )
-            queued = cur.rowcount == 1
         crashpoint("outbox.queued")
         return queued
+
+    @staticmethod
+    async def enqueue_in(
+        conn: aiosqlite.Connection,
+        *,
+        event_id: str,
+        kind: str,
+        body: bytes,
+        source: str,
+        now: float,
+        deadline: float | None = None,
+    ) -> bool:
+        """:meth:`enqueue` inside the caller's write transaction (``Database.write``), so
+        that the row commits together with what the caller writes beside it. The caller
+        commits, translates errors (``Database.write`` does) and reaches the
+        ``outbox.queued`` crash point after the commit."""
+        key = idempotency_key(event_id, kind, body)
+        cur = await conn.execute(
+            "INSERT INTO outbox (event_id, kind, body, idempotency_key, source, state, "
+            "next_attempt_at, deadline, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?) "
+            "ON CONFLICT (event_id, kind) DO NOTHING",
+            (event_id, kind, body, key, source, now, deadline, now, now),
+        )
+        return cur.rowcount == 1
 
     async def recover(self, *, now: float) -> int:
         """Rows a crash left ``in_flight`` go back to ``pending``, due now."""

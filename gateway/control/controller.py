@@ -85,7 +85,11 @@ class Controller:
         self._devices = devices
         self._clock = clock
         self._sites = [s for s in sites_of(config) if s.resources]
-        self._meters = {(s.location.adapter, s.location.power_channel) for s in self._sites}
+        self._meters = {
+            (s.location.adapter, s.location.power_channel)
+            for s in self._sites
+            if s.location is not None
+        }
         self._held: dict[str, _Held] = {}
         self._pending: dict[str, asyncio.Task[None]] = {}
         self._caps: list[DecisionRow] = []
@@ -165,11 +169,10 @@ class Controller:
             except Exception as exc:  # one location's failure must not stop the others
                 if is_cancellation(exc):
                     raise
-                log.error(
-                    "control.step_failed",
-                    location=site.location.location_id,
-                    error=describe(exc),
+                where = (
+                    site.location.location_id if site.location else site.resources[0].location_id
                 )
+                log.error("control.step_failed", location=where, error=describe(exc))
         return busy
 
     # --- one location ---------------------------------------------------------------------------
@@ -177,6 +180,8 @@ class Controller:
     def _limit(self, site: Site, now: float) -> tuple[float | None, str | None]:
         """``cap - margin`` in force at the location now (or within the lead), and its event."""
         loc, lead = site.location, self._config.lpc.lead
+        if loc is None:
+            return None, None
         found: list[tuple[float, str]] = []
         for d in self._caps:
             if d.kind != "location" or (d.location_id, d.meter_point_id) != (
@@ -225,7 +230,7 @@ class Controller:
         states = await self._states(site.resources)
         self.states.update(states)
         loc = site.location
-        latest = self._latest.get(loc.adapter, loc.power_channel)
+        latest = None if loc is None else self._latest.get(loc.adapter, loc.power_channel)
         meter = MeterReading(
             power_kw=None if latest is None else latest[1],
             age=None if latest is None else max(now - latest[0], 0.0),

@@ -90,7 +90,9 @@ class Decider:
         self._latest = latest
         self._clock = clock
         self._sites = {
-            (s.location.location_id, s.location.meter_point_id): s for s in sites_of(config)
+            (s.location.location_id, s.location.meter_point_id): s
+            for s in sites_of(config)
+            if s.location is not None
         }
         self._owned = {loc.location_id for loc in config.locations}
         self._owned |= {res.location_id for res in config.resources}
@@ -174,6 +176,7 @@ class Decider:
 
     def _meter_problem(self, site: Site, now: float) -> str | None:
         loc = site.location
+        assert loc is not None  # only metered sites are decided on
         adapter = self._config.adapters.get(loc.adapter, {})
         poll = adapter.get("poll_interval")
         channel = f"{loc.adapter}/{loc.power_channel}"
@@ -213,6 +216,7 @@ class Decider:
 
     def _base_now(self, site: Site, now: float) -> float | None:
         loc = site.location
+        assert loc is not None  # only metered sites are decided on
         latest = self._latest.get(loc.adapter, loc.power_channel)
         if latest is None or not math.isfinite(latest[1]):
             return None
@@ -227,6 +231,7 @@ class Decider:
     async def _history_base(self, site: Site, hour: float, now: float) -> float | None:
         """The highest hourly mean base load in this hour of the day over the last week."""
         loc = site.location
+        assert loc is not None  # only metered sites are decided on
         days = [hour - d * 86400.0 for d in range(1, HISTORY_DAYS + 1)]
         intervals = tuple((start, start + HOUR) for start in sorted(days) if start + HOUR <= now)
         if not intervals:

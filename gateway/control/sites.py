@@ -19,14 +19,18 @@ POWER_CHANNEL = "power"
 
 @dataclass(frozen=True, slots=True)
 class Site:
-    location: LocationConfig
+    location: LocationConfig | None
+    """The location meter; None for controllable resources behind no configured meter
+    (they can be shifted and capped one by one, never under a location cap)."""
     resources: tuple[ResourceConfig, ...]
     """The resources at this location and meter point that have a control."""
 
 
 def sites_of(config: Config) -> list[Site]:
-    """Every configured location meter with its controllable resources (maybe none)."""
+    """Every configured location meter with its controllable resources (maybe none), then
+    one site per location of the controllable resources no meter covers."""
     sites = []
+    covered: set[str] = set()
     for loc in config.locations:
         behind = tuple(
             res
@@ -34,8 +38,15 @@ def sites_of(config: Config) -> list[Site]:
             if res.control is not None
             and res.location_id == loc.location_id
             and res.meter_point_id in (None, loc.meter_point_id)
+            and res.resource_id not in covered
         )
+        covered |= {res.resource_id for res in behind}
         sites.append(Site(loc, behind))
+    rest: dict[str, list[ResourceConfig]] = {}
+    for res in config.resources:
+        if res.control is not None and res.resource_id not in covered:
+            rest.setdefault(res.location_id, []).append(res)
+    sites += [Site(None, tuple(group)) for group in rest.values()]
     return sites
 
 

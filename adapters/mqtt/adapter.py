@@ -10,8 +10,14 @@ Lifetime::
 Data path::
 
     paho socket callbacks ──▶ inbox (one per adapter, outlives connections) ──▶ stream()
-                                                                                   │ Decoder
+                                                                                   │ Decoder,
+                                                                                   │ SwitchState
                                                                                    ▼ readings
+
+Control (device profiles only): ``apply("switch", 0|1)`` publishes one command, QoS 1, on
+the current connection (AdapterError when there is none: no command waits for a reconnect,
+the runtime retries); ``state("switch")`` is what the device last reported, as taken by
+``stream()``. See :mod:`adapters.mqtt.switches`.
 
 paho acknowledges a QoS 1 message as soon as aiomqtt queues it, so the queue
 aiomqtt fills is the adapter's own inbox: a message acknowledged on a
@@ -23,7 +29,8 @@ is persistent (``clean_session=False``, a stable client id), so a broker
 that stays up queues QoS 1 messages for us while we are away.
 
 aiomqtt and paho exceptions stop here: they become AdapterLoadError when the
-first connection fails, and a logged ``mqtt.reconnect_failed`` afterwards.
+first connection fails, a logged ``mqtt.reconnect_failed`` afterwards, and
+AdapterError from ``apply``.
 """
 
 from __future__ import annotations

@@ -530,7 +530,11 @@ async def test_a_refused_subscription_is_a_load_error() -> None:
     finally:
         server.close()
         await server.wait_closed()
-    assert_clear(caught.value, f"refused the subscription to ['{STATUS_TOPIC}', '{RPC_TOPIC}']")
+    reply_topic = f"{default_client_id('plug')}/rpc"  # where the device answers our commands
+    assert_clear(
+        caught.value,
+        f"refused the subscription to ['{STATUS_TOPIC}', '{RPC_TOPIC}', '{reply_topic}']",
+    )
 
 
 async def test_reconnect_attempts_back_off_while_the_broker_is_down(broker: Mosquitto) -> None:

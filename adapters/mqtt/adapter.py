@@ -10,8 +10,14 @@ Lifetime::
 Data path::
 
     paho socket callbacks ──▶ inbox (one per adapter, outlives connections) ──▶ stream()
-                                                                                   │ Decoder
+                                                                                   │ Decoder,
+                                                                                   │ SwitchState
                                                                                    ▼ readings
+
+Control (device profiles only): ``apply("switch", 0|1)`` publishes one command, QoS 1, on
+the current connection (AdapterError when there is none: no command waits for a reconnect,
+the runtime retries); ``state("switch")`` is what the device last reported, as taken by
+``stream()``. See :mod:`adapters.mqtt.switches`.
 
 paho acknowledges a QoS 1 message as soon as aiomqtt queues it, so the queue
 aiomqtt fills is the adapter's own inbox: a message acknowledged on a
@@ -23,7 +29,8 @@ is persistent (``clean_session=False``, a stable client id), so a broker
 that stays up queues QoS 1 messages for us while we are away.
 
 aiomqtt and paho exceptions stop here: they become AdapterLoadError when the
-first connection fails, and a logged ``mqtt.reconnect_failed`` afterwards.
+first connection fails, a logged ``mqtt.reconnect_failed`` afterwards, and
+AdapterError from ``apply``.
 """
 
 from __future__ import annotations
@@ -47,7 +54,19 @@ from structlog.typing import FilteringBoundLogger
 
 from adapters.mqtt.config import MqttConfig
 from adapters.mqtt.profiles import Decoder, build_profile
-from gateway import AdapterConfig, AdapterLoadError, Backoff, Channel, Reading
+from adapters.mqtt.switches import SwitchState, build_switch
+from gateway import (
+    SWITCH,
+    AdapterConfig,
+    AdapterError,
+    AdapterLoadError,
+    Backoff,
+    Channel,
+    Control,
+    ControlKind,
+    ControlState,
+    Reading,
+)
 
 __all__ = ["LogThrottle", "MqttAdapter", "default_client_id"]
 
@@ -149,6 +168,11 @@ def _inbox_queue(inbox: asyncio.Queue[_Item]) -> type[asyncio.Queue[aiomqtt.Mess
 class MqttAdapter:
     """Push adapter for devices that publish their meters over MQTT (see the module doc).
 
+    With a device profile it is also a controllable adapter: one ``switch`` control,
+    commanded by :meth:`apply` and reported by :meth:`state` (formats and rules in
+    :mod:`adapters.mqtt.switches`). Reports are taken as :meth:`stream` takes its
+    messages, so ``state`` follows the device while the stream is being read.
+
     Counters for monitoring: ``message_count`` (messages decoded),
     ``malformed_count`` (payloads that are not JSON), ``dropped_count``
     (samples not emitted: repeats, stale or retained without a device time).
@@ -165,6 +189,13 @@ class MqttAdapter:
         self.dropped_count = 0
         self._broker = config.broker
         self._decoder = Decoder(build_profile(config))
+        family = build_switch(config, self.client_id)
+        self._switch = (
+            None
+            if family is None
+            else SwitchState(family, first_request_id=time.time_ns() // 1_000_000)
+        )
+        self._switch_control = Control(SWITCH, ControlKind.SWITCH)
         self._timeout = (
             float(config.read_timeout)
             if config.read_timeout is not None
@@ -187,7 +218,11 @@ class MqttAdapter:
 
     @property
     def topics(self) -> tuple[str, ...]:
-        return self._decoder.profile.topics
+        """What we subscribe to: the profile's reading topics, then the switch's report topics."""
+        topics = self._decoder.profile.topics
+        if self._switch is not None:
+            topics += tuple(t for t in self._switch.topics if t not in topics)
+        return topics
 
     @property
     def connected(self) -> bool:
@@ -236,6 +271,52 @@ class MqttAdapter:
             if readings:
                 yield readings
 
+    # -- control ------------------------------------------------------------------------------
+
+    def controls(self) -> Sequence[Control]:
+        return () if self._switch is None else (self._switch_control,)
+
+    async def apply(self, control: str, value: float) -> None:
+        """Publish one on/off command (QoS 1, bounded by ``read_timeout``).
+
+        Returning means the broker has it, not that the device obeyed: :meth:`state` tells.
+        """
+        switch = self._switch_named(control)
+        try:
+            on = self._switch_control.check(value) == 1.0
+        except ValueError as exc:
+            raise AdapterError(str(exc), adapter=self.name) from exc
+        link = self._link
+        if link is None:
+            raise AdapterError("not connected", adapter=self.name)
+        command = switch.command(on)
+        try:
+            await link.client.publish(
+                command.topic, command.payload, qos=_QOS, timeout=self._timeout
+            )
+        except (aiomqtt.MqttError, OSError) as exc:
+            raise AdapterError(
+                f"cannot send {command.topic} to {self._broker.url}: {_clean(str(exc))}",
+                adapter=self.name,
+            ) from exc
+        self._log.info("mqtt.command_sent", control=control, value=int(on), topic=command.topic)
+
+    async def state(self, control: str) -> ControlState | None:
+        """What the device last reported; AdapterError if it refused the last command."""
+        switch = self._switch_named(control)
+        if switch.refusal is not None:
+            raise AdapterError(
+                f"the device refused the last {control} command: {switch.refusal}",
+                adapter=self.name,
+            )
+        return switch.state
+
+    def _switch_named(self, control: str) -> SwitchState:
+        if self._switch is None or control != SWITCH:
+            known = [c.name for c in self.controls()]
+            raise AdapterError(f"no control {control!r} (controls: {known})", adapter=self.name)
+        return self._switch
+
     # -- messages -----------------------------------------------------------------------------
 
     async def _take(self, items: list[_Item]) -> list[Reading]:
@@ -253,6 +334,10 @@ class MqttAdapter:
         decoded = self._decoder.decode(
             topic, message.payload, retained=message.retain, received_at=item.received_at
         )
+        if self._switch is not None:
+            self._switch.receive(
+                topic, message.payload, retained=message.retain, received_at=item.received_at
+            )
         self.message_count += 1
         self.dropped_count += decoded.dropped
         if decoded.malformed is not None:

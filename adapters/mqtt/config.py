@@ -104,7 +104,10 @@ class MqttConfig(AdapterConfig, frozen=True, kw_only=True, forbid_unknown_fields
 
     ``device`` is the Shelly topic prefix, the Tasmota ``<topic>`` or the
     Zigbee2MQTT friendly name. ``switch`` picks the Shelly ``switch:N``
-    component; ``index`` picks the element of Tasmota's per-channel arrays.
+    component; ``index`` picks the element of Tasmota's per-channel arrays
+    and relay ``index + 1``. With a profile the adapter has a ``switch``
+    control (a Shelly needs "RPC over MQTT" enabled; it answers on
+    ``<client_id>/rpc``).
     ``client_id`` defaults to one derived from the adapter's name, so the
     broker keeps our session (and queues QoS 1 messages) across restarts.
     """

@@ -44,9 +44,12 @@ __all__ = [
     "ShellyGen2",
     "Tasmota",
     "Zigbee2Mqtt",
+    "aware_timestamp",
     "build_profile",
     "deep_merge",
+    "last_seen_at",
     "number",
+    "trusted_time",
 ]
 
 ENERGY = "energy"
@@ -114,7 +117,7 @@ def deep_merge(base: Mapping[str, Any], change: Mapping[str, Any]) -> dict[str, 
     return merged
 
 
-def _aware_timestamp(value: object) -> float | None:
+def aware_timestamp(value: object) -> float | None:
     """Seconds since the epoch from ISO-8601 text with an offset; None when it has none."""
     if not isinstance(value, str):
         return None
@@ -122,6 +125,22 @@ def _aware_timestamp(value: object) -> float | None:
         return parse_timestamp(value).timestamp()
     except ValueError:
         return None
+
+
+def last_seen_at(document: Mapping[str, Any]) -> float | None:
+    """Zigbee2MQTT's ``last_seen`` in seconds since the epoch: epoch milliseconds or
+    ISO-8601 with an offset; None when absent or naive."""
+    last_seen = document.get("last_seen")
+    epoch_ms = number(last_seen) if not isinstance(last_seen, str) else None
+    return epoch_ms / 1000.0 if epoch_ms is not None else aware_timestamp(last_seen)
+
+
+def trusted_time(device_at: float | None, received_at: float, max_ahead: float) -> float | None:
+    """``device_at`` if it is plausible: the clock is set (after 2020) and runs at most
+    ``max_ahead`` seconds ahead of ours. None means: use the receive time."""
+    if device_at is None or device_at < _EARLIEST_DEVICE_TIME:
+        return None
+    return device_at if device_at <= received_at + max_ahead else None
 
 
 class ShellyGen2:
@@ -237,7 +256,7 @@ class Tasmota(_KwhMeterOnOneTopic):
         energy = document.get("ENERGY")
         if not isinstance(energy, dict):
             return NOTHING  # a SENSOR message of another sensor (temperature, ...)
-        at = _aware_timestamp(document.get("Time"))
+        at = aware_timestamp(document.get("Time"))
         total, power = energy.get("Total"), energy.get("Power")
         samples, note = [], None
         if isinstance(power, list) and total is not None and not isinstance(total, list):
@@ -270,9 +289,7 @@ class Zigbee2Mqtt(_KwhMeterOnOneTopic):
     def decode(self, topic: str, document: object) -> Found:
         if topic != self._topic or not isinstance(document, dict):
             return NOTHING
-        last_seen = document.get("last_seen")
-        epoch_ms = number(last_seen) if not isinstance(last_seen, str) else None
-        at = epoch_ms / 1000.0 if epoch_ms is not None else _aware_timestamp(last_seen)
+        at = last_seen_at(document)
         samples = [
             Sample(name, value, at)
             for name in (ENERGY, POWER)
@@ -382,7 +399,7 @@ class Decoder:
         found = self.profile.decode(topic, document)
         readings, dropped = [], 0
         for sample in found.samples:
-            at = self._trusted(sample.device_at, received_at)
+            at = trusted_time(sample.device_at, received_at, self._max_ahead)
             if at is None and retained:
                 dropped += 1
                 continue
@@ -392,11 +409,6 @@ class Decoder:
             else:
                 dropped += 1
         return Decoded(readings, note=found.note, dropped=dropped)
-
-    def _trusted(self, device_at: float | None, received_at: float) -> float | None:
-        if device_at is None or device_at < _EARLIEST_DEVICE_TIME:
-            return None
-        return device_at if device_at <= received_at + self._max_ahead else None
 
     def _is_new(self, reading: Reading) -> bool:
         latest = self._latest.get(reading.channel)

@@ -209,6 +209,7 @@ class Gateway:
                 server_clock=server_clock,
                 on_queued=deliverer.wake,
                 clock=self.clock,
+                participant=participant,
             )
             self._scheduler = scheduler
             settings = webhook_settings(config)

@@ -308,6 +308,8 @@ class Decider:
                 "declined",
                 f"resource {resource_id!r} is not configured at {location_id!r}",
             ), ()
+        if res.takes_part == "off":
+            return ("declined", "takes no part (participation = off): never reported"), ()
         if meter_point_id is not None and res.meter_point_id not in (None, meter_point_id):
             return ("declined", f"configured with meter point {res.meter_point_id!r}"), ()
         resolutions = {t.resolution for t in group}

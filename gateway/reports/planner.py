@@ -58,6 +58,7 @@ from gateway.config import (
     Participation,
     ResourceConfig,
 )
+from gateway.control.targets import location_key, resource_key
 from gateway.timeutil import month_end, parse_timespan
 
 __all__ = [
@@ -157,6 +158,13 @@ class _Context:
     now: float
     received_at: float
     overrides: Mapping[str, Participation]
+    decisions: Mapping[str, tuple[str, str]] | None = None
+
+    def verdict(self, key: str) -> tuple[str, str]:
+        """(decision, reason) for an LPC target: what the gateway decided before planning."""
+        if self.decisions is None:
+            return "declined", "nothing checked that the site can hold it"
+        return self.decisions.get(key, ("declined", "no decision was taken for it"))
 
     def participation(self, res: ResourceConfig) -> tuple[Participation, str]:
         """The resource's participation in this event, and where it comes from."""
@@ -173,13 +181,18 @@ def plan_event(
     now: float,
     received_at: float,
     overrides: Mapping[str, Participation] = _NO_OVERRIDES,
+    decisions: Mapping[str, tuple[str, str]] | None = None,
 ) -> Plan:
     """The reports ``payload`` asks for, given what ``config`` names.
 
     ``received_at``: when the event first reached the gateway (``events.received_at``);
-    ``overrides``: the operator's participation per resource id for this event.
+    ``overrides``: the operator's participation per resource id for this event;
+    ``decisions``: for an LPC event, per target key (:mod:`gateway.control.targets`) what
+    the gateway decided before committing: ``acknowledged``, ``declined`` or
+    ``left_out`` (another gateway's location: in neither list), with the reason. Without
+    them every LPC target is declined: nothing was checked.
     """
-    ctx = _Context(event_id, config, now, received_at, overrides)
+    ctx = _Context(event_id, config, now, received_at, overrides, decisions)
     match payload:
         case wire.PriceCurve():
             return _plan_price_curve(ctx, payload)
@@ -261,6 +274,12 @@ def _plan_location_lpc(ctx: _Context, lpc: wire.LocationLPC) -> Plan:
     for (location_id, meter_point_id), group in groups.items():
         item = wire.LPCLocation(location_id=location_id, meter_point_id=meter_point_id)
         name = f"target location {location_id!r} meter point {meter_point_id!r}"
+        decision, reason = ctx.verdict(location_key(location_id, meter_point_id))
+        if decision != "acknowledged":
+            notes.append(f"{name}: {decision.replace('_', ' ')}: {reason}")
+            if decision != "left_out":
+                declined.append(item)
+            continue
         loc = locations.get((location_id, meter_point_id))
         if loc is None:
             why = "is not configured"
@@ -301,6 +320,12 @@ def _plan_resource_lpc(ctx: _Context, lpc: wire.ResourceLPC) -> Plan:
         item = wire.LPCResource(
             resource_id=resource_id, location_id=location_id, meter_point_id=meter_point_id
         )
+        decision, reason = ctx.verdict(resource_key(resource_id, location_id, meter_point_id))
+        if decision != "acknowledged":
+            notes.append(f"target resource {resource_id!r}: {decision.replace('_', ' ')}: {reason}")
+            if decision != "left_out":
+                declined.append(item)
+            continue
         res, why = _match_resource(resources, resource_id, location_id, meter_point_id)
         if res is not None and (off := _takes_no_part(ctx, res)) is not None:
             res, why = None, off
@@ -575,7 +600,10 @@ def _lpc_plan(
     usage: list[Target],
     notes: list[str],
 ) -> Plan:
-    """The acknowledgement, due now, then the usage report if anything was acknowledged."""
+    """The acknowledgement, due now, then the usage report if anything was acknowledged.
+    No report at all when no target is this gateway's (both lists empty)."""
+    if not ack.acknowledged_targets and not ack.declined_targets:
+        return Plan((), tuple(notes), "no target is at a location of this gateway's: nothing sent")
     ack_job = Job(
         event_id=ctx.event_id,
         kind=ack_kind,

@@ -53,9 +53,9 @@ import collections
 import datetime as dt
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Protocol, cast
 
 import aiosqlite
 import structlog
@@ -207,6 +207,16 @@ class _Waiting:
     note: str
 
 
+class Participant(Protocol):
+    """What the scheduler asks before it plans an event (:mod:`gateway.control.participant`)."""
+
+    async def lpc_decisions(
+        self, event_id: str, payload: wire.LocationLPC | wire.ResourceLPC, *, now: float
+    ) -> Mapping[str, tuple[str, str]]: ...
+
+    async def schedule(self, event_id: str, curve: wire.PriceCurve, *, now: float) -> None: ...
+
+
 class ReportScheduler:
     def __init__(
         self,
@@ -218,7 +228,9 @@ class ReportScheduler:
         on_queued: Callable[[], None],
         clock: Callable[[], float] = time.time,
         retry_every: float = RETRY_EVERY,
+        participant: Participant | None = None,
     ) -> None:
+        self._participant = participant
         self._db = db
         self._inbox = Inbox(db)
         self._jobs = ReportJobs(db)
@@ -309,6 +321,7 @@ class ReportScheduler:
             await self._inbox.set_plan(event.event_id, "invalid", f"unreadable payload: {exc}")
             log.error("reports.event_unreadable", event_id=event.event_id, error=str(exc))
             return None
+        decisions = await self._take_part(event, payload, now)
         plan = plan_event(
             event.event_id,
             payload,
@@ -316,6 +329,7 @@ class ReportScheduler:
             now=now,
             received_at=event.received_at,
             overrides=await read_overrides(self._db, event.event_id),
+            decisions=decisions,
         )
         if event.plan_state == "new":
             for note in plan.notes:
@@ -352,6 +366,20 @@ class ReportScheduler:
         if event.plan_state == "new" or plan_note != event.plan_note:
             await self._inbox.set_plan(event.event_id, "planned", plan_note)
         return min(later, default=now if due else None)
+
+    async def _take_part(
+        self, event: InboxEvent, payload: wire.EventPayload, now: float
+    ) -> Mapping[str, tuple[str, str]] | None:
+        """Before planning: the LPC decisions (taken once, stored), or a PriceCurve's
+        schedules (made once per resource). None without a participant: every LPC target
+        is then declined, since nothing checked that the site can hold it."""
+        if self._participant is None:
+            return None
+        if isinstance(payload, wire.LocationLPC | wire.ResourceLPC):
+            return await self._participant.lpc_decisions(event.event_id, payload, now=now)
+        if isinstance(payload, wire.PriceCurve):
+            await self._participant.schedule(event.event_id, payload, now=now)
+        return None
 
     async def _unbracketed_until(self, job: Job, now: float) -> float | None:
         """When to look again at a due job whose last edge no reading follows yet, or None.

@@ -90,11 +90,13 @@ LOCATION = ("loc-1", "707057500012345678", "site", 14.0)
 MODBUS_UNITS = {"charger": 1, "site": 2}
 RESOURCE_METER_POINT = "707057500000000001"
 
-# What each event type asks for (the planner's table, written out independently).
+# What each event type asks for (the planner's table, written out independently). The
+# campaign's site has nothing the gateway can switch and a 14 kW site meter, so every LPC
+# target (a 5 kW cap) is declined: the acknowledgement that declines it is the only report.
 EXPECTED_KINDS = {
     "PriceCurve": ("EnergyUsage",),
-    "ResourceLPC": ("ResourceLPCAcknowledgement", "EnergyUsage"),
-    "LocationLPC": ("LocationLPCAcknowledgement", "LocationEnergyUsage"),
+    "ResourceLPC": ("ResourceLPCAcknowledgement",),
+    "LocationLPC": ("LocationLPCAcknowledgement",),
     "UserEligibility": (),
 }
 FAULTS: tuple[dict[str, Any], ...] = (

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway import contract, wire
+from gateway.control.targets import location_key, resource_key
 from gateway.errors import ReportInvalid
 from gateway.metering.energy import IntervalEnergy, Quality
 from gateway.reports.builder import KWH_DECIMALS, BuildResult, build_report
@@ -31,6 +32,8 @@ from tests.test_planner import (
     EVENT,
     NOW,
     VECTOR_ARRIVED,
+    acknowledged,
+    decided,
     hours,
     loc,
     location_lpc,
@@ -112,7 +115,10 @@ def test_no_gaps_when_every_interval_has_data_or_for_an_acknowledgement() -> Non
     assert build_report(job, {hwt: series(hwt, [0.0, 1.0])}).gaps == ()
     payload = location_lpc([("home", "1", "01:00:00", hours("2025-03-12", 16, 1))])
     config = make_config(locations=[loc("home", "1")])
-    ack_job, _ = plan_event(EVENT, payload, config, now=NOW, received_at=NOW).jobs
+    decisions = acknowledged(location_key("home", "1"))
+    ack_job, _ = plan_event(
+        EVENT, payload, config, now=NOW, received_at=NOW, decisions=decisions
+    ).jobs
     assert build_report(ack_job, {}).gaps == ()
 
 
@@ -381,7 +387,12 @@ def test_location_lpc_ack_and_usage_bodies() -> None:
             ("barn", "9", "01:00:00", hours("2025-03-12", 16, 1)),
         ]
     )
-    ack_job, usage_job = plan_event(EVENT, payload, config, now=NOW, received_at=NOW).jobs
+    decisions = {
+        **acknowledged(location_key("home", "707057500000000001"), location_key("shop", "2")),
+        **decided(location_key("barn", "9"), "declined", "location 'barn' is not one of ours"),
+    }
+    plan = plan_event(EVENT, payload, config, now=NOW, received_at=NOW, decisions=decisions)
+    ack_job, usage_job = plan.jobs
     ack = build_report(ack_job, {})
     assert body_json(ack) == {
         "eventId": EVENT,
@@ -440,7 +451,16 @@ def test_resource_lpc_ack_and_usage_bodies() -> None:
             ("ghost", "home", "707057500000000001", "01:00:00", hours("2025-03-12", 16, 2)),
         ]
     )
-    ack_job, usage_job = plan_event(EVENT, payload, config, now=NOW, received_at=NOW).jobs
+    decisions = {
+        **acknowledged(resource_key("hwt", "home", "707057500000000001")),
+        **decided(
+            resource_key("ghost", "home", "707057500000000001"),
+            "declined",
+            "resource 'ghost' is not configured at 'home'",
+        ),
+    }
+    plan = plan_event(EVENT, payload, config, now=NOW, received_at=NOW, decisions=decisions)
+    ack_job, usage_job = plan.jobs
     assert body_json(build_report(ack_job, {}))["payloads"] == [
         {
             "payloadType": "ResourceLPCAcknowledgement",

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from gateway import wire
 from gateway.config import DEFAULT_MAX_KW, Config, parse_config
+from gateway.control.targets import location_key, resource_key
 from gateway.errors import WireError
 from gateway.reports.planner import (
     ENERGY_USAGE,
@@ -141,6 +142,20 @@ def resource_lpc(targets: Sequence[tuple[str, str, str, str, Sequence[str]]]) ->
 
 def hours(day: str, first: int, count: int) -> list[str]:
     return [f"{day}T{h:02d}:00:00+00:00" for h in range(first, first + count)]
+
+
+Decisions = dict[str, tuple[str, str]]
+HOLDS = "the site can hold every cap"
+
+
+def acknowledged(*keys: str) -> Decisions:
+    """What the decider answers for targets the site can hold: acknowledge them."""
+    return dict.fromkeys(keys, ("acknowledged", HOLDS))
+
+
+def decided(key: str, decision: str, reason: str) -> Decisions:
+    """One target's decision, ``acknowledged``, ``declined`` or ``left_out``, with its reason."""
+    return {key: (decision, reason)}
 
 
 def only_job(plan: Plan) -> Job:
@@ -400,7 +415,15 @@ def test_location_lpc_acks_now_then_reports_usage_per_target_schedule() -> None:
             ("barn", "707057500000000009", "01:00:00", hours("2025-03-12", 16, 1)),
         ]
     )
-    plan = plan_event(EVENT, payload, config, now=NOW, received_at=NOW)
+    barn = "location 'barn' is not one of this gateway's (lpc.decline_unknown)"
+    decisions = {
+        **acknowledged(
+            location_key("home", "707057500000000001"),
+            location_key("shop", "707057500000000002"),
+        ),
+        **decided(location_key("barn", "707057500000000009"), "declined", barn),
+    }
+    plan = plan_event(EVENT, payload, config, now=NOW, received_at=NOW, decisions=decisions)
     assert plan.no_report_reason is None
     ack, usage = plan.jobs
     assert ack.kind == LOCATION_ACK
@@ -437,14 +460,41 @@ def test_location_lpc_acks_now_then_reports_usage_per_target_schedule() -> None:
     assert usage.resolution == "00:15:00, 01:00:00"
     assert usage.acknowledgement is None
     assert plan.notes == (
-        "target location 'barn' meter point '707057500000000009' is not configured: declined",
+        f"target location 'barn' meter point '707057500000000009': declined: {barn}",
     )
 
 
-def test_location_lpc_meter_point_mismatch_is_declined_and_noted() -> None:
+MISMATCH = location_key("home", "707057500000000099")
+
+
+@pytest.mark.parametrize(
+    ("decisions", "note"),
+    [
+        pytest.param(
+            decided(
+                MISMATCH, "declined", "meter point '707057500000000099' is not configured here"
+            ),
+            "target location 'home' meter point '707057500000000099': declined: "
+            "meter point '707057500000000099' is not configured here",
+            id="declined-by-the-decider",
+        ),
+        pytest.param(
+            acknowledged(MISMATCH),
+            "target location 'home' meter point '707057500000000099' is not configured "
+            "(the location's meter points are ['707057500000000001']): declined",
+            id="acknowledged-under-another-config",
+        ),
+    ],
+)
+def test_location_lpc_meter_point_mismatch_is_declined_and_noted(
+    decisions: Decisions, note: str
+) -> None:
+    """The decider declines a meter point the config does not name; a stored decision that
+    acknowledged it (taken before the config changed) does not make the planner acknowledge
+    it either."""
     config = make_config(locations=[loc("home", "707057500000000001")])
     payload = location_lpc([("home", "707057500000000099", "01:00:00", hours("2025-03-12", 16, 1))])
-    plan = plan_event(EVENT, payload, config, now=NOW, received_at=NOW)
+    plan = plan_event(EVENT, payload, config, now=NOW, received_at=NOW, decisions=decisions)
     (ack,) = plan.jobs
     assert ack.acknowledgement == wire.LocationLPCAcknowledgement(
         acknowledged_targets=[],
@@ -452,11 +502,7 @@ def test_location_lpc_meter_point_mismatch_is_declined_and_noted() -> None:
             wire.LPCLocation(location_id="home", meter_point_id="707057500000000099")
         ],
     )
-    assert plan.notes == (
-        "target location 'home' meter point '707057500000000099' is not configured "
-        "(the location's meter points are ['707057500000000001']): declined",
-        "no target was acknowledged with points: no energy report",
-    )
+    assert plan.notes == (note, "no target was acknowledged with points: no energy report")
 
 
 def test_location_lpc_with_nothing_configured_still_acknowledges_by_declining() -> None:
@@ -495,7 +541,8 @@ def test_location_lpc_target_without_points_is_acknowledged_but_not_measured() -
     payload = location_lpc(
         [("home", "1", "01:00:00", []), ("shop", "2", "01:00:00", hours("2025-03-12", 16, 1))]
     )
-    plan = plan_event(EVENT, payload, config, now=NOW, received_at=NOW)
+    decisions = acknowledged(location_key("home", "1"), location_key("shop", "2"))
+    plan = plan_event(EVENT, payload, config, now=NOW, received_at=NOW, decisions=decisions)
     ack, usage = plan.jobs
     assert isinstance(ack.acknowledgement, wire.LocationLPCAcknowledgement)
     assert len(ack.acknowledgement.acknowledged_targets) == 2
@@ -503,7 +550,28 @@ def test_location_lpc_target_without_points_is_acknowledged_but_not_measured() -
     assert any("'home'" in n and "no points" in n for n in plan.notes)
 
 
-def test_location_lpc_target_listed_twice_is_merged_or_declined() -> None:
+@pytest.mark.parametrize(
+    ("shop", "note"),
+    [
+        pytest.param(
+            ("declined", "listed with resolutions ['00:15:00', '01:00:00']"),
+            "target location 'shop' meter point '2': declined: "
+            "listed with resolutions ['00:15:00', '01:00:00']",
+            id="declined-by-the-decider",
+        ),
+        pytest.param(
+            ("acknowledged", HOLDS),
+            "target location 'shop' meter point '2' is listed with resolutions "
+            "['00:15:00', '01:00:00']: declined",
+            id="acknowledged-all-the-same",
+        ),
+    ],
+)
+def test_location_lpc_target_listed_twice_is_merged_or_declined(
+    shop: tuple[str, str], note: str
+) -> None:
+    """One target listed twice with one resolution is merged; with two it is declined, by the
+    decider and, should a decision say otherwise, by the planner."""
     config = make_config(locations=[loc("home", "1"), loc("shop", "2")])
     payload = location_lpc(
         [
@@ -513,7 +581,8 @@ def test_location_lpc_target_listed_twice_is_merged_or_declined() -> None:
             ("shop", "2", "00:15:00", hours("2025-03-12", 18, 1)),
         ]
     )
-    plan = plan_event(EVENT, payload, config, now=NOW, received_at=NOW)
+    decisions = {**acknowledged(location_key("home", "1")), location_key("shop", "2"): shop}
+    plan = plan_event(EVENT, payload, config, now=NOW, received_at=NOW, decisions=decisions)
     ack, usage = plan.jobs
     assert isinstance(ack.acknowledgement, wire.LocationLPCAcknowledgement)
     assert ack.acknowledgement.acknowledged_targets == [
@@ -524,7 +593,7 @@ def test_location_lpc_target_listed_twice_is_merged_or_declined() -> None:
     ]
     (home,) = usage.targets
     assert len(home.intervals) == 2
-    assert any("'shop'" in n and "resolutions" in n for n in plan.notes)
+    assert note in plan.notes
 
 
 def test_location_lpc_target_with_unreadable_resolution_never_reaches_the_planner() -> None:
@@ -536,7 +605,49 @@ def test_location_lpc_target_with_unreadable_resolution_never_reaches_the_planne
 # --- ResourceLPC ---------------------------------------------------------------------------
 
 
-def test_resource_lpc_acks_then_energy_usage_with_the_targets_meter_point() -> None:
+def mp1(resource_id: str) -> str:
+    return resource_key(resource_id, "home", "707057500000000001")
+
+
+BY_THE_DECIDER = {
+    **acknowledged(mp1("hwt"), mp1("ev")),
+    **decided(mp1("heat"), "declined", "resource 'heat' is not configured at 'home'"),
+    **decided(mp1("pump"), "declined", "configured with meter point '707057500000000005'"),
+    **decided(mp1("ghost"), "declined", "resource 'ghost' is not configured at 'home'"),
+}
+
+
+@pytest.mark.parametrize(
+    ("decisions", "notes"),
+    [
+        pytest.param(
+            BY_THE_DECIDER,
+            (
+                "target resource 'heat': declined: resource 'heat' is not configured at 'home'",
+                "target resource 'pump': declined: "
+                "configured with meter point '707057500000000005'",
+                "target resource 'ghost': declined: resource 'ghost' is not configured at 'home'",
+            ),
+            id="declined-by-the-decider",
+        ),
+        pytest.param(
+            acknowledged(*map(mp1, ["hwt", "ev", "heat", "pump", "ghost"])),
+            (
+                "target resource 'heat' is configured at location 'cabin', not at the event's "
+                "'home': declined",
+                "target resource 'pump' is configured with meter point '707057500000000005', "
+                "not the event's '707057500000000001': declined",
+                "target resource 'ghost' at location 'home' is not configured: declined",
+            ),
+            id="acknowledged-under-another-config",
+        ),
+    ],
+)
+def test_resource_lpc_acks_then_energy_usage_with_the_targets_meter_point(
+    decisions: Decisions, notes: tuple[str, ...]
+) -> None:
+    """Only configured resources are acknowledged: the decider declines the others, and a
+    stored decision taken under another config does not make the planner acknowledge them."""
     config = make_config(
         [
             res("hwt", "home"),
@@ -554,7 +665,7 @@ def test_resource_lpc_acks_then_energy_usage_with_the_targets_meter_point() -> N
             ("ghost", "home", "707057500000000001", "01:00:00", hours("2025-03-12", 16, 1)),
         ]
     )
-    plan = plan_event(EVENT, payload, config, now=NOW, received_at=NOW)
+    plan = plan_event(EVENT, payload, config, now=NOW, received_at=NOW, decisions=decisions)
     ack, usage = plan.jobs
     assert ack.kind == RESOURCE_ACK
     assert ack.due_at == NOW
@@ -572,13 +683,7 @@ def test_resource_lpc_acks_then_energy_usage_with_the_targets_meter_point() -> N
     assert all(t.meter_point_id == "707057500000000001" for t in usage.targets)
     assert all(t.kind == "resource" for t in usage.targets)
     assert usage.due_at == stamp("2025-03-12T19:00:00+00:00") + GRACE
-    assert plan.notes == (
-        "target resource 'heat' is configured at location 'cabin', not at the event's 'home': "
-        "declined",
-        "target resource 'pump' is configured with meter point '707057500000000005', "
-        "not the event's '707057500000000001': declined",
-        "target resource 'ghost' at location 'home' is not configured: declined",
-    )
+    assert plan.notes == notes
 
 
 def test_resource_lpc_without_points_is_not_reported() -> None:
@@ -594,6 +699,155 @@ def test_resource_lpc_with_nothing_acknowledged_sends_only_the_ack() -> None:
     (ack,) = plan.jobs
     assert ack.kind == RESOURCE_ACK
     assert plan.no_report_reason is None
+
+
+# --- decisions -----------------------------------------------------------------------------
+
+LPC_STAMPS = hours("2025-03-12", 16, 2)
+
+
+def lpc_config() -> Config:
+    return make_config(
+        [res("hwt", "home"), res("ev", "home")], [loc("home", "1"), loc("shop", "2")]
+    )
+
+
+def both_lpcs() -> list[tuple[wire.EventPayload, list[str]]]:
+    """A LocationLPC and a ResourceLPC over two configured targets each, with their keys."""
+    location = location_lpc(
+        [("home", "1", "01:00:00", LPC_STAMPS), ("shop", "2", "01:00:00", LPC_STAMPS)]
+    )
+    resource = resource_lpc(
+        [("hwt", "home", "1", "01:00:00", LPC_STAMPS), ("ev", "home", "1", "01:00:00", LPC_STAMPS)]
+    )
+    return [
+        (location, [location_key("home", "1"), location_key("shop", "2")]),
+        (resource, [resource_key("hwt", "home", "1"), resource_key("ev", "home", "1")]),
+    ]
+
+
+def ack_lists(plan: Plan) -> tuple[list[Any], list[Any]]:
+    ack = plan.jobs[0].acknowledgement
+    assert isinstance(ack, wire.LocationLPCAcknowledgement | wire.ResourceLPCAcknowledgement)
+    return list(ack.acknowledged_targets), list(ack.declined_targets)
+
+
+def test_without_decisions_every_lpc_target_is_declined() -> None:
+    """Nothing checked that the site can hold the caps: configured targets are declined."""
+    for payload, _ in both_lpcs():
+        plan = plan_event(EVENT, payload, lpc_config(), now=NOW, received_at=NOW)
+        (ack,) = plan.jobs
+        assert ack.kind in (LOCATION_ACK, RESOURCE_ACK)
+        acked, declined = ack_lists(plan)
+        assert acked == []
+        assert len(declined) == 2
+        assert plan.notes[-1] == "no target was acknowledged with points: no energy report"
+        reasons = plan.notes[:-1]
+        assert len(reasons) == 2
+        assert all(
+            n.endswith(": declined: nothing checked that the site can hold it") for n in reasons
+        )
+
+
+def test_a_left_out_target_is_in_neither_list() -> None:
+    config = make_config([res("hwt", "home")], [loc("home", "1")])
+    why = "location 'barn' is not one of this gateway's: left out of both lists"
+    payload = location_lpc(
+        [("home", "1", "01:00:00", LPC_STAMPS), ("barn", "9", "01:00:00", LPC_STAMPS)]
+    )
+    decisions = {
+        **acknowledged(location_key("home", "1")),
+        **decided(location_key("barn", "9"), "left_out", why),
+    }
+    plan = plan_event(EVENT, payload, config, now=NOW, received_at=NOW, decisions=decisions)
+    ack, usage = plan.jobs
+    assert ack.acknowledgement == wire.LocationLPCAcknowledgement(
+        acknowledged_targets=[wire.LPCLocation(location_id="home", meter_point_id="1")],
+        declined_targets=[],
+    )
+    assert [t.location_id for t in usage.targets] == ["home"]
+    assert plan.notes == (f"target location 'barn' meter point '9': left out: {why}",)
+
+
+def test_no_report_at_all_when_every_target_is_left_out() -> None:
+    """Another gateway's event: it answers alone, this one sends nothing, not even a decline."""
+    for payload, keys in both_lpcs():
+        decisions = dict.fromkeys(keys, ("left_out", "not one of this gateway's"))
+        plan = plan_event(
+            EVENT, payload, lpc_config(), now=NOW, received_at=NOW, decisions=decisions
+        )
+        assert plan.jobs == ()
+        assert plan.no_report_reason == (
+            "no target is at a location of this gateway's: nothing sent"
+        )
+        assert len(plan.notes) == 2
+        assert all(": left out: not one of this gateway's" in n for n in plan.notes)
+
+
+def test_a_target_without_a_decision_is_never_acknowledged() -> None:
+    """A missing decision is no decision to hold the cap: that target is declined."""
+    for payload, (first, second) in both_lpcs():
+        plan = plan_event(EVENT, payload, lpc_config(), now=NOW, received_at=NOW, decisions={})
+        acked, declined = ack_lists(plan)
+        assert (acked, [key_of(t) for t in declined]) == ([], [first, second])
+        assert plan.notes[:2] == tuple(
+            f"{label}: declined: no decision was taken for it" for label in labels(payload)
+        )
+        decisions = acknowledged(first)
+        plan = plan_event(
+            EVENT, payload, lpc_config(), now=NOW, received_at=NOW, decisions=decisions
+        )
+        acked, declined = ack_lists(plan)
+        assert ([key_of(t) for t in acked], [key_of(t) for t in declined]) == ([first], [second])
+        assert plan.notes == (f"{labels(payload)[1]}: declined: no decision was taken for it",)
+        _, usage = plan.jobs
+        assert len(usage.targets) == 1
+
+
+def labels(payload: wire.EventPayload) -> list[str]:
+    """How the planner names both_lpcs() targets in its notes."""
+    if isinstance(payload, wire.LocationLPC):
+        return ["target location 'home' meter point '1'", "target location 'shop' meter point '2'"]
+    return ["target resource 'hwt'", "target resource 'ev'"]
+
+
+@given(
+    verdicts=st.lists(
+        st.sampled_from(["acknowledged", "declined", "left_out", "missing"]),
+        min_size=2,
+        max_size=2,
+    ),
+    kind=st.sampled_from([0, 1]),
+)
+def test_the_lists_follow_the_decisions_exactly(verdicts: list[str], kind: int) -> None:
+    """Acknowledged: exactly the targets decided so; declined: those declined or undecided;
+    left out: in neither list. No list at all: no report."""
+    payload, keys = both_lpcs()[kind]
+    decisions = {
+        key: (verdict, "why")
+        for key, verdict in zip(keys, verdicts, strict=True)
+        if verdict != "missing"
+    }
+    plan = plan_event(EVENT, payload, lpc_config(), now=NOW, received_at=NOW, decisions=decisions)
+    expect_acked = [k for k, v in zip(keys, verdicts, strict=True) if v == "acknowledged"]
+    expect_declined = [
+        k for k, v in zip(keys, verdicts, strict=True) if v in ("declined", "missing")
+    ]
+    if not expect_acked and not expect_declined:
+        assert plan.jobs == ()
+        assert plan.no_report_reason is not None
+        return
+    acked, declined = ack_lists(plan)
+    assert [key_of(t) for t in acked] == expect_acked
+    assert [key_of(t) for t in declined] == expect_declined
+    usage = plan.jobs[1:]
+    assert len(usage) == (1 if expect_acked else 0)
+
+
+def key_of(item: wire.LPCLocation | wire.LPCResource) -> str:
+    if isinstance(item, wire.LPCLocation):
+        return location_key(item.location_id, item.meter_point_id)
+    return resource_key(item.resource_id, item.location_id, item.meter_point_id)
 
 
 # --- events without reports ----------------------------------------------------------------
@@ -678,6 +932,7 @@ def test_targets_carry_their_configured_direction_and_max_kw() -> None:
     limits = {t.resource_id: (t.direction, t.max_kw) for t in job.targets}
     assert limits == {"bat": ("net", 5.0), "hwt": ("import", DEFAULT_MAX_KW)}
     lpc = location_lpc([("home", "mp-1", "01:00:00", stamps)])
-    _, usage = plan_event(EVENT, lpc, config, now=NOW, received_at=NOW).jobs
+    decisions = acknowledged(location_key("home", "mp-1"))
+    _, usage = plan_event(EVENT, lpc, config, now=NOW, received_at=NOW, decisions=decisions).jobs
     ((direction, max_kw),) = {(t.direction, t.max_kw) for t in usage.targets}
     assert (direction, max_kw) == ("import", 40.0)

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from gateway import wire
 from gateway.config import Config, load_config
+from gateway.control.targets import location_key, resource_key
 from gateway.errors import StoreError
 from gateway.plugin import Channel, ChannelKind, Reading, Unit
 from gateway.reports.clock import ServerClock
@@ -37,6 +38,7 @@ from tests.test_planner import (
     EVENT,
     GRACE,
     HOUR,
+    acknowledged,
     hours,
     loc,
     location_lpc,
@@ -122,7 +124,8 @@ def test_lpc_arriving_in_its_window_is_acknowledged_and_reports_only_what_is_lef
             ("shop", "2", "01:00:00", hours(DAY, 10, 1)),  # over before it arrived
         ]
     )
-    result = plan(payload, config, TEN + 1)
+    decisions = acknowledged(location_key("home", "1"), location_key("shop", "2"))
+    result = plan(payload, config, TEN + 1, decisions=decisions)
     ack, usage = result.jobs
     assert ack.kind == LOCATION_ACK and ack.due_at == TEN + 1
     assert isinstance(ack.acknowledgement, wire.LocationLPCAcknowledgement)
@@ -138,7 +141,8 @@ def test_resource_lpc_arriving_in_its_window_drops_the_intervals_begun() -> None
     payload = resource_lpc(
         [("hwt", "home", "1", "00:15:00", [f"{DAY}T10:{m:02d}:00Z" for m in (0, 15)])]
     )
-    ack, usage = plan(payload, config, TEN + 60).jobs
+    decisions = acknowledged(resource_key("hwt", "home", "1"))
+    ack, usage = plan(payload, config, TEN + 60, decisions=decisions).jobs
     assert ack.kind == RESOURCE_ACK
     assert usage.kind == ENERGY_USAGE
     assert usage.intervals == ((TEN + 900, TEN + 1800),)
@@ -151,12 +155,13 @@ def test_resource_lpc_arriving_in_its_window_drops_the_intervals_begun() -> None
 def test_nothing_before_arrival_is_ever_planned(arrival: float, count: int) -> None:
     config = make_config([res("hwt", "home")], [loc("home", "1")])
     stamps = hours(DAY, 10, count)
+    decisions = acknowledged(location_key("home", "1"), resource_key("hwt", "home", "1"))
     for payload in (
         price_curve([("hwt", "home")], stamps),
         location_lpc([("home", "1", "01:00:00", stamps)]),
         resource_lpc([("hwt", "home", "1", "01:00:00", stamps)]),
     ):
-        result = plan(payload, config, arrival)
+        result = plan(payload, config, arrival, decisions=decisions)
         ahead = [(TEN + HOUR * i, TEN + HOUR * (i + 1)) for i in range(count)]
         ahead = [i for i in ahead if i[0] >= arrival]
         usage = [j for j in result.jobs if j.acknowledgement is None]
@@ -181,7 +186,23 @@ def test_an_off_resource_is_left_out_with_a_note() -> None:
     )
 
 
-def test_an_off_resource_is_declined_in_a_resource_lpc() -> None:
+OFF = "takes no part (participation = off): never reported"
+
+
+@pytest.mark.parametrize(
+    ("hwt", "note"),
+    [
+        pytest.param(
+            ("declined", OFF), f"target resource 'hwt': declined: {OFF}", id="by-the-decider"
+        ),
+        pytest.param(
+            ("acknowledged", "the site can hold every cap"),
+            "target resource 'hwt' takes no part (participation 'off' from the config): declined",
+            id="acknowledged-under-another-config",
+        ),
+    ],
+)
+def test_an_off_resource_is_declined_in_a_resource_lpc(hwt: tuple[str, str], note: str) -> None:
     config = make_config([{**res("hwt", "home"), "participation": "off"}, res("ev", "home")])
     payload = resource_lpc(
         [
@@ -189,11 +210,40 @@ def test_an_off_resource_is_declined_in_a_resource_lpc() -> None:
             ("ev", "home", "1", "01:00:00", hours(DAY, 10, 1)),
         ]
     )
-    ack, usage = plan(payload, config, TEN).jobs
+    decisions = {
+        **acknowledged(resource_key("ev", "home", "1")),
+        resource_key("hwt", "home", "1"): hwt,
+    }
+    result = plan(payload, config, TEN, decisions=decisions)
+    ack, usage = result.jobs
     assert isinstance(ack.acknowledgement, wire.ResourceLPCAcknowledgement)
     assert [t.resource_id for t in ack.acknowledgement.declined_targets] == ["hwt"]
     assert [t.resource_id for t in ack.acknowledgement.acknowledged_targets] == ["ev"]
     assert [t.resource_id for t in usage.targets] == ["ev"]
+    assert result.notes == (note,)
+
+
+def test_an_override_off_declines_a_resource_the_decider_acknowledged() -> None:
+    """The decider reads the config only; the operator's override for the event still
+    keeps the resource out of the acknowledgement."""
+    config = make_config([res("hwt", "home"), res("ev", "home")])
+    payload = resource_lpc(
+        [
+            ("hwt", "home", "1", "01:00:00", hours(DAY, 10, 1)),
+            ("ev", "home", "1", "01:00:00", hours(DAY, 10, 1)),
+        ]
+    )
+    decisions = acknowledged(resource_key("hwt", "home", "1"), resource_key("ev", "home", "1"))
+    result = plan(payload, config, TEN, decisions=decisions, overrides={"hwt": "off"})
+    ack, usage = result.jobs
+    assert isinstance(ack.acknowledgement, wire.ResourceLPCAcknowledgement)
+    assert [t.resource_id for t in ack.acknowledgement.declined_targets] == ["hwt"]
+    assert [t.resource_id for t in ack.acknowledgement.acknowledged_targets] == ["ev"]
+    assert [t.resource_id for t in usage.targets] == ["ev"]
+    assert result.notes == (
+        "target resource 'hwt' takes no part (participation 'off' from the operator's override): "
+        "declined",
+    )
 
 
 def test_the_operators_override_wins_over_the_config() -> None:
@@ -243,9 +293,9 @@ def test_the_wait_ends_a_day_before_the_month_end_cutoff() -> None:
 
 def test_acknowledgements_never_wait() -> None:
     config = make_config(locations=[loc("home", "1")])
-    ack, usage = plan(
-        location_lpc([("home", "1", "01:00:00", hours(DAY, 10, 1))]), config, TEN
-    ).jobs
+    decisions = acknowledged(location_key("home", "1"))
+    payload = location_lpc([("home", "1", "01:00:00", hours(DAY, 10, 1))])
+    ack, usage = plan(payload, config, TEN, decisions=decisions).jobs
     assert ack.wait_until is None
     assert usage.wait_until == usage.due_at + 6 * HOUR
 

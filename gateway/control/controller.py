@@ -18,7 +18,9 @@ resource cap, a load it holds off, or a shift schedule running:
    in the rest of its event's window (never switched on while a location cap is in
    force: then only the cap's own rules may switch a load on);
 4. each command goes to the :class:`~gateway.control.commands.Commander`
-   (recorded, confirmed by the device, retried), one at a time per resource.
+   (recorded, confirmed by the device, retried), one at a time per resource. A command
+   that failed is not sent again before a backoff (5 s doubling to 5 min) unless the
+   controller wants the other value; a dry-run command is recorded once, not every step.
 
 What the controller holds comes from the database only: acknowledged decisions
 (``lpc_decisions``), stored schedules, and which loads it switched off (the
@@ -37,8 +39,9 @@ from dataclasses import dataclass
 
 import structlog
 
+from gateway.backoff import Backoff
 from gateway.config import Config, ResourceConfig
-from gateway.control.commands import Commander, Devices
+from gateway.control.commands import Commander, Devices, Outcome
 from gateway.control.sites import Site, power_now, sites_of
 from gateway.control.step import Command, Load, step
 from gateway.control.step import Reading as MeterReading
@@ -55,6 +58,7 @@ TICK = 0.5  # seconds between steps at most while anything is held or scheduled
 IDLE_TICK = 5.0  # seconds between looks when nothing is
 REFRESH = 5.0  # seconds between re-reading decisions and schedules from the database
 STATE_TIMEOUT = 0.4  # seconds one adapter's state() may take inside a step
+RETRY_FIRST, RETRY_MAX = 5.0, 300.0  # a failed command is sent again after this backoff
 HELD_REASONS = ("cap", "lpc", "failsafe", "shift")
 """A command whose reason starts with one of these switched a load off for the controller:
 the load is the controller's to switch back on."""
@@ -92,6 +96,8 @@ class Controller:
         }
         self._held: dict[str, _Held] = {}
         self._pending: dict[str, asyncio.Task[None]] = {}
+        self._last: dict[str, tuple[bool, Outcome, float]] = {}  # on, outcome, retry not before
+        self._backoffs: dict[str, Backoff] = {}
         self._caps: list[DecisionRow] = []
         self._schedules: list[ScheduleRow] = []
         self._event_of: dict[str, str] = {}  # resource id -> the event of its next command
@@ -318,6 +324,12 @@ class Controller:
         running = self._pending.get(res.resource_id)
         if running is not None and not running.done():
             return  # one command at a time per resource; the next step looks again
+        last = self._last.get(res.resource_id)
+        if last is not None and last[0] == cmd.on:
+            if last[1] == "dry_run":
+                return  # the same command computed again: recorded once is enough
+            if last[1] == "failed" and self._clock() < last[2]:
+                return  # a device that did not obey: the same command again after a backoff
         assert res.control is not None
         if not cmd.on:
             self._held[res.resource_id] = _Held(cmd.reason, event_id)
@@ -349,6 +361,13 @@ class Controller:
             return
         if cmd.on and outcome == "confirmed":
             self._held.pop(res.resource_id, None)
+        backoff = self._backoffs.setdefault(res.resource_id, Backoff(RETRY_FIRST, RETRY_MAX))
+        retry_at = self._clock()
+        if outcome == "failed":
+            retry_at += backoff.next()
+        else:
+            backoff.reset()
+        self._last[res.resource_id] = (cmd.on, outcome, retry_at)
         self._wake.set()
 
 

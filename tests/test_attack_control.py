@@ -219,7 +219,7 @@ async def test_a_failed_strategy_switches_nothing(
         participant = Participant(cfg, store, decider, strategies)
         await participant.schedule(event_id, price_curve("a", start=NOW - 60), now=NOW)
         (stored,) = await store.schedules(event_id)
-        assert stored.runs == (), stored
+        assert stored.runs == () and stored.participation == "report", stored
     devices = Devices(**plugs)
     commander = Commander(store, devices, confirm_timeout=1.0, attempts=1, clock=lambda: NOW)
     controller = Controller(cfg, store, commander, latest, devices, clock=lambda: NOW)

@@ -18,7 +18,8 @@ unknown resource) is declined: this site answers for its location.
 **Base load.** The load that stays on at a location when every controllable
 resource behind it is off, per capped interval: the highest hourly mean of
 (location energy - the controllable resources' energy) in the same hour of the
-day over the last 7 days, and never less than the base load now (location
+day over the last 7 days, in every hour the interval touches (a resolution may
+be a day), and never less than the base load now (location
 power - the controllable resources' power now; a resource without a fresh
 power reading counts its ``rated_kw`` while it reports on). Hourly means
 smooth out short peaks: that is what ``lpc.margin_kw`` is for.
@@ -206,11 +207,15 @@ class Decider:
         by_hour: dict[float, float | None] = {}
         result: list[float | None] = []
         for cap in caps:
-            hour = cap.start - cap.start % HOUR
-            if hour not in by_hour:
-                by_hour[hour] = await self._history_base(site, hour, now)
-            past = by_hour[hour]
-            estimates = [x for x in (current, past) if x is not None]
+            # An interval may span many hours (resolution up to a day): the cap must hold
+            # in each, so the base load is the highest of every hour it touches.
+            hour, past = cap.start - cap.start % HOUR, []
+            while hour < cap.end:
+                if hour not in by_hour:
+                    by_hour[hour] = await self._history_base(site, hour, now)
+                past.append(by_hour[hour])
+                hour += HOUR
+            estimates = [x for x in (current, *past) if x is not None]
             result.append(max(estimates) if estimates else None)
         return result
 

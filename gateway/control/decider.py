@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from gateway import wire
-from gateway.config import Config
+from gateway.config import Config, ResourceConfig
 from gateway.control.decide import Cap, Decision, decide_location, decide_resource
 from gateway.control.sites import Site, power_now, sites_of
 from gateway.metering.energy import Limits
@@ -99,7 +99,8 @@ class Decider:
         self._owned |= {res.location_id for res in config.resources}
         self._resources = {res.resource_id: res for res in config.resources}
         self._on: Mapping[str, bool | None] = {} if states is None else states
-        """The switch states the controller last saw (a live mapping), for the base load now."""
+        """The switch states the controller last saw (a live mapping): a resource whose
+        state is unknown is not counted on to switch off."""
 
     async def decide(
         self, event_id: str, payload: wire.LocationLPC | wire.ResourceLPC, *, now: float
@@ -164,7 +165,7 @@ class Decider:
             base_kw=base,
             margin_kw=self._config.lpc.margin_kw,
             meter_problem=problem,
-            controllable=len(site.resources),
+            controllable=len(self._switchable(site)),
             dry_run=self._config.control.dry_run,
             now=now,
         )
@@ -226,12 +227,20 @@ class Decider:
         if latest is None or not math.isfinite(latest[1]):
             return None
         drawn = 0.0
-        for res in site.resources:
+        for res in self._switchable(site):
             kw = power_now(self._latest, res, self._on.get(res.resource_id), now, self._config)
             if kw is None:
                 return None
             drawn += kw
         return latest[1] - drawn
+
+    def _switchable(self, site: Site) -> tuple[ResourceConfig, ...]:
+        """The resources behind the site whose switch the controller can read now.
+
+        The config only names a control: the adapter may not be running, may have no such
+        control (a typo), or its device may never have reported. What cannot be read
+        cannot be trusted to switch off, so its draw stays in the base load."""
+        return tuple(r for r in site.resources if self._on.get(r.resource_id) is not None)
 
     async def _history_base(self, site: Site, hour: float, now: float) -> float | None:
         """The highest hourly mean base load in this hour of the day over the last week."""
@@ -244,7 +253,10 @@ class Decider:
         try:
             total = await self._energies(loc.adapter, loc.channel, intervals, loc.max_kw)
             parts = await asyncio.gather(
-                *(self._energies(r.adapter, r.channel, intervals, r.max_kw) for r in site.resources)
+                *(
+                    self._energies(r.adapter, r.channel, intervals, r.max_kw)
+                    for r in self._switchable(site)
+                )
             )
         except KeyError:  # a channel never registered: no history
             return None
@@ -324,6 +336,12 @@ class Decider:
             caps = caps_of([p for t in group for p in t.points], resolutions.pop())
         except ValueError as exc:
             return ("declined", f"its resolution cannot be read: {exc}"), ()
+        if res.control is not None and self._on.get(res.resource_id) is None:
+            return (
+                "declined",
+                f"its switch ({res.adapter}/{res.control}) cannot be read: the adapter is"
+                " not running, has no such control, or the device never reported",
+            ), ()
         decision = decide_resource(
             caps,
             controllable=res.control is not None,

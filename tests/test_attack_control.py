@@ -334,3 +334,31 @@ async def test_a_resource_whose_switch_cannot_be_read_is_not_counted_on(
     )
     (ok,) = await decider.decide("l2", location_lpc([5.0], start=NOW + 60), now=NOW)
     assert ok.decision == "acknowledged", ok.reason
+
+
+# --- two resources on one device ------------------------------------------------------------------
+
+
+async def test_two_resources_on_one_plug_are_not_subtracted_twice(db: Database) -> None:
+    """``a1`` and ``a2`` both name adapter ``a`` and its ``switch`` (one 4 kW plug entered
+    twice). The location draws 9 kW: 5 kW base + the plug.
+
+    Before: the plug's 4 kW was taken off the location's power once per resource: a base of
+    1 kW, and a 2 kW cap was acknowledged on a site whose base load is 5 kW."""
+    twice = [
+        {
+            "resource_id": rid,
+            "location_id": "home",
+            "adapter": "a",
+            "control": "switch",
+            "rated_kw": 4.0,
+        }
+        for rid in ("a1", "a2")
+    ]
+    latest = _fresh(9.0, plugs_kw=4.0)
+    states = {"a1": True, "a2": True}
+    decider = Decider(
+        site(resources=twice), ControlStore(db), ReadingsStore(db), latest, states=states
+    )
+    (row,) = await decider.decide("twice", location_lpc([2.0], start=NOW + 60), now=NOW)
+    assert row.decision == "declined" and "base load 5 kW" in row.reason, row.reason

@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from gateway import wire
 from gateway.config import Config, ResourceConfig
 from gateway.control.decide import Cap, Decision, decide_location, decide_resource
-from gateway.control.sites import Site, power_now, sites_of
+from gateway.control.sites import POWER_CHANNEL, Site, power_now, sites_of
 from gateway.metering.energy import Limits
 from gateway.metering.latest import LatestReadings
 from gateway.plugin import ChannelKind
@@ -227,7 +227,15 @@ class Decider:
         if latest is None or not math.isfinite(latest[1]):
             return None
         drawn = 0.0
+        counted: set[tuple[str, str | None]] = set()
         for res in self._switchable(site):
+            # Two resources on one adapter share its power reading, two on one control
+            # are one switch: a device's draw is taken off the location's power once.
+            own = self._latest.kind(res.adapter, POWER_CHANNEL) is ChannelKind.POWER
+            key = (res.adapter, None if own else res.control)
+            if key in counted:
+                continue
+            counted.add(key)
             kw = power_now(self._latest, res, self._on.get(res.resource_id), now, self._config)
             if kw is None:
                 return None
@@ -255,7 +263,7 @@ class Decider:
             parts = await asyncio.gather(
                 *(
                     self._energies(r.adapter, r.channel, intervals, r.max_kw)
-                    for r in self._switchable(site)
+                    for r in {(r.adapter, r.channel): r for r in self._switchable(site)}.values()
                 )
             )
         except KeyError:  # a channel never registered: no history

@@ -116,7 +116,10 @@ def _iso(t: float) -> str:
 
 
 def decider(db: Database, cfg: Config, found: LatestReadings) -> Decider:
-    return Decider(cfg, ControlStore(db), ReadingsStore(db), found, clock=lambda: NOW)
+    states = {"a": True, "b": True}  # the controller read both switches
+    return Decider(
+        cfg, ControlStore(db), ReadingsStore(db), found, states=states, clock=lambda: NOW
+    )
 
 
 async def test_a_cap_above_base_load_and_margin_is_acknowledged(db: Database) -> None:
@@ -231,6 +234,7 @@ async def test_the_same_hour_last_week_raises_the_base_load(db: Database) -> Non
                 [Reading("energy", hour + t, 100.0 + kw * t / 3600) for t in range(-60, 3661, 60)],
             )
     found = latest()
-    d = Decider(config(), ControlStore(db), readings, found, clock=lambda: NOW)
+    states = {"a": False, "b": False}
+    d = Decider(config(), ControlStore(db), readings, found, states=states, clock=lambda: NOW)
     (row,) = await d.decide("e1", location_lpc(5.0), now=NOW)
     assert row.decision == "declined" and "base load 6 kW" in row.reason, row.reason

@@ -226,6 +226,9 @@ class Controller:
         res_caps = {r.resource_id: self._resource_cap(r, now) for r in site.resources}
         wishes = {r.resource_id: self._shift_wish(r, now) for r in site.resources}
         held_here = [r for r in site.resources if r.resource_id in self._held]
+        # Read even when idle: the decider counts only on switches that answer.
+        states = await self._states(site.resources)
+        self.states.update(states)
         if (
             limit is None
             and not any(res_caps.values())
@@ -233,8 +236,6 @@ class Controller:
             and not held_here
         ):
             return False
-        states = await self._states(site.resources)
-        self.states.update(states)
         loc = site.location
         latest = None if loc is None else self._latest.get(loc.adapter, loc.power_channel)
         meter = MeterReading(

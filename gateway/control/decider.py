@@ -18,7 +18,8 @@ unknown resource) is declined: this site answers for its location.
 **Base load.** The load that stays on at a location when every controllable
 resource behind it is off, per capped interval: the highest hourly mean of
 (location energy - the controllable resources' energy) in the same hour of the
-day over the last 7 days, and never less than the base load now (location
+day over the last 7 days, in every hour the interval touches (a resolution may
+be a day), and never less than the base load now (location
 power - the controllable resources' power now; a resource without a fresh
 power reading counts its ``rated_kw`` while it reports on). Hourly means
 smooth out short peaks: that is what ``lpc.margin_kw`` is for.
@@ -32,9 +33,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from gateway import wire
-from gateway.config import Config
+from gateway.config import Config, ResourceConfig
 from gateway.control.decide import Cap, Decision, decide_location, decide_resource
-from gateway.control.sites import Site, power_now, sites_of
+from gateway.control.sites import POWER_CHANNEL, Site, power_now, sites_of
 from gateway.metering.energy import Limits
 from gateway.metering.latest import LatestReadings
 from gateway.plugin import ChannelKind
@@ -98,7 +99,8 @@ class Decider:
         self._owned |= {res.location_id for res in config.resources}
         self._resources = {res.resource_id: res for res in config.resources}
         self._on: Mapping[str, bool | None] = {} if states is None else states
-        """The switch states the controller last saw (a live mapping), for the base load now."""
+        """The switch states the controller last saw (a live mapping): a resource whose
+        state is unknown is not counted on to switch off."""
 
     async def decide(
         self, event_id: str, payload: wire.LocationLPC | wire.ResourceLPC, *, now: float
@@ -163,7 +165,7 @@ class Decider:
             base_kw=base,
             margin_kw=self._config.lpc.margin_kw,
             meter_problem=problem,
-            controllable=len(site.resources),
+            controllable=len(self._switchable(site)),
             dry_run=self._config.control.dry_run,
             now=now,
         )
@@ -206,11 +208,15 @@ class Decider:
         by_hour: dict[float, float | None] = {}
         result: list[float | None] = []
         for cap in caps:
-            hour = cap.start - cap.start % HOUR
-            if hour not in by_hour:
-                by_hour[hour] = await self._history_base(site, hour, now)
-            past = by_hour[hour]
-            estimates = [x for x in (current, past) if x is not None]
+            # An interval may span many hours (resolution up to a day): the cap must hold
+            # in each, so the base load is the highest of every hour it touches.
+            hour, past = cap.start - cap.start % HOUR, []
+            while hour < cap.end:
+                if hour not in by_hour:
+                    by_hour[hour] = await self._history_base(site, hour, now)
+                past.append(by_hour[hour])
+                hour += HOUR
+            estimates = [x for x in (current, *past) if x is not None]
             result.append(max(estimates) if estimates else None)
         return result
 
@@ -221,12 +227,28 @@ class Decider:
         if latest is None or not math.isfinite(latest[1]):
             return None
         drawn = 0.0
-        for res in site.resources:
+        counted: set[tuple[str, str | None]] = set()
+        for res in self._switchable(site):
+            # Two resources on one adapter share its power reading, two on one control
+            # are one switch: a device's draw is taken off the location's power once.
+            own = self._latest.kind(res.adapter, POWER_CHANNEL) is ChannelKind.POWER
+            key = (res.adapter, None if own else res.control)
+            if key in counted:
+                continue
+            counted.add(key)
             kw = power_now(self._latest, res, self._on.get(res.resource_id), now, self._config)
             if kw is None:
                 return None
             drawn += kw
         return latest[1] - drawn
+
+    def _switchable(self, site: Site) -> tuple[ResourceConfig, ...]:
+        """The resources behind the site whose switch the controller can read now.
+
+        The config only names a control: the adapter may not be running, may have no such
+        control (a typo), or its device may never have reported. What cannot be read
+        cannot be trusted to switch off, so its draw stays in the base load."""
+        return tuple(r for r in site.resources if self._on.get(r.resource_id) is not None)
 
     async def _history_base(self, site: Site, hour: float, now: float) -> float | None:
         """The highest hourly mean base load in this hour of the day over the last week."""
@@ -239,7 +261,10 @@ class Decider:
         try:
             total = await self._energies(loc.adapter, loc.channel, intervals, loc.max_kw)
             parts = await asyncio.gather(
-                *(self._energies(r.adapter, r.channel, intervals, r.max_kw) for r in site.resources)
+                *(
+                    self._energies(r.adapter, r.channel, intervals, r.max_kw)
+                    for r in {(r.adapter, r.channel): r for r in self._switchable(site)}.values()
+                )
             )
         except KeyError:  # a channel never registered: no history
             return None
@@ -319,6 +344,12 @@ class Decider:
             caps = caps_of([p for t in group for p in t.points], resolutions.pop())
         except ValueError as exc:
             return ("declined", f"its resolution cannot be read: {exc}"), ()
+        if res.control is not None and self._on.get(res.resource_id) is None:
+            return (
+                "declined",
+                f"its switch ({res.adapter}/{res.control}) cannot be read: the adapter is"
+                " not running, has no such control, or the device never reported",
+            ), ()
         decision = decide_resource(
             caps,
             controllable=res.control is not None,

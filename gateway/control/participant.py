@@ -107,11 +107,14 @@ class Participant:
             participation = overrides.get(res.resource_id, res.takes_part)
             name = res.strategy if participation == "shift" and res.strategy else participation
             schedule = self._run(name, event, res, participation, now)
+            # A failed strategy's empty schedule must not read as "shift: off all window":
+            # the controller would switch the load off. It is left alone, as for ``report``.
+            steered = "report" if schedule.failed and participation == "shift" else participation
             stored = await self._store.put_schedule(
                 ScheduleRow(
                     event_id=event_id,
                     resource_id=res.resource_id,
-                    participation=participation,
+                    participation=steered,
                     strategy=name,
                     runs=tuple((r.start, r.end) for r in schedule.runs),
                     window=window,

@@ -6,10 +6,16 @@ the readings sink puts every batch here right after its commit (so nothing here
 is newer than the database). Power values are kept in kW whatever the channel's
 unit; energy values as the device gave them. Listeners are told that a channel
 moved (the controller wakes at once for its location meter).
+
+A sample's time is the device's word, and a device clock may run ahead: a sample
+is kept as read no later than when it arrived (``clock``). Otherwise one sample
+stamped an hour ahead would stay "latest" for that hour: every true sample after
+it dropped as older, and its age 0, so the failsafe could never see the meter stop.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 from gateway.plugin import Channel, ChannelKind, Reading
@@ -21,7 +27,8 @@ Latest = tuple[float, float]
 
 
 class LatestReadings:
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
         self._values: dict[tuple[str, str], Latest] = {}
         self._factors: dict[tuple[str, str], float] = {}
         self._kinds: dict[tuple[str, str], ChannelKind] = {}
@@ -35,12 +42,14 @@ class LatestReadings:
 
     def put(self, adapter: str, readings: Sequence[Reading]) -> None:
         moved: set[str] = set()
+        arrived = self._clock()
         for reading in readings:
             key = (adapter, reading.channel)
+            at = min(reading.at, arrived)  # a device clock ahead: read when it arrived
             seen = self._values.get(key)
-            if seen is not None and seen[0] >= reading.at:
+            if seen is not None and seen[0] >= at:
                 continue  # an older sample arriving late changes nothing now
-            self._values[key] = (reading.at, reading.value * self._factors.get(key, 1.0))
+            self._values[key] = (at, reading.value * self._factors.get(key, 1.0))
             moved.add(reading.channel)
         for channel in moved:
             for listener in self._listeners:

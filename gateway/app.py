@@ -159,7 +159,7 @@ class Gateway:
             inbox, outbox, meta = Inbox(db), Outbox(db), Meta(db)
             readings = ReadingsStore(db)
             await stack.enter_async_context(readings.writer())
-            latest = LatestReadings()
+            latest = LatestReadings(clock=self.clock)
             sink = _ReadingsSink(readings, latest)
             session = await stack.enter_async_context(
                 aiohttp.ClientSession(headers={"User-Agent": "ecgw"})

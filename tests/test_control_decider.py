@@ -175,7 +175,8 @@ async def test_an_unknown_meter_point_of_our_location_is_declined(db: Database) 
 
 async def test_caps_that_have_ended_are_neither_checked_nor_held(db: Database) -> None:
     payload = location_lpc(5.0, start=NOW - 900 - 60)  # first ended, second running
-    (row,) = await decider(db, config(), latest()).decide("e1", payload, now=NOW)
+    # the running one must fit what the location draws now: 4.6 kW (3 + 2 x 0.8)
+    (row,) = await decider(db, config(), latest(4.6, plugs_kw=0.8)).decide("e1", payload, now=NOW)
     assert row.decision == "acknowledged" and len(row.caps) == 1
     payload = location_lpc(5.0, start=NOW - 3 * 900)
     (row,) = await decider(db, config(), latest()).decide("e2", payload, now=NOW)
@@ -238,3 +239,15 @@ async def test_the_same_hour_last_week_raises_the_base_load(db: Database) -> Non
     d = Decider(config(), ControlStore(db), readings, found, states=states, clock=lambda: NOW)
     (row,) = await d.decide("e1", location_lpc(5.0), now=NOW)
     assert row.decision == "declined" and "base load 6 kW" in row.reason, row.reason
+
+
+async def test_a_cap_starting_within_the_lead_must_fit_the_power_now(db: Database) -> None:
+    """Base 3 kW fits a 5 kW cap, but the location draws 11 kW now and the cap starts in 2 s:
+    the loads cannot be off in time, so it is declined; the same cap a minute ahead is not."""
+    soon = location_lpc(5.0, start=NOW + 2)
+    (row,) = await decider(db, config(), latest()).decide("e1", soon, now=NOW)
+    assert row.decision == "declined" and "in time" in row.reason and "11 kW" in row.reason
+    (row,) = await decider(db, config(), latest()).decide("e2", location_lpc(5.0), now=NOW)
+    assert row.decision == "acknowledged", row.reason
+    (row,) = await decider(db, config(), latest(4.0, plugs_kw=0.5)).decide("e3", soon, now=NOW)
+    assert row.decision == "acknowledged", row.reason  # 4 kW now: it fits already

@@ -159,6 +159,8 @@ class Decider:
         except ValueError as exc:
             return ("declined", f"its resolution cannot be read: {exc}"), ()
         problem = self._meter_problem(site, now)
+        if problem is None and (soon := self._too_soon(site, caps, now)) is not None:
+            return ("declined", soon), ()
         base = await self._base_loads(site, caps, now) if problem is None else [None] * len(caps)
         decision = decide_location(
             caps,
@@ -170,6 +172,27 @@ class Decider:
             now=now,
         )
         return _kind(decision), _held(caps, now)
+
+    def _too_soon(self, site: Site, caps: Sequence[Cap], now: float) -> str | None:
+        """A cap that starts within ``lpc.lead`` must fit the location's power *now*: loads
+        cannot be switched off before it starts (an instantaneous cap allows no catching up)."""
+        loc = site.location
+        assert loc is not None
+        lead = self._config.lpc.lead
+        latest = self._latest.get(loc.adapter, loc.power_channel)
+        power = None if latest is None else latest[1]
+        margin = self._config.lpc.margin_kw
+        for cap in caps:
+            if cap.end <= now or cap.start >= now + lead or cap.max_kw is None:
+                continue
+            if power is None or not math.isfinite(power) or not power + margin <= cap.max_kw:
+                shown = "unknown" if power is None else f"{power:g} kW"
+                return (
+                    f"an interval starts within {lead:g} s (lpc.lead) and the location draws "
+                    f"{shown} now, above its cap {cap.max_kw:g} kW less the margin: loads "
+                    "cannot be switched off in time"
+                )
+        return None
 
     def _unknown(self, why: str) -> tuple[DecisionKind, str]:
         if self._config.lpc.decline_unknown:

@@ -107,9 +107,14 @@ class Participant:
             participation = overrides.get(res.resource_id, res.takes_part)
             name = res.strategy if participation == "shift" and res.strategy else participation
             schedule = self._run(name, event, res, participation, now)
-            # A failed strategy's empty schedule must not read as "shift: off all window":
-            # the controller would switch the load off. It is left alone, as for ``report``.
-            steered = "report" if schedule.failed and participation == "shift" else participation
+            # A failed strategy's empty schedule, or one that could place nothing (no need, no
+            # allowed time in the window), must not read as "shift: off all window": the
+            # controller would switch the load off. It is left alone, as for ``report``.
+            steered = participation
+            if participation == "shift" and (schedule.failed or not schedule.runs):
+                steered = "report"
+                if not schedule.failed:
+                    schedule = Schedule((), f"{schedule.note}; nothing placed: left alone")
             stored = await self._store.put_schedule(
                 ScheduleRow(
                     event_id=event_id,

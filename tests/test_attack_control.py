@@ -29,7 +29,7 @@ from gateway.control.strategies import Schedule, StrategyEvent, StrategyResource
 from gateway.errors import AdapterError
 from gateway.metering.latest import LatestReadings
 from gateway.plugin import Channel, ChannelKind, ControllableAdapter, Reading, Unit
-from gateway.store.control import ControlStore
+from gateway.store.control import ControlStore, DecisionRow
 from gateway.store.database import Database
 from gateway.store.readings import ReadingsStore
 
@@ -362,3 +362,61 @@ async def test_two_resources_on_one_plug_are_not_subtracted_twice(db: Database) 
     )
     (row,) = await decider.decide("twice", location_lpc([2.0], start=NOW + 60), now=NOW)
     assert row.decision == "declined" and "base load 5 kW" in row.reason, row.reason
+
+
+# --- a load whose rated_kw understates what it draws -------------------------------------------
+
+
+async def test_a_load_drawing_more_than_its_rated_kw_is_not_switched_back_and_forth(
+    db: Database, plugs: dict[str, SimulatedAdapter]
+) -> None:
+    """``a`` is configured at 0.5 kW but draws 4 kW and has no power reading of its own. Under
+    a 5 kW cap on a 3 kW base the controller switches it off, sees room for 0.5 kW and lets it
+    back on, and the location is at 7 kW again. Once that happened it must stay off until the
+    cap is over: before, it went on and off every step, each time above the cap."""
+    clock = [NOW]
+    cfg = site(
+        resources=[
+            {
+                "resource_id": "a",
+                "location_id": "home",
+                "adapter": "a",
+                "control": "switch",
+                "rated_kw": 0.5,
+            },
+        ]
+    )
+    store = ControlStore(db)
+    await store.decide(
+        [
+            DecisionRow(
+                event_id="cap",
+                target='["location", "home", "mp"]',
+                kind="location",
+                location_id="home",
+                meter_point_id="mp",
+                resource_id=None,
+                decision="acknowledged",
+                reason="test",
+                caps=((NOW - 10, NOW + 600, 5.0),),
+                decided_at=NOW - 20,
+            )
+        ]
+    )
+    latest = LatestReadings(clock=lambda: clock[0])
+    latest.channels("meter", (ENERGY, POWER))
+    devices = Devices(**plugs)
+    commander = Commander(store, devices, confirm_timeout=1.0, attempts=1, clock=lambda: clock[0])
+    controller = Controller(cfg, store, commander, latest, devices, clock=lambda: clock[0])
+    over = 0
+    for _ in range(12):
+        state = await plugs["a"].state("switch")
+        draw = 4.0 if state is not None and state.value == 1.0 else 0.0
+        over += 3.0 + draw > 5.0
+        latest.put("meter", [Reading("power", clock[0], 3.0 + draw)])
+        await controller.tick()
+        await settle_commands()
+        clock[0] += 1.0
+    ons = [c for c in await store.commands() if c.value == 1.0]
+    assert len(ons) <= 1, [(c.value, c.reason) for c in await store.commands()]
+    assert over <= 2  # the first reading, and at most the one time it was let back on

@@ -98,6 +98,8 @@ class Controller:
         self._pending: dict[str, asyncio.Task[None]] = {}
         self._last: dict[str, tuple[bool, Outcome, float]] = {}  # on, outcome, retry not before
         self._backoffs: dict[str, Backoff] = {}
+        self._returned: set[tuple[str, str]] = set()  # (resource, cap event) let back on
+        self._stay_off: set[tuple[str, str]] = set()  # ... that then had to go off again
         self._caps: list[DecisionRow] = []
         self._schedules: list[ScheduleRow] = []
         self._event_of: dict[str, str] = {}  # resource id -> the event of its next command
@@ -256,7 +258,9 @@ class Controller:
                 rated_kw=r.rated_kw or 0.0,
                 on=states.get(r.resource_id),
                 measured_kw=_own_power(self._latest, r, now, self._config),
-                held=r.resource_id in self._held and r.resource_id not in kept_off,
+                held=r.resource_id in self._held
+                and r.resource_id not in kept_off
+                and (r.resource_id, cap_event) not in self._stay_off,
             )
             for r in site.resources
         ]
@@ -296,11 +300,30 @@ class Controller:
             chosen.add(rid)
             self._event_of[rid] = event_id
         for cmd in commands:
+            self._note_return(cmd, limit, cap_event)
             chosen_event: str | None = self._event_of.pop(cmd.resource_id, None) or cap_event
             if chosen_event is None and cmd.resource_id in self._held:
                 chosen_event = self._held[cmd.resource_id].event_id
             self._send(by_id[cmd.resource_id], cmd, chosen_event)
         return True
+
+    def _note_return(self, cmd: Command, limit: float | None, cap_event: str | None) -> None:
+        """A load let back on under a cap that had to go off again under the same cap draws
+        more than its ``rated_kw`` says: it stays off until that cap is over (no switching
+        back and forth, each time above the cap)."""
+        if limit is None or cap_event is None:
+            return
+        key = (cmd.resource_id, cap_event)
+        if cmd.on:
+            self._returned.add(key)
+        elif key in self._returned:
+            self._stay_off.add(key)
+            log.warning(
+                "control.load_stays_off",
+                resource=cmd.resource_id,
+                event_id=cap_event,
+                reason="it drew more than its rated_kw when let back on under the cap",
+            )
 
     async def _states(self, resources: Sequence[ResourceConfig]) -> dict[str, bool | None]:
         async def one(res: ResourceConfig) -> bool | None:

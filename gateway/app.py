@@ -29,8 +29,9 @@ from collections.abc import Awaitable, Callable, Sequence
 import aiohttp
 import structlog
 
+from gateway.admin import serve_admin
 from gateway.backoff import Backoff
-from gateway.config import Config
+from gateway.config import Config, parse_listen
 from gateway.control.commands import Commander
 from gateway.control.controller import Controller
 from gateway.control.decider import Decider
@@ -40,18 +41,20 @@ from gateway.control.strategies import load_strategies
 from gateway.delivery.api import ApiClient, TokenSource
 from gateway.delivery.deliverer import Deliverer
 from gateway.errors import AdapterError, AdapterLoadError, ConfigError
+from gateway.health import STALE_FLOOR, Health, HealthRules, stale_limit
 from gateway.intake.poller import Poller
 from gateway.intake.webhook import WebhookSettings, serve_webhook
 from gateway.metering.discovery import build_adapters
 from gateway.metering.latest import LatestReadings
 from gateway.metering.runtime import AdapterRuntime, AdapterStatus, adapter_channels
-from gateway.plugin import Adapter, Channel, Reading
+from gateway.plugin import Adapter, AdapterConfig, Channel, Reading
 from gateway.reports.clock import ServerClock
 from gateway.reports.scheduler import ReportScheduler
 from gateway.store.control import ControlStore
 from gateway.store.database import hold_state_dir, open_database
 from gateway.store.inbox import Inbox
 from gateway.store.meta import Meta
+from gateway.store.observed import Observed
 from gateway.store.outbox import Outbox
 from gateway.store.readings import ReadingsStore
 from gateway.supervise import Supervisor
@@ -114,6 +117,12 @@ def _channel_names(name: str, adapter: Adapter | None) -> list[str] | None:
         return None
 
 
+def _poll_interval(adapter: Adapter) -> float:
+    """The adapter's ``poll_interval`` (0 if its config cannot be read: the floor applies)."""
+    config = getattr(adapter, "config", None)
+    return float(config.poll_interval) if isinstance(config, AdapterConfig) else 0.0
+
+
 class _ReadingsSink:
     """The runtime's sinks: registers an adapter's channels, commits its readings, then
     hands them to the latest-readings cache (the controller's view; never ahead of the
@@ -123,9 +132,10 @@ class _ReadingsSink:
     accepted; a counter's next reading carries the energy on).
     """
 
-    def __init__(self, store: ReadingsStore, latest: LatestReadings) -> None:
+    def __init__(self, store: ReadingsStore, latest: LatestReadings, health: Health) -> None:
         self._store = store
         self._latest = latest
+        self._health = health
 
     async def channels(self, name: str, channels: tuple[Channel, ...]) -> None:
         await self._store.register_channels(name, channels)
@@ -134,13 +144,24 @@ class _ReadingsSink:
     async def __call__(self, name: str, readings: Sequence[Reading]) -> None:
         await self._store.write(name, readings)
         self._latest.put(name, readings)
+        self._health.readings_stored(name, len(readings))
 
 
 class Gateway:
-    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.time,
+        stale_floor: float = STALE_FLOOR,
+    ) -> None:
         self.config = config
         self.clock = clock
         self.webhook_url: str | None = None
+        self.admin_url: str | None = None
+        self.health = Health(clock)
+        self._health_changed = asyncio.Event()
+        self._stale_floor = stale_floor
         self.ready = asyncio.Event()
         self._scheduler: ReportScheduler | None = None
 
@@ -157,10 +178,11 @@ class Gateway:
                 log.error("adapter.load_failed", adapter=name, error=str(error))
             db = await stack.enter_async_context(open_database(config.db_path))
             inbox, outbox, meta = Inbox(db), Outbox(db), Meta(db)
+            stack.push_async_exit(self._record_stop(meta))  # runs last, before the db closes
             readings = ReadingsStore(db)
             await stack.enter_async_context(readings.writer())
             latest = LatestReadings(clock=self.clock)
-            sink = _ReadingsSink(readings, latest)
+            sink = _ReadingsSink(readings, latest, self.health)
             session = await stack.enter_async_context(
                 aiohttp.ClientSession(headers={"User-Agent": "ecgw"})
             )
@@ -171,6 +193,7 @@ class Gateway:
                 client_id=api_config.client_id,
                 client_secret=config.client_secret,
                 timeout=config.delivery.timeout,
+                health=self.health,
             )
             api = ApiClient(
                 session,
@@ -188,6 +211,7 @@ class Gateway:
                 backoff_max=delivery.backoff_max,
                 retry_after_max=delivery.retry_after_max,
                 clock=self.clock,
+                health=self.health,
             )
             control_store = ControlStore(db)
             switch_states: dict[str, bool | None] = {}  # the controller's, read by the decider
@@ -210,12 +234,13 @@ class Gateway:
                 on_queued=deliverer.wake,
                 clock=self.clock,
                 participant=participant,
+                health=self.health,
             )
             self._scheduler = scheduler
             settings = webhook_settings(config)
             if settings is not None:
                 self.webhook_url = await stack.enter_async_context(
-                    serve_webhook(settings, inbox, scheduler.wake)
+                    serve_webhook(settings, inbox, scheduler.wake, health=self.health)
                 )
             runtime = await stack.enter_async_context(
                 AdapterRuntime(
@@ -245,7 +270,12 @@ class Gateway:
                 clock=self.clock,
             )
             participant.on_change(controller.wake)
-            await meta.started(pid=os.getpid(), now=self.clock(), webhook_url=self.webhook_url)
+            started_at = self.clock()
+            if config.admin is not None:
+                self.admin_url = await stack.enter_async_context(
+                    self._admin(config, Observed(db), adapters, started_at)
+                )
+            await meta.started(pid=os.getpid(), now=started_at, webhook_url=self.webhook_url)
             log.info(
                 "gateway.started",
                 state_dir=config.gateway.state_dir,
@@ -276,20 +306,61 @@ class Gateway:
                         page_size=config.poll.page_size,
                         on_event=scheduler.wake,
                         clock=self.clock,
+                        health=self.health,
                     )
                     loops.start("poller", poller.run)
                 self.ready.set()
 
     def _status_sink(self, meta: Meta) -> Callable[[AdapterStatus], Awaitable[None]]:
         async def put(status: AdapterStatus) -> None:
-            await meta.put(**{f"adapter.{status.name}": dataclasses.asdict(status)})
+            record = dataclasses.asdict(status)
+            self.health.adapter_status(record)
+            await meta.put(**{f"adapter.{status.name}": record})
 
         return put
 
+    def _admin(
+        self, config: Config, observed: Observed, adapters: dict[str, Adapter], started_at: float
+    ) -> contextlib.AbstractAsyncContextManager[str]:
+        assert config.admin is not None
+        host, port = parse_listen(config.admin.listen)
+        rules = HealthRules(
+            api_budget=config.delivery.backoff_max,
+            stale_after={
+                name: stale_limit(_poll_interval(adapter), self._stale_floor)
+                for name, adapter in adapters.items()
+            },
+            started_at=started_at,
+        )
+        return serve_admin(
+            host, port, health=self.health, rules=rules, observed=observed, clock=self.clock
+        )
+
+    def _record_stop(self, meta: Meta) -> Callable[..., Awaitable[bool]]:
+        """An exit callback: a cancelled run (SIGTERM, SIGINT) is a clean stop, recorded."""
+
+        async def record(exc_type: type[BaseException] | None, *_: object) -> bool:
+            if exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
+                await meta.stopped(now=self.clock(), reason="signal")
+            return False
+
+        return record
+
     async def _heartbeat(self, meta: Meta) -> None:
+        """Beat every HEARTBEAT_EVERY, with the health record's status part; sooner when
+        the error state changes (an API failure, an adapter error set or cleared)."""
+        self.health.on_change = self._health_changed.set
+        loop = asyncio.get_running_loop()
+        beat_at = loop.time()
         while True:
-            await meta.heartbeat(now=self.clock())
-            await asyncio.sleep(HEARTBEAT_EVERY)
+            self._health_changed.clear()
+            await meta.put(**{"gateway.health": self.health.snapshot()})
+            if loop.time() >= beat_at:
+                await meta.heartbeat(now=self.clock())
+                beat_at = loop.time() + HEARTBEAT_EVERY
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(beat_at - loop.time(), 0.0)):
+                    await self._health_changed.wait()
 
     async def _compact(self, readings: ReadingsStore) -> None:
         """Compact now and every COMPACT_EVERY; a failure is the supervisor's (nothing is lost:

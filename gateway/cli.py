@@ -38,6 +38,7 @@ from gateway.logs import configure_logging, register_secrets
 from gateway.reports import manual
 from gateway.reports.planner import plan_event
 from gateway.reports.scheduler import ReportJobs, build_job, read_overrides
+from gateway.status import status_record, status_text, version
 from gateway.store.control import ControlStore
 from gateway.store.database import open_database
 from gateway.store.inbox import Inbox
@@ -144,45 +145,8 @@ async def cmd_check(args: argparse.Namespace, config: Config) -> int:
 
 
 async def cmd_status(args: argparse.Namespace, config: Config) -> int:
-    async with _stores(config) as (inbox, outbox, meta):
-        facts = await meta.get_all()
-        counts = await outbox.counts()
-        events = await inbox.count()
-    adapters = {k.removeprefix("adapter."): v for k, v in facts.items() if k.startswith("adapter.")}
-    heartbeat = facts.get("gateway.heartbeat")
-    running = isinstance(heartbeat, int | float) and time.time() - heartbeat < 60
-    status = {
-        "running": running,
-        "pid": facts.get("gateway.pid"),
-        "started_at": render.iso(_num(facts.get("gateway.started_at"))),
-        "heartbeat": render.iso(_num(heartbeat)),
-        "webhook_url": facts.get("gateway.webhook_url"),
-        "database": str(config.db_path),
-        "events": events,
-        "outbox": counts,
-        "adapters": adapters,
-    }
-    if args.json:
-        _out(render.to_json(status))
-        return EXIT_OK
-    _out(
-        f"gateway:  {'running' if running else 'not running'}"
-        f" (pid {status['pid']}, last heartbeat {status['heartbeat']})"
-    )
-    _out(f"database: {status['database']}")
-    _out(f"webhook:  {render.printable(str(status['webhook_url'] or 'off'))}")
-    _out(f"events:   {events}")
-    _out("outbox:   " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    for name, info in sorted(adapters.items()):
-        if isinstance(info, dict):
-            error = f" - {info.get('last_error')}" if info.get("last_error") else ""
-            rejected = f", {info['rejected']} rejected" if info.get("rejected") else ""
-            _out(
-                render.printable(
-                    f"adapter:  {name} {info.get('state')} ({info.get('readings')} readings, "
-                    f"{info.get('restarts')} restarts{rejected}){error}"
-                )
-            )
+    record = await status_record(config, now=time.time())
+    _out(render.to_json(record) if args.json else "\n".join(status_text(record)))
     return EXIT_OK
 
 
@@ -464,6 +428,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ecgw", parents=[common], description="Energy Coordination Gateway"
     )
+    parser.add_argument("--version", action="version", version=f"ecgw {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(

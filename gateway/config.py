@@ -33,6 +33,7 @@ from gateway.timeutil import Duration
 
 __all__ = [
     "DEFAULT_MAX_KW",
+    "AdminConfig",
     "ApiConfig",
     "Config",
     "ControlConfig",
@@ -114,6 +115,11 @@ class WebhookConfig(Section, frozen=True):
     secret_file: str | None = None
     max_body: int = 1024 * 1024
     read_timeout: Duration = Duration(10.0)
+
+
+class AdminConfig(Section, frozen=True):
+    listen: str = "127.0.0.1:9464"
+    """Where ``/healthz`` and ``/metrics`` are served (off when the table is absent)."""
 
 
 class PollConfig(Section, frozen=True):
@@ -235,6 +241,7 @@ class Config(Section, frozen=True):
     api: ApiConfig | None = None
     webhook: WebhookConfig | None = None
     poll: PollConfig | None = None
+    admin: AdminConfig | None = None
     delivery: DeliveryConfig = DeliveryConfig()
     reporting: ReportingConfig = ReportingConfig()
     metering: MeteringConfig = MeteringConfig()

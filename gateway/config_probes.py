@@ -29,6 +29,10 @@ def require_runnable(config: Config) -> ApiConfig:
         host, _ = parse_listen(config.webhook.listen)
         if problem := listen_problem(host):
             raise ConfigError(problem, key="webhook.listen")
+    if config.admin is not None:
+        host, _ = parse_listen(config.admin.listen)
+        if problem := listen_problem(host):
+            raise ConfigError(problem, key="admin.listen")
     return api
 
 

@@ -335,6 +335,11 @@ def _check_endpoints(cfg: Config) -> None:
         for name in ("base_url", "token_url"):
             if problem := _url_problem(getattr(cfg.api, name), base=name == "base_url"):
                 raise ConfigError(problem, key=f"api.{name}")
+    if cfg.admin is not None:
+        try:
+            parse_listen(cfg.admin.listen)
+        except ValueError as exc:
+            raise ConfigError(str(exc), key="admin.listen") from None
     if cfg.webhook is not None:
         try:
             parse_listen(cfg.webhook.listen)

@@ -939,7 +939,7 @@ async def test_push_batches_flow_and_an_ended_stream_restarts() -> None:
         await sink.wait_for(lambda: sink.count("pusher") >= 5)
     values = [batch[0].value for batch in sink.of("pusher")[:5]]
     assert values == [1.0, 2.0, 1.0, 2.0, 1.0]
-    assert status.latest("pusher").last_error == "stream ended"
+    assert "stream ended" in {s.last_error for s in status.pushed}  # shown while it lasted
     assert pusher.streams_closed == pusher.entered  # every stream was closed
 
 
@@ -1084,12 +1084,16 @@ async def test_the_runtime_cannot_be_entered_twice() -> None:
 # --- status -------------------------------------------------------------------------------------
 
 
+def _transitions(states: list[str]) -> list[str]:
+    return [s for i, s in enumerate(states) if i == 0 or states[i - 1] != s]
+
+
 async def test_status_transitions_are_reported() -> None:
     sink, status = Sink(), StatusLog()
     crashy = Crashy("crashy")
     async with make_runtime({"crashy": crashy}, sink, status_sink=status):
-        await status.wait_for(lambda: len(status.states("crashy")) >= 7)
-    states = status.states("crashy")
+        await status.wait_for(lambda: len(_transitions(status.states("crashy"))) >= 7)
+    states = _transitions(status.states("crashy"))  # an error cleared is pushed too, same state
     assert states[:7] == [
         "starting",
         "running",

@@ -37,11 +37,13 @@ from gateway import wire
 from gateway.config import Secret
 from gateway.errors import (
     AuthError,
+    UpstreamError,
     UpstreamRejected,
     UpstreamUnavailable,
     WireError,
     describe,
 )
+from gateway.health import Health
 from gateway.logs import redact, register_token
 from gateway.reports.clock import ServerClock
 
@@ -171,8 +173,10 @@ class TokenSource:
         client_secret: Secret,
         timeout: float,
         clock: Callable[[], float] = time.monotonic,
+        health: Health | None = None,
     ) -> None:
         self._session = session
+        self._health = health
         self._url = token_url
         self._client_id = client_id
         self._secret = client_secret
@@ -185,7 +189,7 @@ class TokenSource:
     async def get(self) -> str:
         async with self._lock:
             if self._token is None or self._clock() >= self._refresh_at:
-                await self._fetch()
+                await self._fetch_noted()
             assert self._token is not None
             return self._token
 
@@ -193,6 +197,17 @@ class TokenSource:
         """Forget ``token`` (the API answered 401 to it); the next get() fetches anew."""
         if self._token == token:
             self._token = None
+
+    async def _fetch_noted(self) -> None:
+        """Fetch, and tell the health record how it went."""
+        try:
+            await self._fetch()
+        except UpstreamError as exc:
+            if self._health is not None:
+                self._health.token_failed(str(exc), refused=isinstance(exc, AuthError))
+            raise
+        if self._health is not None:
+            self._health.token_fetched()
 
     async def _fetch(self) -> None:
         form = {

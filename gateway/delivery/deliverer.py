@@ -36,6 +36,7 @@ from gateway.delivery.policy import (
     signal_for,
 )
 from gateway.errors import StoreError, UpstreamError, UpstreamUnavailable, describe
+from gateway.health import Health
 from gateway.store.outbox import Outbox, OutboxItem
 
 __all__ = ["Deliverer"]
@@ -64,7 +65,9 @@ class Deliverer:
         retry_after_max: float,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
+        health: Health | None = None,
     ) -> None:
+        self._health = health
         self._outbox = outbox
         self._api = api
         self._concurrency = concurrency
@@ -105,6 +108,9 @@ class Deliverer:
             self._sending[item.id] = item
             outcome = await self._attempt(item)  # cancelled: the row stays for _abandon
             del self._sending[item.id]
+            if self._health is not None:
+                error = outcome.error if isinstance(outcome, Retry | Dead) else None
+                self._health.delivered(type(outcome).__name__.lower(), outcome.status, error)
             moved = self._hear(outcome, probe=probe, now=self._clock())
             self._finished.append((item, outcome))
             self._keeper_kick.set()

@@ -39,6 +39,7 @@ import structlog
 from gateway import wire
 from gateway.delivery.api import ApiClient
 from gateway.errors import StoreError, UpstreamError, WireError, describe
+from gateway.health import Health
 from gateway.store.inbox import Inbox, NewEvent
 from gateway.timeutil import format_utc
 
@@ -131,7 +132,9 @@ class Poller:
         page_size: int,
         on_event: Callable[[str], None],
         clock: Callable[[], float] = time.time,
+        health: Health | None = None,
     ) -> None:
+        self._health = health
         self._api = api
         self._inbox = inbox
         self._interval = interval
@@ -141,14 +144,19 @@ class Poller:
 
     async def run(self) -> None:
         while True:
+            error: str | None = None
             try:
                 await self.sweep()
             except UpstreamError as exc:
                 log.warning("poll.failed", error=str(exc), status=exc.status)
+                error = str(exc)
             except WireError as exc:  # the API client decodes only a 200's body
                 log.warning("poll.failed", error=describe(exc), status=200)
+                error = describe(exc)
             except StoreError as exc:  # the sweep's progress so far is kept
                 log.error("poll.store_failed", error=str(exc))
+            if self._health is not None:
+                self._health.polled(error)
             await asyncio.sleep(self._interval)
 
     async def sweep(self) -> int:

@@ -38,6 +38,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from gateway import wire
 from gateway.config import Secret
 from gateway.errors import ConfigError, SignatureError, StoreError, WireError, describe
+from gateway.health import Health
 from gateway.intake.signature import verify
 from gateway.store.inbox import Inbox, NewEvent
 from gateway.timeutil import format_utc
@@ -213,12 +214,21 @@ class _Receiver:
         settings: WebhookSettings,
         committer: InboxCommitter,
         on_event: Callable[[str], None],
+        health: Health | None = None,
     ) -> None:
         self._settings = settings
         self._committer = committer
         self._on_event = on_event
+        self._health = health
 
     async def handle(self, request: web.Request) -> web.Response:
+        """Answer one notification; its outcome is counted for the metrics."""
+        response = await self._handle(request)
+        if self._health is not None:
+            self._health.webhook_request(_outcome(response))
+        return response
+
+    async def _handle(self, request: web.Request) -> web.Response:
         encoding = request.headers.get("Content-Encoding", "").strip().lower()
         if encoding not in _PLAIN:
             log.warning("webhook.rejected", reason="encoding", encoding=encoding[:40])
@@ -278,14 +288,23 @@ class _Receiver:
         return _accepted(new)
 
 
+def _outcome(response: web.Response) -> str:
+    """``stored``, ``duplicate``, ``rejected`` (the sender's fault) or ``failed`` (ours)."""
+    if response.status == 200:
+        return "duplicate" if response.body == _DUPLICATE else "stored"
+    return "failed" if response.status >= 500 else "rejected"
+
+
 def build_webhook_app(
     settings: WebhookSettings,
     committer: InboxCommitter,
     on_event: Callable[[str], None],
+    health: Health | None = None,
 ) -> web.Application:
     """The receiver as an app; ``committer`` must be running while it serves."""
     app = web.Application(client_max_size=settings.max_body)
-    app.router.add_post(settings.path, _Receiver(settings, committer, on_event).handle)
+    receiver = _Receiver(settings, committer, on_event, health)
+    app.router.add_post(settings.path, receiver.handle)
     return app
 
 
@@ -296,13 +315,14 @@ async def serve_webhook(
     on_event: Callable[[str], None],
     *,
     clock: Callable[[], float] = time.time,
+    health: Health | None = None,
 ) -> AsyncIterator[str]:
     """Serve until the context exits; yields the URL it listens on (port 0 picks one).
 
     On the way out the server stops listening and answers the requests it holds
     (the committer still runs), then the committer stores what is left and stops."""
     committer = InboxCommitter(inbox, clock=clock)
-    app = build_webhook_app(settings, committer, on_event)
+    app = build_webhook_app(settings, committer, on_event, health)
     async with committer.running(), _serving(app, settings) as url:
         yield url
 

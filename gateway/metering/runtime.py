@@ -247,6 +247,7 @@ class _Supervised:
     rejects: _Throttle = field(default_factory=lambda: _Throttle(REJECTED_LOG_EVERY))
     thread: threading.Thread | None = None  # the thread of a plain read(), while it runs
     published_at: float = -math.inf
+    published_error: str | None = None
 
 
 class AdapterRuntime:
@@ -626,6 +627,7 @@ class AdapterRuntime:
         ):
             sup.status.readings += len(readings)
             sup.status.last_reading_at = self._clock()
+            sup.status.last_error = None  # it reads again: an error is shown only while it lasts
         await self._publish(sup)
 
     async def _register(self, sup: _Supervised, channels: tuple[Channel, ...]) -> bool:
@@ -702,8 +704,9 @@ class AdapterRuntime:
     async def _publish(self, sup: _Supervised, *, force: bool = False) -> None:
         """Push the status on a state change (``force``), else at most every status_interval."""
         now = asyncio.get_running_loop().time()
-        if force or now - sup.published_at >= self._status_interval:
-            sup.published_at = now
+        error_moved = sup.status.last_error != sup.published_error  # shown at once, both ways
+        if force or error_moved or now - sup.published_at >= self._status_interval:
+            sup.published_at, sup.published_error = now, sup.status.last_error
             await self._push(replace(sup.status))
 
     async def _push(self, status: AdapterStatus) -> None:

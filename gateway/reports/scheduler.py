@@ -64,6 +64,7 @@ from gateway import contract, wire
 from gateway.config import Config, Participation
 from gateway.crashpoints import crashpoint
 from gateway.errors import StoreError, WireError, describe
+from gateway.health import Health
 from gateway.metering.energy import Energies, Limits
 from gateway.reports.builder import BuildResult, Gap, build_report
 from gateway.reports.clock import ServerClock, clock_problem
@@ -229,7 +230,9 @@ class ReportScheduler:
         clock: Callable[[], float] = time.time,
         retry_every: float = RETRY_EVERY,
         participant: Participant | None = None,
+        health: Health | None = None,
     ) -> None:
+        self._health = health
         self._participant = participant
         self._db = db
         self._inbox = Inbox(db)
@@ -260,6 +263,8 @@ class ReportScheduler:
                 # pass, and try again in PASS_EVERY: never a hot loop, never an exit.
                 log.error("reports.pass_failed", error=describe(exc))
                 next_due = None
+            if self._health is not None:
+                self._health.next_report_due = next_due
             timeout = PASS_EVERY
             if next_due is not None:
                 timeout = min(timeout, max(next_due - self._clock(), 0.0))

@@ -38,8 +38,14 @@ class Meta:
                 "gateway.started_at": now,
                 "gateway.heartbeat": now,
                 "gateway.webhook_url": webhook_url,
+                "gateway.stopped_at": None,
+                "gateway.stop_reason": None,
             }
         )
+
+    async def stopped(self, *, now: float, reason: str) -> None:
+        """Record a clean stop: ``ecgw status`` then says stopped, whatever owns the PID."""
+        await self.put(**{"gateway.stopped_at": now, "gateway.stop_reason": reason})
 
     async def heartbeat(self, *, now: float) -> None:
         """Record that the gateway is alive, then hand the WAL's space back to the disk.

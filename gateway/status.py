@@ -1,0 +1,212 @@
+"""``ecgw status``: what the gateway is doing, from the ``meta`` table and the stores.
+
+Running means: the PID the gateway recorded at its start is alive
+(``os.kill(pid, 0)``) and no clean stop was recorded after that start. API health
+is the health record's status part (:meth:`gateway.health.Health.snapshot`), which
+the running gateway writes at each heartbeat and whenever its error state changes.
+Every time in :func:`status_record` is ISO-8601 UTC; ages are seconds.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from importlib import metadata
+from typing import Any
+
+from gateway import render
+from gateway.config import Config
+from gateway.store.database import open_database
+from gateway.store.inbox import Inbox
+from gateway.store.meta import Meta
+from gateway.store.observed import ChannelLatest, Observed, OldestPending
+
+__all__ = ["HEARTBEAT_STALE", "process_state", "status_record", "status_text", "version"]
+
+HEARTBEAT_STALE = 60.0  # a running gateway beats every 15 s: older than this is worth a word
+
+
+def version() -> str:
+    try:
+        return metadata.version("ecgw")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def process_state(facts: Mapping[str, object], *, alive: bool | None) -> tuple[bool, str]:
+    """``(running, why)`` from the meta facts and whether the recorded PID is alive."""
+    started, stopped = _num(facts.get("gateway.started_at")), _num(facts.get("gateway.stopped_at"))
+    if started is None or not isinstance(facts.get("gateway.pid"), int):
+        return False, "never started"
+    if stopped is not None and stopped >= started:
+        reason = facts.get("gateway.stop_reason") or "clean stop"
+        return False, f"stopped cleanly at {render.iso(stopped)} ({reason})"
+    if not alive:
+        return False, "not running: its process is gone without a clean stop (crash or kill)"
+    return True, "running"
+
+
+def pid_alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
+
+
+async def status_record(config: Config, *, now: float) -> dict[str, Any]:
+    async with open_database(config.db_path) as db:
+        facts = await Meta(db).get_all()
+        observed = Observed(db)
+        outbox = await observed.outbox_by_state()
+        oldest = await observed.oldest_pending()
+        channels = await observed.channels()
+        events = await Inbox(db).count()
+    pid = facts.get("gateway.pid")
+    running, why = process_state(facts, alive=pid_alive(pid))
+    heartbeat = _num(facts.get("gateway.heartbeat"))
+    health = facts.get("gateway.health")
+    health = health if isinstance(health, dict) else {}
+    return {
+        "running": running,
+        "state": why,
+        "version": version(),
+        "pid": pid,
+        "started_at": render.iso(_num(facts.get("gateway.started_at"))),
+        "stopped_at": render.iso(_num(facts.get("gateway.stopped_at"))),
+        "heartbeat": render.iso(heartbeat),
+        "heartbeat_stale": running and (heartbeat is None or now - heartbeat > HEARTBEAT_STALE),
+        "webhook_url": facts.get("gateway.webhook_url"),
+        "database": str(config.db_path),
+        "api": _api(health),
+        "events": events,
+        "outbox": outbox,
+        "oldest_pending": _oldest(oldest, now),
+        "next_report_due": render.iso(_num(health.get("next_report_due"))),
+        "adapters": _adapters(facts, channels, now, running=running),
+    }
+
+
+def _api(health: Mapping[str, Any]) -> dict[str, Any]:
+    def outcome(value: object) -> dict[str, Any] | None:
+        if not isinstance(value, dict):
+            return None
+        at = render.iso(_num(value.get("at")))
+        return {"at": at, "ok": value.get("ok"), "detail": value.get("detail")}
+
+    return {
+        "token": outcome(health.get("token")),
+        "poll": outcome(health.get("poll")),
+        "delivery": outcome(health.get("delivery")),
+        "last_delivered_at": render.iso(_num(health.get("last_delivered_at"))),
+        "last_error": outcome(health.get("last_error")),
+        "failing_since": render.iso(_num(health.get("api_failing_since"))),
+        "token_failures": health.get("token_failures", 0),
+    }
+
+
+def _oldest(oldest: OldestPending | None, now: float) -> dict[str, Any] | None:
+    if oldest is None:
+        return None
+    return {
+        "event_id": oldest.event_id,
+        "kind": oldest.kind,
+        "created_at": render.iso(oldest.created_at),
+        "age_seconds": round(now - oldest.created_at, 3),
+        "cutoff": render.iso(oldest.deadline),
+        "cutoff_in_seconds": None if oldest.deadline is None else round(oldest.deadline - now, 3),
+    }
+
+
+def _adapters(
+    facts: Mapping[str, object], channels: list[ChannelLatest], now: float, *, running: bool
+) -> dict[str, dict[str, Any]]:
+    """Each adapter's last status and its channels' last values. An error is shown only
+    while the gateway runs and the adapter has not read since (the runtime clears it)."""
+    adapters: dict[str, dict[str, Any]] = {}
+    for key, info in facts.items():
+        if key.startswith("adapter.") and isinstance(info, dict):
+            record = dict(info)
+            if not running:
+                record["last_error"] = None
+            for field in ("since", "last_reading_at"):
+                record[field] = render.iso(_num(record.get(field)))
+            record["channels"] = []
+            adapters[key.removeprefix("adapter.")] = record
+    for channel in channels:
+        record = adapters.setdefault(channel.adapter, {"name": channel.adapter, "channels": []})
+        record["channels"].append(
+            {
+                "channel": channel.channel,
+                "value": channel.value,
+                "unit": channel.unit,
+                "at": render.iso(channel.at),
+                "age_seconds": None if channel.at is None else round(now - channel.at, 3),
+            }
+        )
+    return adapters
+
+
+def status_text(record: Mapping[str, Any]) -> list[str]:
+    """The readable summary, one line per fact (control characters escaped)."""
+    lines = [
+        f"gateway:  {'running' if record['running'] else 'not running'} - {record['state']}"
+        f" (pid {record['pid']}, last heartbeat {record['heartbeat']}"
+        f"{', STALE' if record['heartbeat_stale'] else ''})",
+        f"version:  {record['version']}",
+        f"database: {record['database']}",
+        f"webhook:  {record['webhook_url'] or 'off'}",
+    ]
+    lines += _api_text(record["api"])
+    lines.append(f"events:   {record['events']}")
+    lines.append("outbox:   " + ", ".join(f"{k} {v}" for k, v in record["outbox"].items()))
+    if (oldest := record["oldest_pending"]) is not None:
+        lines.append(
+            f"oldest pending: {oldest['kind']} report of event {oldest['event_id']}, "
+            f"{oldest['age_seconds']:.0f} s old, month-end cut-off {oldest['cutoff']}"
+        )
+    lines.append(f"next report due: {record['next_report_due'] or 'none planned'}")
+    for name, info in sorted(record["adapters"].items()):
+        lines += _adapter_text(name, info)
+    return [render.printable(line) for line in lines]
+
+
+def _api_text(api: Mapping[str, Any]) -> list[str]:
+    def show(what: str, outcome: Mapping[str, Any] | None) -> str:
+        if outcome is None:
+            return f"api {what}: none yet"
+        result = "ok" if outcome.get("ok") else "FAILED"
+        detail = f": {outcome['detail']}" if outcome.get("detail") else ""
+        return f"api {what}: {result} at {outcome['at']}{detail}"
+
+    lines = [show("token", api["token"]), show("poll", api["poll"])]
+    lines.append(show("delivery", api["delivery"]))
+    if api["failing_since"] is not None and api["last_error"] is not None:
+        lines.append(
+            f"api error: failing since {api['failing_since']}: {api['last_error']['detail']}"
+        )
+    return lines
+
+
+def _adapter_text(name: str, info: Mapping[str, Any]) -> list[str]:
+    error = f" - {info['last_error']}" if info.get("last_error") else ""
+    rejected = f", {info['rejected']} rejected" if info.get("rejected") else ""
+    lines = [
+        f"adapter:  {name} {info.get('state')} ({info.get('readings')} readings, "
+        f"{info.get('restarts')} restarts{rejected}){error}"
+    ]
+    for channel in info.get("channels", []):
+        age = channel["age_seconds"]
+        lines.append(
+            f"  {channel['channel']}: {channel['value']} {channel['unit']}"
+            f" ({'no reading' if age is None else f'{age:.0f} s ago'})"
+        )
+    return lines
+
+
+def _num(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

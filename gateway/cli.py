@@ -26,6 +26,7 @@ from gateway.app import Gateway, load_adapters, webhook_settings
 from gateway.config import Config, key_name, load_config
 from gateway.config_probes import require_runnable
 from gateway.control.plan_view import event_window, plan_record
+from gateway.db_commands import cmd_db_backup, cmd_db_check
 from gateway.errors import (
     AdapterLoadError,
     ConfigError,
@@ -524,6 +525,13 @@ def _parser() -> argparse.ArgumentParser:
         "print the reports an event would give now, from stored readings; nothing queued",
         into=rsub,
     ).add_argument("event_id")
+
+    database = sub.add_parser("db", help="back up and check the database")
+    dsub = database.add_subparsers(dest="action", required=True, metavar="ACTION")
+    backup = add("backup", cmd_db_backup, "copy the database (safe while running)", into=dsub)
+    backup.add_argument("file", metavar="PATH", help="the copy to write")
+    backup.add_argument("--force", action="store_true", help="overwrite an existing PATH")
+    add("check", cmd_db_check, "full integrity check and schema version", into=dsub)
 
     probe = add("probe", cmd_probe, "read one adapter once and print what it gives")
     probe.add_argument("adapter")

@@ -42,6 +42,7 @@ from gateway.delivery.deliverer import Deliverer
 from gateway.errors import AdapterError, AdapterLoadError, ConfigError
 from gateway.intake.poller import Poller
 from gateway.intake.webhook import WebhookSettings, serve_webhook
+from gateway.lifecycle import version
 from gateway.metering.discovery import build_adapters
 from gateway.metering.latest import LatestReadings
 from gateway.metering.runtime import AdapterRuntime, AdapterStatus, adapter_channels
@@ -248,6 +249,7 @@ class Gateway:
             await meta.started(pid=os.getpid(), now=self.clock(), webhook_url=self.webhook_url)
             log.info(
                 "gateway.started",
+                version=version(),
                 state_dir=config.gateway.state_dir,
                 webhook=self.webhook_url,
                 polling=config.poll is not None,

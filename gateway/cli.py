@@ -35,6 +35,7 @@ from gateway.errors import (
     WireError,
     describe,
 )
+from gateway.lifecycle import log_stopped
 from gateway.logs import configure_logging, register_secrets
 from gateway.reports import manual
 from gateway.reports.planner import plan_event
@@ -69,12 +70,19 @@ async def _stores(config: Config) -> AsyncIterator[tuple[Inbox, Outbox, Meta]]:
         yield Inbox(db), Outbox(db), Meta(db)
 
 
-async def run_until_signalled(main: Coroutine[Any, Any, None]) -> None:
-    """Run ``main`` until it ends or SIGTERM/SIGINT arrives; then cancel it cleanly."""
+async def run_until_signalled(main: Coroutine[Any, Any, None]) -> str | None:
+    """Run ``main`` until it ends or SIGTERM/SIGINT arrives; then cancel it cleanly.
+    Returns the name of the signal that stopped it, None if it ended by itself."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    received: list[str] = []
+
+    def stopping(sig: signal.Signals) -> None:
+        received.append(sig.name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stopping, sig)
     task = asyncio.create_task(main, name="main")
     stopper = asyncio.create_task(stop.wait(), name="signal")
     try:
@@ -87,6 +95,7 @@ async def run_until_signalled(main: Coroutine[Any, Any, None]) -> None:
         task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    return received[0] if received else None
 
 
 # --- commands ----------------------------------------------------------------
@@ -117,16 +126,19 @@ async def cmd_run(args: argparse.Namespace, config: Config) -> int:
     traceback of an error that is not ours (a bug) goes to the log as ``gateway.crashed``."""
     require_runnable(config)
     try:
-        await run_until_signalled(Gateway(config).run())
-    except GatewayError:
+        signalled = await run_until_signalled(Gateway(config).run())
+    except GatewayError as exc:
+        log_stopped(type(exc).__name__, exc)
         raise  # main() prints the one line, with exit 2 for a ConfigError, else 1
     except Exception as exc:
         if exit_code(exc) is None:  # fatal ones were logged by the supervisor
             structlog.get_logger("gateway.cli").error(
                 "gateway.crashed", error=describe(exc), exc_info=exc
             )
+        log_stopped(type(exc).__name__, exc)
         sys.stderr.write(f"ecgw: {describe(exc)}\n")
         return exit_code(exc) or EXIT_FAILURE
+    log_stopped(signalled or "ended")
     return EXIT_OK
 
 

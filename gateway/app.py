@@ -44,6 +44,7 @@ from gateway.errors import AdapterError, AdapterLoadError, ConfigError
 from gateway.health import STALE_FLOOR, Health, HealthRules, stale_limit
 from gateway.intake.poller import Poller
 from gateway.intake.webhook import WebhookSettings, serve_webhook
+from gateway.lifecycle import version
 from gateway.metering.discovery import build_adapters
 from gateway.metering.latest import LatestReadings
 from gateway.metering.runtime import AdapterRuntime, AdapterStatus, adapter_channels
@@ -278,6 +279,7 @@ class Gateway:
             await meta.started(pid=os.getpid(), now=started_at, webhook_url=self.webhook_url)
             log.info(
                 "gateway.started",
+                version=version(),
                 state_dir=config.gateway.state_dir,
                 webhook=self.webhook_url,
                 polling=config.poll is not None,

@@ -26,6 +26,7 @@ from gateway.app import Gateway, load_adapters, webhook_settings
 from gateway.config import Config, key_name, load_config
 from gateway.config_probes import require_runnable
 from gateway.control.plan_view import event_window, plan_record
+from gateway.db_commands import cmd_db_backup, cmd_db_check
 from gateway.errors import (
     AdapterLoadError,
     ConfigError,
@@ -34,6 +35,7 @@ from gateway.errors import (
     WireError,
     describe,
 )
+from gateway.lifecycle import log_stopped
 from gateway.logs import configure_logging, register_secrets
 from gateway.reports import manual
 from gateway.reports.planner import plan_event
@@ -69,12 +71,19 @@ async def _stores(config: Config) -> AsyncIterator[tuple[Inbox, Outbox, Meta]]:
         yield Inbox(db), Outbox(db), Meta(db)
 
 
-async def run_until_signalled(main: Coroutine[Any, Any, None]) -> None:
-    """Run ``main`` until it ends or SIGTERM/SIGINT arrives; then cancel it cleanly."""
+async def run_until_signalled(main: Coroutine[Any, Any, None]) -> str | None:
+    """Run ``main`` until it ends or SIGTERM/SIGINT arrives; then cancel it cleanly.
+    Returns the name of the signal that stopped it, None if it ended by itself."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    received: list[str] = []
+
+    def stopping(sig: signal.Signals) -> None:
+        received.append(sig.name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stopping, sig)
     task = asyncio.create_task(main, name="main")
     stopper = asyncio.create_task(stop.wait(), name="signal")
     try:
@@ -87,6 +96,7 @@ async def run_until_signalled(main: Coroutine[Any, Any, None]) -> None:
         task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    return received[0] if received else None
 
 
 # --- commands ----------------------------------------------------------------
@@ -117,16 +127,19 @@ async def cmd_run(args: argparse.Namespace, config: Config) -> int:
     traceback of an error that is not ours (a bug) goes to the log as ``gateway.crashed``."""
     require_runnable(config)
     try:
-        await run_until_signalled(Gateway(config).run())
-    except GatewayError:
+        signalled = await run_until_signalled(Gateway(config).run())
+    except GatewayError as exc:
+        log_stopped(type(exc).__name__, exc)
         raise  # main() prints the one line, with exit 2 for a ConfigError, else 1
     except Exception as exc:
         if exit_code(exc) is None:  # fatal ones were logged by the supervisor
             structlog.get_logger("gateway.cli").error(
                 "gateway.crashed", error=describe(exc), exc_info=exc
             )
+        log_stopped(type(exc).__name__, exc)
         sys.stderr.write(f"ecgw: {describe(exc)}\n")
         return exit_code(exc) or EXIT_FAILURE
+    log_stopped(signalled or "ended")
     return EXIT_OK
 
 
@@ -489,6 +502,13 @@ def _parser() -> argparse.ArgumentParser:
         "print the reports an event would give now, from stored readings; nothing queued",
         into=rsub,
     ).add_argument("event_id")
+
+    database = sub.add_parser("db", help="back up and check the database")
+    dsub = database.add_subparsers(dest="action", required=True, metavar="ACTION")
+    backup = add("backup", cmd_db_backup, "copy the database (safe while running)", into=dsub)
+    backup.add_argument("file", metavar="PATH", help="the copy to write")
+    backup.add_argument("--force", action="store_true", help="overwrite an existing PATH")
+    add("check", cmd_db_check, "full integrity check and schema version", into=dsub)
 
     probe = add("probe", cmd_probe, "read one adapter once and print what it gives")
     probe.add_argument("adapter")

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
+from gateway.config_hints import with_hint
 from gateway.config_rules import (
     LIMITS,
     Limit,
@@ -289,13 +290,14 @@ def _dec_hook(type_: type, value: Any) -> Any:
 
 
 def convert(data: Mapping[str, Any], type_: type[T], *, prefix: str = "") -> T:
-    """``msgspec.convert`` with durations, turning its errors into ConfigError(key=...)."""
+    """``msgspec.convert`` with durations, turning its errors into ConfigError(key=...)
+    with a hint: the nearest valid key, the valid values of a choice."""
     try:
         return msgspec.convert(data, type_, dec_hook=_dec_hook)
     except msgspec.ValidationError as exc:
         path, message = validation_parts(exc)
         key = ".".join(p for p in (prefix, path) if p) or None
-        raise ConfigError(message, key=key) from None
+        raise ConfigError(with_hint(type_, path, message), key=key) from None
 
 
 def _read_bounded(path: Path, limit: int) -> bytes:

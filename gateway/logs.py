@@ -7,6 +7,12 @@ hides, as a last line of defence: secrets are never logged on purpose.
 Bearer tokens the gateway obtains are registered too (the last few, as each one
 expires within the hour), and any ``Bearer <token68>`` is redacted whatever its
 token: an API error body may echo the request's ``Authorization`` header.
+
+The libraries log through the standard library (pymodbus, paho under aiomqtt,
+aiohttp, asyncio, Python's warnings): a :class:`structlog.stdlib.ProcessorFormatter`
+on the root logger runs their records through the same timestamp, redaction and
+renderer, so the stream holds JSON lines only, each with the library's ``logger``
+name. No library handler of its own stays in the way (pymodbus may add one).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from typing import Any
 import structlog
 
 __all__ = ["configure_logging", "redact", "register_secrets", "register_token"]
+
+_HANDLER_NAME = "ecgw"  # our root handler, replaced when logging is configured again
 
 _secrets: set[str] = set()
 _tokens: deque[str] = deque(maxlen=8)  # the bearer tokens obtained last; older ones expired
@@ -69,19 +77,59 @@ def configure_logging(*, level: str = "info", json: bool | None = None) -> None:
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
     )
-    processors: list[structlog.typing.Processor] = [
+    exceptions: structlog.typing.Processor = (
+        structlog.processors.format_exc_info if json else structlog.processors.StackInfoRenderer()
+    )
+    shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.format_exc_info if json else structlog.processors.StackInfoRenderer(),
-        _redact,
-        renderer,
     ]
+    numeric = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
-        processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        processors=[*shared, exceptions, _redact, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+    _route_stdlib(shared, exceptions, renderer, numeric)
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to ``sys.stderr`` as it is when the record comes: a stream replaced since
+    logging was configured (a test's capture) is followed, a closed one never written."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def _route_stdlib(
+    shared: list[structlog.typing.Processor],
+    exceptions: structlog.typing.Processor,
+    renderer: structlog.typing.Processor,
+    level: int,
+) -> None:
+    """Every standard-library record, whichever library logs it, as one line of ours."""
+    handler = _StderrHandler()
+    handler.set_name(_HANDLER_NAME)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                exceptions,
+                _redact,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    pymodbus = logging.getLogger("pymodbus.logging")  # its apply_logging_config adds plain text
+    for old in [h for h in pymodbus.handlers if isinstance(h, logging.StreamHandler)]:
+        pymodbus.removeHandler(old)
+    logging.captureWarnings(True)

@@ -420,7 +420,10 @@ def test_build_unknown_type_is_named() -> None:
 
 def test_build_bad_config_key_is_named() -> None:
     _, errors = build_adapters({"heater": {"type": "simulated", "powr_kw": 2}}, [SIMULATED])
-    assert str(errors["heater"]) == "adapter 'heater': adapters.heater.powr_kw: unknown key"
+    assert (
+        str(errors["heater"])
+        == "adapter 'heater': adapters.heater.powr_kw: unknown key (did you mean 'power_kw'?)"
+    )
     assert isinstance(errors["heater"].__cause__, ConfigError)
 
 

@@ -474,3 +474,14 @@ async def test_a_request_in_a_commit_when_the_server_stops_still_gets_its_200(
         assert await asyncio.wait_for(request, 10) == 200
         await asyncio.wait_for(stopping, 10)
     assert await inbox.get("stop-event-1") is not None
+
+
+async def test_a_rejected_signature_logs_the_remote_address(hook: Hook) -> None:
+    body, _, _ = vector("price-curve-event.json")
+    with structlog.testing.capture_logs() as logs:
+        status, _ = await hook.post(body, sign(body, "not-our-secret"))
+    assert status == 401
+    rejected = [e for e in logs if e["event"] == "webhook.rejected"]
+    assert len(rejected) == 1
+    assert rejected[0]["reason"] == "signature"
+    assert rejected[0]["remote"] == "127.0.0.1"

@@ -229,13 +229,14 @@ class _Receiver:
         return response
 
     async def _handle(self, request: web.Request) -> web.Response:
+        refused = log.bind(remote=request.remote)  # who sent it: a misconfigured peer, a probe
         encoding = request.headers.get("Content-Encoding", "").strip().lower()
         if encoding not in _PLAIN:
-            log.warning("webhook.rejected", reason="encoding", encoding=encoding[:40])
+            refused.warning("webhook.rejected", reason="encoding", encoding=encoding[:40])
             return _refused_encoding()
         limit = self._settings.max_body
         if request.content_length is not None and request.content_length > limit:
-            log.warning("webhook.rejected", reason="too_large", size=request.content_length)
+            refused.warning("webhook.rejected", reason="too_large", size=request.content_length)
             return _reply(413, f"body larger than {limit} bytes")
         try:
             if request.content.is_eof():  # the whole body is here already (the usual case)
@@ -244,25 +245,25 @@ class _Receiver:
                 async with asyncio.timeout(self._settings.read_timeout):
                     body = await request.read()
         except TimeoutError:
-            log.warning("webhook.rejected", reason="read_timeout")
+            refused.warning("webhook.rejected", reason="read_timeout")
             return _reply(408, "body not received in time")
         except web.HTTPRequestEntityTooLarge:
-            log.warning("webhook.rejected", reason="too_large")
+            refused.warning("webhook.rejected", reason="too_large")
             return _reply(413, f"body larger than {limit} bytes")
         except (web.RequestPayloadError, ConnectionError) as exc:
             # cut short, or framing aiohttp could not follow: the client's mistake, not ours
             detail = str(exc.__cause__ or exc) or type(exc).__name__
-            log.warning("webhook.rejected", reason="unreadable", detail=detail[:200])
+            refused.warning("webhook.rejected", reason="unreadable", detail=detail[:200])
             return _reply(400, "body could not be read")
         try:
             verify(body, request.headers.get(SIGNATURE_HEADER), self._settings.secret.reveal())
         except SignatureError as exc:
-            log.warning("webhook.rejected", reason="signature", detail=str(exc))
+            refused.warning("webhook.rejected", reason="signature", detail=str(exc))
             return _reply(401, str(exc))
         try:
             note, payload = wire.decode_notification(body)
         except WireError as exc:
-            log.warning("webhook.rejected", reason="shape", detail=str(exc))
+            refused.warning("webhook.rejected", reason="shape", detail=str(exc))
             return _reply(400, str(exc))
         return await self._store(note, payload)
 

@@ -25,6 +25,7 @@ from typing import Any, cast
 
 import msgspec
 
+from gateway.config_hints import with_hint
 from gateway.config_rules import key_name
 from gateway.errors import AdapterLoadError, ConfigError, describe, validation_parts
 from gateway.plugin import Adapter, AdapterConfig
@@ -134,6 +135,7 @@ def convert_adapter_config(
         config = msgspec.convert(dict(table), type=cls.Config, dec_hook=_dec_hook)
     except msgspec.ValidationError as exc:
         path, message = validation_parts(exc)
+        message = with_hint(cls.Config, path, message)
         raise ConfigError(message, key=f"{base}.{path}" if path else base) from exc
     for field in ("poll_interval", "read_timeout"):
         value = getattr(config, field)

@@ -1,0 +1,36 @@
+"""The gateway's version and its ``gateway.stopped`` line.
+
+``gateway.started`` (logged by :mod:`gateway.app` once everything is open) and
+``gateway.stopped`` (logged by ``ecgw run`` once everything is closed) bracket a run
+in the journal, both with the version, so that an operator reading years of logs sees
+which release ran when and why each run ended: the signal (``SIGTERM``), or the
+name of the error that stopped it (``StoreCorrupt``).
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+import structlog
+
+from gateway.errors import describe
+
+__all__ = ["log_stopped", "version"]
+
+log = structlog.get_logger("gateway.app")
+
+
+def version() -> str:
+    """The installed distribution's version (``unknown`` when run from a bare source tree)."""
+    try:
+        return metadata.version("ecgw")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def log_stopped(reason: str, error: BaseException | None = None) -> None:
+    """One ``gateway.stopped`` line: info for a signal or an end, error for an error."""
+    if error is None:
+        log.info("gateway.stopped", version=version(), reason=reason)
+    else:
+        log.error("gateway.stopped", version=version(), reason=reason, error=describe(error))

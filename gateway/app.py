@@ -48,6 +48,7 @@ from gateway.metering.runtime import AdapterRuntime, AdapterStatus, adapter_chan
 from gateway.plugin import Adapter, Channel, Reading
 from gateway.reports.clock import ServerClock
 from gateway.reports.scheduler import ReportScheduler
+from gateway.sdnotify import Notifier
 from gateway.store.control import ControlStore
 from gateway.store.database import hold_state_dir, open_database
 from gateway.store.inbox import Inbox
@@ -142,6 +143,7 @@ class Gateway:
         self.clock = clock
         self.webhook_url: str | None = None
         self.ready = asyncio.Event()
+        self.notifier = Notifier.from_env()  # systemd's READY/WATCHDOG/STOPPING; else a no-op
         self._scheduler: ReportScheduler | None = None
 
     async def run(self) -> None:
@@ -254,6 +256,8 @@ class Gateway:
                 adapters=sorted(adapters),
                 failed_adapters=sorted(load_errors),
             )
+            self.notifier.ready()
+            stack.callback(self.notifier.stopping)  # after the loops, before the resources close
             async with loops:
                 loops.start("delivery", deliverer.run)
                 loops.start("scheduler", scheduler.run)
@@ -287,9 +291,13 @@ class Gateway:
         return put
 
     async def _heartbeat(self, meta: Meta) -> None:
+        """The heartbeat in the database, and systemd's watchdog after each one written: a
+        gateway whose database or event loop hangs stops feeding it and is restarted."""
+        every = min(HEARTBEAT_EVERY, self.notifier.watchdog_interval or HEARTBEAT_EVERY)
         while True:
             await meta.heartbeat(now=self.clock())
-            await asyncio.sleep(HEARTBEAT_EVERY)
+            self.notifier.watchdog()
+            await asyncio.sleep(every)
 
     async def _compact(self, readings: ReadingsStore) -> None:
         """Compact now and every COMPACT_EVERY; a failure is the supervisor's (nothing is lost:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import uuid
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import pytest
 from gateway.sandbox import run_sandbox
 from gateway.sdnotify import Notifier
 from tests.kit.gateway import make_config, running, sandbox_config
+from tests.kit.proc import offline_config, start_ecgw
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -123,3 +125,26 @@ def test_watchdog_interval_is_half_of_watchdog_usec(
     env: dict[str, str], interval: float | None
 ) -> None:
     assert Notifier.from_env({"NOTIFY_SOCKET": "/run/x", **env}).watchdog_interval == interval
+
+
+async def test_ecgw_run_process_says_ready_then_stopping_on_sigterm(
+    tmp_path: Path, notify_socket: socket.socket
+) -> None:
+    """As under systemd: ``ecgw run`` as its own process (its API offline), stopped with
+    SIGTERM."""
+    env = {"NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": "400000"}
+    process = await start_ecgw("run", config=offline_config(tmp_path), env=env)
+    try:
+        assert await receive(notify_socket, timeout=15) == "READY=1"
+        assert await receive(notify_socket, timeout=2) == "WATCHDOG=1"
+        process.send_signal(signal.SIGTERM)
+        seen = [await receive(notify_socket)]
+        while seen[-1] == "WATCHDOG=1":
+            seen.append(await receive(notify_socket))
+        assert seen[-1] == "STOPPING=1"
+        async with asyncio.timeout(15):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

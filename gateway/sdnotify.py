@@ -23,6 +23,10 @@ __all__ = ["Notifier"]
 
 log = structlog.get_logger("gateway.sdnotify")
 
+MIN_WATCHDOG_INTERVAL = 0.05
+"""The heartbeat writes the database each time: a typo like ``WatchdogSec=1ms`` must not
+turn it into a busy loop."""
+
 
 class Notifier:
     """Sends ``sd_notify`` states to ``NOTIFY_SOCKET``; a no-op when it is unset."""
@@ -31,7 +35,9 @@ class Notifier:
         if address and address.startswith("@"):
             address = "\0" + address[1:]
         self.address = address or None
-        self.watchdog_interval = watchdog_usec / 2e6 if watchdog_usec else None
+        self.watchdog_interval = (
+            max(watchdog_usec / 2e6, MIN_WATCHDOG_INTERVAL) if watchdog_usec else None
+        )
         """How often to say ``WATCHDOG=1`` (half of ``WatchdogSec=``); None: no watchdog."""
         self._failed = False
 

@@ -118,6 +118,7 @@ def test_abstract_namespace_address() -> None:
         ({"WATCHDOG_USEC": "soon"}, None),
         ({"WATCHDOG_USEC": "0"}, None),
         ({"WATCHDOG_USEC": "-5"}, None),
+        ({"WATCHDOG_USEC": "1000"}, 0.05),  # 1 ms: at most 20 heartbeats a second
         ({}, None),
     ],
 )

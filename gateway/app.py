@@ -51,6 +51,7 @@ from gateway.metering.runtime import AdapterRuntime, AdapterStatus, adapter_chan
 from gateway.plugin import Adapter, AdapterConfig, Channel, Reading
 from gateway.reports.clock import ServerClock
 from gateway.reports.scheduler import ReportScheduler
+from gateway.sdnotify import Notifier
 from gateway.store.control import ControlStore
 from gateway.store.database import hold_state_dir, open_database
 from gateway.store.inbox import Inbox
@@ -164,6 +165,7 @@ class Gateway:
         self._health_changed = asyncio.Event()
         self._stale_floor = stale_floor
         self.ready = asyncio.Event()
+        self.notifier = Notifier.from_env()  # systemd's READY/WATCHDOG/STOPPING; else a no-op
         self._scheduler: ReportScheduler | None = None
 
     async def run(self) -> None:
@@ -286,6 +288,8 @@ class Gateway:
                 adapters=sorted(adapters),
                 failed_adapters=sorted(load_errors),
             )
+            self.notifier.ready()
+            stack.callback(self.notifier.stopping)  # after the loops, before the resources close
             async with loops:
                 loops.start("delivery", deliverer.run)
                 loops.start("scheduler", scheduler.run)
@@ -349,8 +353,11 @@ class Gateway:
         return record
 
     async def _heartbeat(self, meta: Meta) -> None:
-        """Beat every HEARTBEAT_EVERY, with the health record's status part; sooner when
-        the error state changes (an API failure, an adapter error set or cleared)."""
+        """Beat every HEARTBEAT_EVERY (or systemd's watchdog interval, if shorter), with the
+        health record's status part, and feed the watchdog after each beat written: a gateway
+        whose database or event loop hangs stops feeding it and is restarted. Sooner when the
+        error state changes (an API failure, an adapter error set or cleared)."""
+        every = min(HEARTBEAT_EVERY, self.notifier.watchdog_interval or HEARTBEAT_EVERY)
         self.health.on_change = self._health_changed.set
         loop = asyncio.get_running_loop()
         beat_at = loop.time()
@@ -359,7 +366,8 @@ class Gateway:
             await meta.put(**{"gateway.health": self.health.snapshot()})
             if loop.time() >= beat_at:
                 await meta.heartbeat(now=self.clock())
-                beat_at = loop.time() + HEARTBEAT_EVERY
+                self.notifier.watchdog()
+                beat_at = loop.time() + every
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(beat_at - loop.time(), 0.0)):
                     await self._health_changed.wait()

@@ -25,6 +25,7 @@ from gateway import render, wire
 from gateway.app import Gateway, load_adapters, webhook_settings
 from gateway.config import Config, key_name, load_config
 from gateway.config_probes import require_runnable
+from gateway.config_schema import cmd_config_schema
 from gateway.control.plan_view import event_window, plan_record
 from gateway.db_commands import cmd_db_backup, cmd_db_check
 from gateway.errors import (
@@ -516,10 +517,14 @@ def _parser() -> argparse.ArgumentParser:
     add("demo", cmd_demo, "run sandbox + gateway with simulated devices: one real report")
     sandbox = add("sandbox", cmd_sandbox, "run a local stand-in for the API")
     sandbox.add_argument("--listen", default="127.0.0.1:8900")
+    config_cmd = sub.add_parser("config", help="the config's reference")
+    csub = config_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    schema = add("schema", cmd_config_schema, "print the config's JSON Schema", into=csub)
+    schema.add_argument("--markdown", action="store_true", help="docs/configuration.md instead")
     return parser
 
 
-NO_CONFIG = {cmd_sandbox, cmd_demo}
+NO_CONFIG = {cmd_sandbox, cmd_demo, cmd_config_schema}
 QUIET = {cmd_demo}  # commands whose own output is the point: only warnings are logged
 
 

@@ -38,6 +38,16 @@ from gateway.errors import (
 )
 from gateway.lifecycle import log_stopped
 from gateway.logs import configure_logging, register_secrets
+from gateway.onboarding.banner import sandbox_banner
+from gateway.onboarding.commands import (
+    cmd_api_check,
+    cmd_api_reconcile,
+    cmd_api_webhooks_disable,
+    cmd_api_webhooks_enable,
+    cmd_api_webhooks_list,
+    cmd_api_webhooks_register,
+    cmd_sandbox_event,
+)
 from gateway.reports import manual
 from gateway.reports.planner import plan_event
 from gateway.reports.scheduler import ReportJobs, build_job, read_overrides
@@ -383,10 +393,13 @@ async def cmd_sandbox(args: argparse.Namespace, config: Config | None) -> int:
     host, _, port = args.listen.rpartition(":")
     async with run_sandbox(host or "127.0.0.1", int(port or 0)) as sandbox:
         _out(
-            f"sandbox listening on {sandbox.root_url}\n\n[api]\n"
-            f'base_url = "{sandbox.base_url}"\n'
-            f'token_url = "{sandbox.token_url}"\nclient_id = "{sandbox.client_id}"\n'
-            f'client_secret = "{sandbox.client_secret}"\n'
+            sandbox_banner(
+                sandbox.root_url,
+                sandbox.base_url,
+                sandbox.token_url,
+                sandbox.client_id,
+                sandbox.client_secret,
+            )
         )
         await run_until_signalled(_forever())
     return EXIT_OK
@@ -521,10 +534,64 @@ def _parser() -> argparse.ArgumentParser:
     csub = config_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
     schema = add("schema", cmd_config_schema, "print the config's JSON Schema", into=csub)
     schema.add_argument("--markdown", action="store_true", help="docs/configuration.md instead")
+    _add_onboarding(sub, sandbox, add)
     return parser
 
 
-NO_CONFIG = {cmd_sandbox, cmd_demo, cmd_config_schema}
+def _add_onboarding(sub: Any, sandbox: argparse.ArgumentParser, add: Any) -> None:
+    """``ecgw api ...`` and ``ecgw sandbox event ...`` (handlers in gateway.onboarding)."""
+    api = sub.add_parser("api", help="onboarding with Spark: check, webhooks, reconcile")
+    asub = api.add_subparsers(dest="action", required=True, metavar="ACTION")
+    check = add(
+        "check", cmd_api_check, "token, GET /events and the webhook, one line each", into=asub
+    )
+    check.add_argument("--webhook-url", help="the public URL Spark pushes to")
+    hooks = asub.add_parser("webhooks", help="the webhooks registered with the API")
+    hsub = hooks.add_subparsers(dest="hook_action", required=True, metavar="ACTION")
+    add("list", cmd_api_webhooks_list, "list webhooks", into=hsub).add_argument(
+        "--json", action="store_true"
+    )
+    register = add(
+        "register",
+        cmd_api_webhooks_register,
+        "register URL with the config's webhook secret",
+        into=hsub,
+    )
+    register.add_argument("url")
+    register.add_argument("--name", default="ecgw")
+    register.add_argument(
+        "--type", action="append", help="a notificationType (repeat; default all)"
+    )
+    for name, handler in (
+        ("enable", cmd_api_webhooks_enable),
+        ("disable", cmd_api_webhooks_disable),
+    ):
+        add(
+            name, handler, f"{name} a webhook (id or URL; default: the one named ecgw)", into=hsub
+        ).add_argument("webhook", nargs="?")
+    reconcile = add(
+        "reconcile",
+        cmd_api_reconcile,
+        "find and fetch events the gateway never received",
+        into=asub,
+    )
+    reconcile.add_argument("--since", default="7d", help="how far back to look (default 7d)")
+    reconcile.add_argument("--dry-run", action="store_true", help="list, fetch nothing")
+    ssub = sandbox.add_subparsers(dest="action", required=False, metavar="ACTION")
+    event = add("event", cmd_sandbox_event, "create an event in a running sandbox", into=ssub)
+    event.add_argument("kind", choices=("pricecurve", "location-lpc", "resource-lpc"))
+    event.add_argument("--url", default="http://127.0.0.1:8900", help="the sandbox's root URL")
+    event.add_argument("--target", action="append", help="RESOURCE/LOCATION[/METERPOINT] (repeat)")
+    event.add_argument("--intervals", type=int, default=4, help="how many intervals")
+    event.add_argument("--length", default="1h", help="interval length: 15m, 1h or 00:15:00")
+    event.add_argument("--start", help="first interval, ISO-8601 (default: the next full hour)")
+    event.add_argument("--cap", type=float, default=0.0, help="LPC cap in kW")
+    event.add_argument("--prices", help="comma-separated prices, repeated over the intervals")
+    event.add_argument("--client-id", default="ecgw-sandbox")
+    event.add_argument("--client-secret", default="sandbox-secret")
+
+
+NO_CONFIG = {cmd_sandbox, cmd_demo, cmd_config_schema, cmd_sandbox_event}
 QUIET = {cmd_demo}  # commands whose own output is the point: only warnings are logged
 
 

@@ -3,7 +3,8 @@
 Speaks the wire format of the packaged OpenAPI document (validated with
 :mod:`gateway.contract`): OAuth client-credentials tokens, ``GET /events`` with paging,
 ``POST /reports`` (with ``Idempotency-Key`` support and injectable faults), webhook
-registration and HMAC-signed pushes with retries, and the four simulation endpoints. Used by
+registration (enable/disable) and HMAC-signed pushes with retries, the webhook notification
+logs (one entry per push attempt), and the four simulation endpoints. Used by
 ``ecgw sandbox``, ``ecgw demo``, the gateway's tests and the benchmark::
 
     async with run_sandbox() as sandbox:

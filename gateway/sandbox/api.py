@@ -27,7 +27,7 @@ from gateway.sandbox.simulation import (
     resource_lpc_payload,
     user_eligibility_payload,
 )
-from gateway.sandbox.state import ReportAttempt, parse_paging, validation_problem
+from gateway.sandbox.state import ReportAttempt, paginate, parse_paging, validation_problem
 
 if TYPE_CHECKING:
     from gateway.sandbox.server import Sandbox
@@ -98,7 +98,10 @@ class Api:
             web.post(REPORTS, self.post_report),
             web.get(BASE_PATH + "/webhooks", self.list_webhooks),
             web.post(BASE_PATH + "/webhooks", self.post_webhook),
+            web.get(BASE_PATH + "/webhooks/logs", self.list_webhook_logs),
+            web.get(BASE_PATH + "/webhooks/logs/{notification_id}", self.get_webhook_log),
             web.get(BASE_PATH + "/webhooks/{webhook_id}", self.get_webhook),
+            web.put(BASE_PATH + "/webhooks/{webhook_id}/enabled", self.put_webhook_enabled),
             web.delete(BASE_PATH + "/webhooks/{webhook_id}", self.delete_webhook),
             web.post(sim + "/pricecurve", self.simulate_price_curve),
             web.post(sim + "/usereligibility", self.simulate_user_eligibility),
@@ -193,6 +196,28 @@ class Api:
     async def get_webhook(self, request: web.Request) -> web.Response:
         webhook = self._sb.webhooks.get(request.match_info["webhook_id"])
         return web.Response(status=404) if webhook is None else json_response(webhook.to_json())
+
+    async def list_webhook_logs(self, request: web.Request) -> web.Response:
+        """``GetWebhookNotificationLogsResponse``: every push attempt, newest first, paged."""
+        paging = parse_paging(request.query)
+        if isinstance(paging, dict):
+            return _problem(paging)
+        logs = self._sb.notification_logs(request.query.get("webhookId") or None)
+        pagination, start, stop = paginate(len(logs), *paging)
+        body = {"webhookNotificationLogs": logs[start:stop], "pagination": pagination}
+        return json_response(body)
+
+    async def get_webhook_log(self, request: web.Request) -> web.Response:
+        found = self._sb.notification_log(request.match_info["notification_id"])
+        return web.Response(status=404) if found is None else json_response(found)
+
+    async def put_webhook_enabled(self, request: web.Request) -> web.Response:
+        text = request.query.get("enabled", "").lower()
+        if text not in ("true", "false"):
+            return _problem({"enabled": [f"The value '{text}' is not valid for enabled."]})
+        if not self._sb.set_webhook_enabled(request.match_info["webhook_id"], text == "true"):
+            return web.Response(status=404)
+        return web.Response(status=204)
 
     async def delete_webhook(self, request: web.Request) -> web.Response:
         webhook_id = request.match_info["webhook_id"]

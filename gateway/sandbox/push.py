@@ -45,12 +45,19 @@ class Pusher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
-    def start(self, webhook: Webhook, body: bytes, notification_id: str, event_id: str) -> None:
+    def start(
+        self,
+        webhook: Webhook,
+        body: bytes,
+        notification_id: str,
+        event_id: str,
+        notification_type: str = "Unknown",
+    ) -> None:
         """Begin delivering ``body`` to ``webhook``; retries run in the same task."""
         if self._closed:
             raise RuntimeError("the sandbox is shutting down; no new pushes")
         task = asyncio.create_task(
-            self._deliver(webhook, body, notification_id, event_id),
+            self._deliver(webhook, body, notification_id, event_id, notification_type),
             name=f"sandbox.push:{notification_id}",
         )
         self._tasks.add(task)
@@ -70,7 +77,12 @@ class Pusher:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _deliver(
-        self, webhook: Webhook, body: bytes, notification_id: str, event_id: str
+        self,
+        webhook: Webhook,
+        body: bytes,
+        notification_id: str,
+        event_id: str,
+        notification_type: str,
     ) -> None:
         headers = {"Content-Type": "application/json"}
         if webhook.secret is not None:
@@ -78,7 +90,9 @@ class Pusher:
         for attempt, wait in enumerate(self._schedule, start=1):
             if wait:
                 await asyncio.sleep(wait)
+            started = time.monotonic()
             status, error = await self._post(webhook.url, body, headers)
+            duration_ms = round((time.monotonic() - started) * 1000)
             await self._on_attempt(
                 PushAttempt(
                     url=webhook.url,
@@ -89,6 +103,10 @@ class Pusher:
                     status=status,
                     error=error,
                     at=time.time(),
+                    notification_type=notification_type,
+                    signature=headers.get(SIGNATURE_HEADER),
+                    duration_ms=duration_ms,
+                    timed_out=error is not None and error.startswith("timed out"),
                 )
             )
             log.debug(

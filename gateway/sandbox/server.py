@@ -41,6 +41,8 @@ from gateway.sandbox.state import (
 __all__ = ["BASE_PATH", "SHUTDOWN_TIMEOUT", "TOKEN_PATH", "Sandbox", "run_sandbox"]
 
 SHUTDOWN_TIMEOUT = 1.0
+TENANT_ID = "sandbox-tenant"
+"""The ``tenantId`` of every webhook log entry (Spark's is the partner's tenant)."""
 MAX_BODY = 16 * 1024 * 1024
 
 log = structlog.get_logger(__name__)
@@ -77,6 +79,7 @@ class Sandbox:
         self.faults = FaultQueue()
         self._ledger = ReportLedger()
         self._events = EventLog()
+        self._sent: dict[str, bytes] = {}  # notification id -> the body as pushed
         self._changed = asyncio.Condition()
         self._pusher = Pusher(session, push_retry_delays, self._record_push)
 
@@ -165,7 +168,7 @@ class Sandbox:
         )
         if answer.status == 200:
             report = self.reports[-1]
-            log.debug(
+            log.info(
                 "sandbox.report_accepted",
                 report_id=report.id,
                 event_id=report.event_id,
@@ -204,10 +207,43 @@ class Sandbox:
             if webhook.wants(kind):
                 notification_id = str(uuid.uuid4())
                 body = msgspec.json.encode(notification(event, notification_id, now))
-                self._pusher.start(webhook, body, notification_id, event["id"])
+                self._sent[notification_id] = body
+                self._pusher.start(webhook, body, notification_id, event["id"], kind)
+
+    def notification_logs(self, webhook_id: str | None) -> list[dict[str, Any]]:
+        """``WebhookNotificationLog`` entries, one per push attempt, newest first."""
+        return [
+            p.log_entry(TENANT_ID)
+            for p in reversed(self.pushes)
+            if webhook_id is None or p.webhook_id == webhook_id
+        ]
+
+    def notification_log(self, notification_id: str) -> dict[str, Any] | None:
+        """A ``GetWebhookNotificationLogByIdResponse``: the last attempt and the body sent."""
+        attempts = [p for p in self.pushes if p.notification_id == notification_id]
+        if not attempts:
+            return None
+        return {
+            "webhookNotificationLog": attempts[-1].log_entry(TENANT_ID),
+            "notificationContent": self._sent[notification_id].decode("utf-8"),
+        }
+
+    def set_webhook_enabled(self, webhook_id: str, enabled: bool) -> bool:
+        """False if there is no such webhook."""
+        webhook = self.webhooks.get(webhook_id)
+        if webhook is None:
+            return False
+        webhook.enabled = enabled
+        log.info("sandbox.webhook_enabled", webhook_id=webhook_id, enabled=enabled)
+        return True
 
     async def _record_push(self, attempt: PushAttempt) -> None:
         self.pushes.append(attempt)
+        webhook = self.webhooks.get(attempt.webhook_id)
+        if webhook is not None:
+            webhook.status = (
+                "Healthy" if attempt.ok else "TimeOut" if attempt.timed_out else "Unhealthy"
+            )
         await self._notify()
 
     async def _notify(self) -> None:

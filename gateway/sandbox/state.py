@@ -79,10 +79,30 @@ class PushAttempt:
     status: int | None
     error: str | None
     at: float
+    notification_type: str = "Unknown"
+    signature: str | None = None
+    duration_ms: int | None = None
+    timed_out: bool = False
 
     @property
     def ok(self) -> bool:
         return self.status == 200
+
+    def log_entry(self, tenant_id: str) -> dict[str, Any]:
+        """A ``WebhookNotificationLog``: how ``GET /webhooks/logs`` shows this attempt."""
+        return {
+            "webhookId": self.webhook_id,
+            "tenantId": tenant_id,
+            "partnerEventId": self.event_id,
+            "notificationId": self.notification_id,
+            "notificationType": self.notification_type,
+            "notificationSent": iso(dt.datetime.fromtimestamp(self.at, dt.UTC)),
+            "sparkSignature": self.signature,
+            "webhookUrl": self.url,
+            "requestTimeout": self.timed_out,
+            "responseStatusCode": self.status,
+            "requestDurationMs": self.duration_ms,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +253,9 @@ class Webhook:
     notification_types: tuple[str, ...]
     created: str
     enabled: bool = True
+    status: str = "New"
+    """``New`` until the first push; then ``Healthy`` or ``Unhealthy`` (``TimeOut`` after a
+    timeout) by the last attempt's result, as Spark's ``WebhookStatus`` reads."""
 
     def wants(self, notification_type: str) -> bool:
         """Subscribed to this type? No types listed means every type."""
@@ -248,7 +271,7 @@ class Webhook:
             "name": self.name,
             "notificationTypes": list(self.notification_types),
             "enabled": self.enabled,
-            "status": "New",
+            "status": self.status,
             "createdDate": self.created,
             "modifiedDate": self.created,
         }

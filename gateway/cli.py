@@ -140,7 +140,8 @@ async def cmd_run(args: argparse.Namespace, config: Config) -> int:
     try:
         signalled = await run_until_signalled(Gateway(config).run())
     except GatewayError as exc:
-        log_stopped(type(exc).__name__, exc)
+        if not isinstance(exc, ConfigError):  # a config error is the one line, nothing else
+            log_stopped(type(exc).__name__, exc)
         raise  # main() prints the one line, with exit 2 for a ConfigError, else 1
     except Exception as exc:
         if exit_code(exc) is None:  # fatal ones were logged by the supervisor

@@ -274,7 +274,8 @@ async def cmd_api_reconcile(args: argparse.Namespace, config: Config) -> int:
         except UpstreamError as exc:
             _out(f"FAIL cannot read the API: {exc}")
             return EXIT_FAILURE
-        local = {e.event_id for e in await inbox.recent(limit=1_000_000)}
+        candidates = {e.get("id") for e in events} | {e.get("partnerEventId") for e in logs}
+        local = {i for i in candidates if isinstance(i, str) and await inbox.get(i) is not None}
         findings = compare(logs, events, local)
         await _report(findings, events, outbox, args.since)
         failures = 0

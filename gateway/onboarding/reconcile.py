@@ -6,6 +6,11 @@ ids in the local inbox. A notification *failed* when none of its attempts was an
 timeout, another status, no answer). An event is *missing* when it is not in the inbox, whether
 its notification failed, was never sent (no webhook, disabled, not subscribed) or was answered
 200 by something that is not this gateway. Missing events are then fetched by id.
+
+What the OpenAPI document does not say, and what is assumed: ``GET /webhooks/logs`` has no
+time filter and no stated order (the whole log is read and filtered here; the latest attempt
+is the one with the latest ``notificationSent``); ``GET /events`` has no filter either and is
+documented newest first, so reading stops at the first event older than the window.
 """
 
 from __future__ import annotations
@@ -85,7 +90,7 @@ def compare(
         if any(e.get("responseStatusCode") == 200 for e in entries):
             continue
         event_id = entries[0].get("partnerEventId")
-        latest = entries[0]  # newest first
+        latest = max(entries, key=lambda e: str(e.get("notificationSent", "")))
         failed.append(
             FailedNotification(
                 notification_id=notification_id,

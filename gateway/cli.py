@@ -36,7 +36,7 @@ from gateway.errors import (
     WireError,
     describe,
 )
-from gateway.lifecycle import log_stopped
+from gateway.lifecycle import log_stopped, version
 from gateway.logs import configure_logging, register_secrets
 from gateway.onboarding.banner import sandbox_banner
 from gateway.onboarding.commands import (
@@ -51,7 +51,7 @@ from gateway.onboarding.commands import (
 from gateway.reports import manual
 from gateway.reports.planner import plan_event
 from gateway.reports.scheduler import ReportJobs, build_job, read_overrides
-from gateway.status import status_record, status_text, version
+from gateway.status import status_record, status_text
 from gateway.store.control import ControlStore
 from gateway.store.database import open_database
 from gateway.store.inbox import Inbox

@@ -11,26 +11,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from importlib import metadata
 from typing import Any
 
 from gateway import render
 from gateway.config import Config
+from gateway.lifecycle import version
 from gateway.store.database import open_database
 from gateway.store.inbox import Inbox
 from gateway.store.meta import Meta
 from gateway.store.observed import ChannelLatest, Observed, OldestPending
 
-__all__ = ["HEARTBEAT_STALE", "process_state", "status_record", "status_text", "version"]
+__all__ = ["HEARTBEAT_STALE", "process_state", "status_record", "status_text"]
 
 HEARTBEAT_STALE = 60.0  # a running gateway beats every 15 s: older than this is worth a word
-
-
-def version() -> str:
-    try:
-        return metadata.version("ecgw")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def process_state(facts: Mapping[str, object], *, alive: bool | None) -> tuple[bool, str]:

@@ -151,13 +151,9 @@ class Decider:
         site = self._sites.get((location_id, meter_point_id))
         if site is None:
             return ("declined", f"meter point {meter_point_id!r} is not configured here"), ()
-        resolutions = {t.resolution for t in group}
-        if len(resolutions) != 1:
-            return ("declined", f"listed with resolutions {sorted(resolutions)}"), ()
-        try:
-            caps = caps_of([p for t in group for p in t.points], resolutions.pop())
-        except ValueError as exc:
-            return ("declined", f"its resolution cannot be read: {exc}"), ()
+        caps = _group_caps(group)
+        if isinstance(caps, str):
+            return ("declined", caps), ()
         problem = self._meter_problem(site, now)
         if problem is None and (soon := self._too_soon(site, caps, now)) is not None:
             return ("declined", soon), ()
@@ -360,13 +356,9 @@ class Decider:
             return ("declined", "takes no part (participation = off): never reported"), ()
         if meter_point_id is not None and res.meter_point_id not in (None, meter_point_id):
             return ("declined", f"configured with meter point {res.meter_point_id!r}"), ()
-        resolutions = {t.resolution for t in group}
-        if len(resolutions) != 1:
-            return ("declined", f"listed with resolutions {sorted(resolutions)}"), ()
-        try:
-            caps = caps_of([p for t in group for p in t.points], resolutions.pop())
-        except ValueError as exc:
-            return ("declined", f"its resolution cannot be read: {exc}"), ()
+        caps = _group_caps(group)
+        if isinstance(caps, str):
+            return ("declined", caps), ()
         if res.control is not None and self._on.get(res.resource_id) is None:
             return (
                 "declined",
@@ -381,6 +373,19 @@ class Decider:
             now=now,
         )
         return _kind(decision), _held(caps, now)
+
+
+def _group_caps(
+    group: Sequence[wire.LocationLPCTarget | wire.ResourceLPCTarget],
+) -> tuple[Cap, ...] | str:
+    """The caps of one target listed (maybe several times) in an event, or why not."""
+    resolutions = {t.resolution for t in group}
+    if len(resolutions) != 1:
+        return f"listed with resolutions {sorted(resolutions)}"
+    try:
+        return caps_of([p for t in group for p in t.points], resolutions.pop())
+    except ValueError as exc:
+        return f"its resolution cannot be read: {exc}"
 
 
 def _kind(decision: Decision) -> tuple[DecisionKind, str]:

@@ -37,13 +37,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import inspect
 import math
 import threading
 import time
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import pytest
@@ -146,7 +148,8 @@ class _DeviceThread:
                 self._task.result(timeout=30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=30)
-        self._loop.close()
+        if not self._thread.is_alive():  # stopped: finish what the device left, here
+            _close(self._loop)
 
     async def call(self, what: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Await ``what()`` in the device's loop, from the adapter's loop."""
@@ -170,7 +173,6 @@ class _Context:
     options: _Options
     devices: _DeviceThread
     phase: str = "starting"
-    lags: list[tuple[float, str]] = field(default_factory=list)
 
     @property
     def device(self) -> Device:
@@ -414,13 +416,32 @@ async def reports_staleness(ctx: _Context) -> None:
 
 
 async def never_blocks_the_loop(ctx: _Context) -> None:
-    """The loop's lag stays under MAX_LAG through start, reads, an outage and stop."""
+    """The loop's lag stays under MAX_LAG through start, reads, an outage and stop.
+
+    A machine under load can delay one tick past the limit too, so a lag is only blamed
+    on the adapter when a second run shows one as well: a blocking call blocks every time.
+    """
+    worst, phase = await _worst_lag(ctx)
+    if worst > MAX_LAG:
+        again, phase_again = await _worst_lag(ctx)
+        if again <= MAX_LAG:
+            return
+        worst, phase = max((worst, phase), (again, phase_again))
+        raise _fail(
+            f"{ctx.who} blocked the event loop for {worst * 1000:.0f} ms while {phase} "
+            f"(limit {MAX_LAG * 1000:.0f} ms): use async I/O, or run blocking calls in a "
+            "thread (asyncio.to_thread)"
+        )
+
+
+async def _worst_lag(ctx: _Context) -> tuple[float, str]:
+    lags: list[tuple[float, str]] = []
 
     async def measure() -> None:
         while True:
             started = time.perf_counter()
             await asyncio.sleep(_LAG_TICK)
-            ctx.lags.append((time.perf_counter() - started - _LAG_TICK, ctx.phase))
+            lags.append((time.perf_counter() - started - _LAG_TICK, ctx.phase))
 
     monitor = asyncio.create_task(measure(), name="conformance-lag")
     await asyncio.sleep(_LAG_TICK * 2)
@@ -431,13 +452,7 @@ async def never_blocks_the_loop(ctx: _Context) -> None:
         monitor.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await monitor
-    worst, phase = max(ctx.lags, default=(0.0, ""))
-    if worst > MAX_LAG:
-        raise _fail(
-            f"{ctx.who} blocked the event loop for {worst * 1000:.0f} ms while {phase} "
-            f"(limit {MAX_LAG * 1000:.0f} ms): use async I/O, or run blocking calls in a "
-            "thread (asyncio.to_thread)"
-        )
+    return max(lags, default=(0.0, ""))
 
 
 def _counter_plan(channel: Channel) -> list[tuple[str, float]]:
@@ -556,6 +571,7 @@ def run_check(
 ) -> None:
     """Run one check (a name in :data:`CHECKS`); ConformanceError says what is wrong."""
     options = _Options(adapter, device, name, dict(bad_values or {}), reconnect_within)
+    _collect()  # what earlier tests left is not this check's
     with _DeviceThread(device) as devices:
         ctx = _Context(options, devices)
         loop = asyncio.new_event_loop()
@@ -563,15 +579,39 @@ def run_check(
             loop.run_until_complete(asyncio.wait_for(CHECKS[check](ctx), CHECK_TIMEOUT))
         finally:
             _close(loop)
+    _collect()  # ... and what this check left is not the next test's
+
+
+def _collect() -> None:
+    """Collect garbage now, not during some unrelated test.
+
+    Sockets left to the collector (pymodbus's server drops one now and then under load)
+    are not judged: their ResourceWarning would fail whichever test the collector happened
+    to run in. Leaked *tasks* are what the checks judge.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+
+
+_abandoned: list[asyncio.AbstractEventLoop] = []  # loops of tasks that would not end
 
 
 def _close(loop: asyncio.AbstractEventLoop) -> None:
-    """Cancel what is left and close the loop, without waiting for tasks that never end."""
+    """Cancel what is left and close the loop, without waiting for tasks that never end.
+
+    A task that ignores its cancellation cannot be finished: its loop is kept, unclosed
+    and referenced, so that the task is never collected half-way (which would raise
+    into whatever test runs next, as the gateway's runtime keeps an abandoned adapter).
+    """
     tasks = asyncio.all_tasks(loop)
     for task in tasks:
         task.cancel()
     if tasks:
         loop.run_until_complete(asyncio.wait(tasks, timeout=STOP_LIMIT))
+    if any(not task.done() for task in tasks):
+        _abandoned.append(loop)
+        return
     with contextlib.suppress(Exception):
         loop.run_until_complete(asyncio.wait_for(loop.shutdown_asyncgens(), STOP_LIMIT))
     loop.close()

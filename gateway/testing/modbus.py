@@ -95,8 +95,15 @@ class RegisterServer:
     async def stop(self) -> None:
         """Close the listener and every open connection: the device has gone away."""
         server, self._server = self._server, None
-        if server is not None:
-            await server.shutdown()  # type: ignore[no-untyped-call]
+        if server is None:
+            return
+        await server.shutdown()  # type: ignore[no-untyped-call]
+        # A connection accepted just before the listener closed is set up a few loop
+        # steps later, after pymodbus closed the ones it knew: close those too.
+        for _ in range(5):
+            await asyncio.sleep(0)
+        for connection in list(server.active_connections.values()):
+            connection.close()
 
     def _device(self) -> SimDevice:
         def block(space: Mapping[int, int]) -> list[SimData]:

@@ -23,7 +23,7 @@ import structlog
 
 from gateway import render, wire
 from gateway.app import Gateway, load_adapters, webhook_settings
-from gateway.config import Config, key_name, load_config
+from gateway.config import Config, key_name, load_config, parse_listen
 from gateway.config_probes import require_runnable
 from gateway.config_schema import cmd_config_schema
 from gateway.control.plan_view import event_window, plan_record
@@ -406,6 +406,36 @@ async def cmd_sandbox(args: argparse.Namespace, config: Config | None) -> int:
     return EXIT_OK
 
 
+async def cmd_sandbox_meter(args: argparse.Namespace, config: Config | None) -> int:
+    """A simulated SDM630 on Modbus TCP until SIGTERM/SIGINT; prints the adapter table."""
+    from gateway.sandbox.meter import SimulatedSdm630  # only this command needs pymodbus here
+
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError as exc:
+        raise UsageError(f"--listen: {exc}") from None
+    meter = SimulatedSdm630(kw=args.kw, unit=args.unit)
+    try:
+        serving = meter.serving(host, port)
+        async with serving as running:
+            _out(
+                f"a simulated Eastron SDM630 drawing {args.kw:g} kW on "
+                f"{running.server.host}:{running.server.port}, unit {args.unit}; "
+                "in the gateway's config:\n\n"
+                "[adapters.meter]\n"
+                'type = "modbus"\n'
+                f'host = "{running.server.host}"\n'
+                f"port = {running.server.port}\n"
+                f"unit = {args.unit}\n"
+                'profile = "eastron-sdm630"\n'
+                'poll_interval = "1s"\n'
+            )
+            await run_until_signalled(_forever())
+    except OSError as exc:
+        raise UsageError(f"--listen: cannot listen on {args.listen}: {exc.strerror}") from None
+    return EXIT_OK
+
+
 async def _forever() -> None:
     await asyncio.Event().wait()
 
@@ -579,20 +609,26 @@ def _add_onboarding(sub: Any, sandbox: argparse.ArgumentParser, add: Any) -> Non
     reconcile.add_argument("--since", default="7d", help="how far back to look (default 7d)")
     reconcile.add_argument("--dry-run", action="store_true", help="list, fetch nothing")
     ssub = sandbox.add_subparsers(dest="action", required=False, metavar="ACTION")
+    meter = add("meter", cmd_sandbox_meter, "serve a simulated SDM630 on Modbus TCP", into=ssub)
+    meter.add_argument("--listen", default="127.0.0.1:5020", help="HOST:PORT (0: any free port)")
+    meter.add_argument("--kw", type=float, default=3.0, help="the constant load it measures")
+    meter.add_argument("--unit", type=int, default=1, help="its Modbus unit id")
     event = add("event", cmd_sandbox_event, "create an event in a running sandbox", into=ssub)
     event.add_argument("kind", choices=("pricecurve", "location-lpc", "resource-lpc"))
     event.add_argument("--url", default="http://127.0.0.1:8900", help="the sandbox's root URL")
     event.add_argument("--target", action="append", help="RESOURCE/LOCATION[/METERPOINT] (repeat)")
     event.add_argument("--intervals", type=int, default=4, help="how many intervals")
     event.add_argument("--length", default="1h", help="interval length: 15m, 1h or 00:15:00")
-    event.add_argument("--start", help="first interval, ISO-8601 (default: the next full hour)")
+    event.add_argument(
+        "--start", help="first interval, ISO-8601 (default: the next whole interval ahead)"
+    )
     event.add_argument("--cap", type=float, default=0.0, help="LPC cap in kW")
     event.add_argument("--prices", help="comma-separated prices, repeated over the intervals")
     event.add_argument("--client-id", default="ecgw-sandbox")
     event.add_argument("--client-secret", default="sandbox-secret")
 
 
-NO_CONFIG = {cmd_sandbox, cmd_demo, cmd_config_schema, cmd_sandbox_event}
+NO_CONFIG = {cmd_sandbox, cmd_demo, cmd_config_schema, cmd_sandbox_event, cmd_sandbox_meter}
 QUIET = {cmd_demo}  # commands whose own output is the point: only warnings are logged
 
 

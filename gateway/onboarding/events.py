@@ -48,9 +48,13 @@ def _parts(target: str, names: tuple[str, ...], defaults: tuple[str, ...]) -> di
 
 
 def _start(flags: EventFlags, now: dt.datetime) -> dt.datetime:
+    """``--start``, else the next whole interval (a full hour for 1 h intervals) that is at
+    least one interval (at most a minute) ahead: time for the gateway to see it first."""
     if flags.start is not None:
         return flags.start.astimezone(dt.UTC)
-    return now.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1)
+    step = flags.length.total_seconds()
+    ahead = now.timestamp() + min(step, 60.0)
+    return dt.datetime.fromtimestamp(math.ceil(ahead / step) * step, dt.UTC)
 
 
 def _price(flags: EventFlags, i: int) -> float:

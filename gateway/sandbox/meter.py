@@ -6,7 +6,7 @@ It answers function code 4 (input registers) for unit ``--unit`` exactly where t
 ``eastron-sdm630`` profile reads (float32, high word first): total system power
 (0x0034, W), import energy (0x0048, kWh) and export energy (0x004A, kWh, always 0).
 The import counter integrates ``--kw`` from the moment it starts, like a meter under a
-constant load. Served by pymodbus (``gateway.testing.modbus.RegisterServer``).
+constant load. Served by pymodbus (:class:`gateway.sandbox.registers.RegisterServer`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import struct
 import time
 from collections.abc import AsyncIterator, Callable
 
-from gateway.testing.modbus import RegisterServer
+from gateway.sandbox.registers import RegisterServer
 
 __all__ = ["POWER", "IMPORT", "EXPORT", "SimulatedSdm630", "f32_words"]
 

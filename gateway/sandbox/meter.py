@@ -5,8 +5,8 @@
 It answers function code 4 (input registers) for unit ``--unit`` exactly where the
 ``eastron-sdm630`` profile reads (float32, high word first): total system power
 (0x0034, W), import energy (0x0048, kWh) and export energy (0x004A, kWh, always 0).
-The import counter integrates ``--kw`` from the moment it starts, like a meter under a
-constant load. Served by pymodbus (:class:`gateway.sandbox.registers.RegisterServer`).
+The import counter integrates ``--kw`` from the moment it starts (from 10 kWh: a float32
+counter that starts low keeps watt-hour resolution), like a meter under a constant load. Served by pymodbus (:class:`gateway.sandbox.registers.RegisterServer`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class SimulatedSdm630:
         self,
         *,
         kw: float,
-        start_kwh: float = 1000.0,
+        start_kwh: float = 10.0,
         unit: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

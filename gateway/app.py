@@ -347,6 +347,8 @@ class Gateway:
 
         async def record(exc_type: type[BaseException] | None, *_: object) -> bool:
             if exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
+                # what it last saw (a report delivered after the last beat, say) stays shown
+                await meta.put(**{"gateway.health": self.health.snapshot()})
                 await meta.stopped(now=self.clock(), reason="signal")
             return False
 

@@ -79,7 +79,8 @@ async def status_record(config: Config, *, now: float) -> dict[str, Any]:
         "events": events,
         "outbox": outbox,
         "oldest_pending": _oldest(oldest, now),
-        "next_report_due": render.iso(_num(health.get("next_report_due"))),
+        # the scheduler's plan: only a running gateway has one
+        "next_report_due": render.iso(_num(health.get("next_report_due"))) if running else None,
         "adapters": _adapters(facts, channels, now, running=running),
     }
 
@@ -162,7 +163,8 @@ def status_text(record: Mapping[str, Any]) -> list[str]:
             f"oldest pending: {oldest['kind']} report of event {oldest['event_id']}, "
             f"{oldest['age_seconds']:.0f} s old, month-end cut-off {oldest['cutoff']}"
         )
-    lines.append(f"next report due: {record['next_report_due'] or 'none planned'}")
+    if record["running"]:
+        lines.append(f"next report due: {record['next_report_due'] or 'none planned'}")
     for name, info in sorted(record["adapters"].items()):
         lines += _adapter_text(name, info)
     return [render.printable(line) for line in lines]

@@ -6,7 +6,8 @@ It answers function code 4 (input registers) for unit ``--unit`` exactly where t
 ``eastron-sdm630`` profile reads (float32, high word first): total system power
 (0x0034, W), import energy (0x0048, kWh) and export energy (0x004A, kWh, always 0).
 The import counter integrates ``--kw`` from the moment it starts (from 10 kWh: a float32
-counter that starts low keeps watt-hour resolution), like a meter under a constant load. Served by pymodbus (:class:`gateway.sandbox.registers.RegisterServer`).
+counter that starts low keeps watt-hour resolution), like a meter under a constant load.
+Served by pymodbus (:class:`gateway.sandbox.registers.RegisterServer`).
 """
 
 from __future__ import annotations

@@ -3,14 +3,23 @@ and never harms a file it was not asked to write."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
 
+import aiohttp
 import pytest
+from aiohttp import web
 
-from gateway.errors import StoreError
+from gateway.config import Secret
+from gateway.delivery.api import TokenSource
+from gateway.errors import StoreError, UpstreamError
+from gateway.onboarding.spark import SparkAdmin
 from gateway.status import status_record, status_text
 from gateway.store.backup import backup_database
 from gateway.store.database import open_database
@@ -73,3 +82,63 @@ async def test_status_survives_odd_pids(db_path: Path, pid: object) -> None:
     config = make_config({"gateway": {"state_dir": str(db_path.parent)}})
     record = await status_record(config, now=time.time())
     assert record["running"] is False
+
+
+# --- a lying API under ecgw api reconcile ------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def lying_api(pages: dict[str, Any]) -> AsyncIterator[tuple[SparkAdmin, list[str]]]:
+    """A real aiohttp server that answers each path with ``pages[path]`` (JSON) and records
+    the raw paths it was asked for; a SparkAdmin pointed at it."""
+    seen: list[str] = []
+
+    async def token(_: web.Request) -> web.Response:
+        return web.json_response({"access_token": "t", "expires_in": 3600})
+
+    async def any_path(request: web.Request) -> web.Response:
+        seen.append(request.raw_path)
+        return web.json_response(pages.get(request.path, {}))
+
+    app = web.Application()
+    app.router.add_post("/connect/token", token)
+    app.router.add_get("/{tail:.*}", any_path)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with aiohttp.ClientSession() as session:
+            tokens = TokenSource(
+                session,
+                token_url=f"http://127.0.0.1:{port}/connect/token",
+                client_id="c",
+                client_secret=Secret("s"),
+                timeout=5,
+            )
+            yield (
+                SparkAdmin(
+                    session, base_url=f"http://127.0.0.1:{port}/v1", tokens=tokens, timeout=5
+                ),
+                seen,
+            )
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("items", [5, "abc", {"id": "x"}, True])
+async def test_a_page_whose_list_is_not_a_list_is_an_upstream_error(items: object) -> None:
+    async with lying_api({"/v1/events": {"events": items}}) as (spark, _):
+        with pytest.raises(UpstreamError, match="GET /events"):
+            _ = [e async for e in spark.events()]
+
+
+@pytest.mark.parametrize("event_id", ["../webhooks", "a?page=2", "a#b", "%2e%2e"])
+async def test_an_event_id_from_the_api_stays_one_path_segment(event_id: str) -> None:
+    async with lying_api({}) as (spark, seen):
+        await spark.event(event_id)
+    [raw] = seen
+    segment = raw.removeprefix("/v1/events/")
+    assert not set("/?#") & set(segment)
+    assert unquote(segment) == event_id

@@ -4,6 +4,7 @@ and never harms a file it was not asked to write."""
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import stat
 import time
@@ -19,6 +20,7 @@ from aiohttp import web
 from gateway.config import Secret
 from gateway.delivery.api import TokenSource
 from gateway.errors import StoreError, UpstreamError
+from gateway.onboarding.events import EventFlags, simulation_request
 from gateway.onboarding.spark import SparkAdmin
 from gateway.status import status_record, status_text
 from gateway.store.backup import backup_database
@@ -142,3 +144,36 @@ async def test_an_event_id_from_the_api_stays_one_path_segment(event_id: str) ->
     segment = raw.removeprefix("/v1/events/")
     assert not set("/?#") & set(segment)
     assert unquote(segment) == event_id
+
+
+# --- ecgw sandbox event ------------------------------------------------------------------------
+
+
+def _flags(**given: Any) -> EventFlags:
+    values: dict[str, Any] = {
+        "targets": (),
+        "intervals": 4,
+        "length": dt.timedelta(hours=1),
+        "start": None,
+        "cap_kw": 5.0,
+        "prices": (),
+    }
+    return EventFlags(**{**values, **given})
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        _flags(start=dt.datetime(9999, 12, 31, 23, tzinfo=dt.UTC)),
+        _flags(length=dt.timedelta(days=36500), intervals=1440),
+    ],
+)
+def test_an_event_past_year_9999_is_a_usage_error(flags: EventFlags) -> None:
+    with pytest.raises(ValueError, match="year 9999"):
+        simulation_request("pricecurve", flags, dt.datetime.now(dt.UTC))
+
+
+@pytest.mark.parametrize("price", [float("nan"), float("inf"), float("-inf")])
+def test_a_price_that_json_cannot_carry_is_a_usage_error(price: float) -> None:
+    with pytest.raises(ValueError, match="--prices"):
+        simulation_request("pricecurve", _flags(prices=(1.0, price)), dt.datetime.now(dt.UTC))

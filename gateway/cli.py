@@ -680,13 +680,13 @@ def main(argv: list[str] | None = None) -> int:
         handler: Handler = args.handler
         return run_process(handler(args, config))  # asyncio.run, bounded at the end
     except (ConfigError, UsageError) as exc:
-        sys.stderr.write(f"ecgw: error: {exc}\n")
+        sys.stderr.write(f"ecgw: error: {render.printable(str(exc))}\n")
         return EXIT_USAGE
     except (ReportInvalid, WireError) as exc:
-        sys.stderr.write(f"ecgw: invalid report: {exc}\n")
+        sys.stderr.write(f"ecgw: invalid report: {render.printable(str(exc))}\n")
         return EXIT_USAGE
     except GatewayError as exc:
-        sys.stderr.write(f"ecgw: {exc}\n")
+        sys.stderr.write(f"ecgw: {render.printable(str(exc))}\n")
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_FAILURE

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from gateway import render
 from gateway.config import Config
@@ -29,7 +29,7 @@ HEARTBEAT_STALE = 60.0  # a running gateway beats every 15 s: older than this is
 def process_state(facts: Mapping[str, object], *, alive: bool | None) -> tuple[bool, str]:
     """``(running, why)`` from the meta facts and whether the recorded PID is alive."""
     started, stopped = _num(facts.get("gateway.started_at")), _num(facts.get("gateway.stopped_at"))
-    if started is None or not isinstance(facts.get("gateway.pid"), int):
+    if started is None or not _is_pid(facts.get("gateway.pid")):
         return False, "never started"
     if stopped is not None and stopped >= started:
         reason = facts.get("gateway.stop_reason") or "clean stop"
@@ -40,11 +40,11 @@ def process_state(facts: Mapping[str, object], *, alive: bool | None) -> tuple[b
 
 
 def pid_alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
+    if not _is_pid(pid):
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # OverflowError: beyond any pid
         return False
     except PermissionError:  # it exists, owned by someone else
         return True
@@ -203,5 +203,17 @@ def _adapter_text(name: str, info: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _is_pid(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def _num(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    """A moment from ``meta``, or None for what is not one (``json`` reads NaN, Infinity
+    and 1e20, which no clock gives and :func:`render.iso` cannot show)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    moment = float(value)
+    return moment if _FIRST_MOMENT <= moment <= _LAST_MOMENT else None  # False for NaN
+
+
+_FIRST_MOMENT, _LAST_MOMENT = 0.0, 253402300799.0  # 1970-01-01 .. 9999-12-31T23:59:59Z

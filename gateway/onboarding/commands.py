@@ -172,10 +172,10 @@ async def _last_push(spark: SparkAdmin, webhook_id: str) -> dict[str, Any] | Non
 
 
 def _show_hook(hook: dict[str, Any]) -> str:
-    types = ",".join(hook.get("notificationTypes") or []) or "all types"
+    types = ",".join(map(str, hook.get("notificationTypes") or [])) or "all types"
     enabled = "enabled" if hook.get("enabled", True) else "disabled"
-    return safe(
-        f"{hook.get('webhookId')}  {enabled:<8} {hook.get('status', '-'):<9} "
+    return safe(  # str(): the API's fields may be anything, None included
+        f"{hook.get('webhookId')}  {enabled:<8} {hook.get('status', '-')!s:<9} "
         f"{hook.get('webhookUrl')}  {hook.get('name') or '-'}  {types}"
     )
 
@@ -195,8 +195,15 @@ async def cmd_api_webhooks_list(args: argparse.Namespace, config: Config) -> int
 
 async def cmd_api_webhooks_register(args: argparse.Namespace, config: Config) -> int:
     url: str = args.url
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "http://[::1": an unclosed IPv6 bracket
+        parts = urlsplit("")
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.netloc
+        or any(c.isspace() or not c.isprintable() for c in url)
+    ):
         raise ConfigError(f"expected an http(s) URL, got {url!r}", key="url")
     if config.webhook_secret is None:
         raise ConfigError(

@@ -71,8 +71,13 @@ def simulation_request(kind: str, flags: EventFlags, now: dt.datetime) -> dict[s
         raise ValueError("--length: must be more than zero")
     if not math.isfinite(flags.cap_kw) or flags.cap_kw < 0:
         raise ValueError(f"--cap: expected kW, zero or more, got {flags.cap_kw}")
-    start = _start(flags, now)
-    stamps = [iso(start + i * flags.length) for i in range(flags.intervals)]
+    if not all(math.isfinite(p) for p in flags.prices):
+        raise ValueError(f"--prices: expected numbers, got {', '.join(map(str, flags.prices))}")
+    try:
+        start = _start(flags, now)
+        stamps = [iso(start + i * flags.length) for i in range(flags.intervals)]
+    except OverflowError:
+        raise ValueError("--start/--length: the event would end after year 9999") from None
     targets = flags.targets or ("",)
     names: tuple[str, ...]
     defaults: tuple[str, ...]

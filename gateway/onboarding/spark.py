@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import msgspec
@@ -26,6 +27,12 @@ __all__ = ["REPLY_LIMIT", "SparkAdmin"]
 REPLY_LIMIT = 32 * 1024 * 1024
 PAGE_SIZE = 1000
 MAX_PAGES = 1000
+
+
+def _segment(identifier: str) -> str:
+    """An id the API gave, as one path segment: ``../webhooks`` or ``a?x=1`` must not reach
+    another resource with the gateway's token."""
+    return quote(identifier, safe="")
 
 
 class SparkAdmin:
@@ -114,11 +121,11 @@ class SparkAdmin:
 
     async def set_enabled(self, webhook_id: str, enabled: bool) -> None:
         params = {"enabled": "true" if enabled else "false"}
-        await self.call("PUT", f"/webhooks/{webhook_id}/enabled", params=params)
+        await self.call("PUT", f"/webhooks/{_segment(webhook_id)}/enabled", params=params)
 
     async def event(self, event_id: str) -> bytes | None:
         """One event's raw JSON (``GetEventResponse``), or None if the API has no such event."""
-        status, raw = await self.call("GET", f"/events/{event_id}", missing_ok=True)
+        status, raw = await self.call("GET", f"/events/{_segment(event_id)}", missing_ok=True)
         return None if status == 404 else raw
 
     async def notification_logs(self) -> AsyncGenerator[dict[str, Any]]:
@@ -139,7 +146,10 @@ class SparkAdmin:
             )
             if not isinstance(reply, dict):
                 return
-            for item in reply.get(key) or []:
+            items = reply.get(key) or []
+            if not isinstance(items, list):
+                raise UpstreamUnavailable(f"GET {path}: {key!r} is not a list")
+            for item in items:
                 if isinstance(item, dict):
                     yield item
             pagination = reply.get("pagination") or {}

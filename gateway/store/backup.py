@@ -97,10 +97,7 @@ def backup_database(source: Path, target: Path, *, force: bool = False) -> Check
     cannot be made or fails its check (nothing is left at ``target`` then); returns
     the check of the copy (blocking; a thread).
     """
-    if target.exists() and not force:
-        raise StoreError(f"{target} exists; pass --force to overwrite it")
-    if target.is_dir():
-        raise StoreError(f"{target} is a directory")
+    _refuse_target(source, target, force=force)
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
     try:
         with _read_only(source) as src:
@@ -115,6 +112,33 @@ def backup_database(source: Path, target: Path, *, force: bool = False) -> Check
     finally:
         partial.unlink(missing_ok=True)
     return result
+
+
+def _refuse_target(source: Path, target: Path, *, force: bool) -> None:
+    """A backup only ever replaces a regular file that is not the database or its companions.
+
+    The copy is renamed into place, so ``--force`` onto ``/dev/null`` or a FIFO would swap
+    the device for a file, and onto the live database (or its WAL) would cut a running
+    gateway off from the rows it has not checkpointed yet.
+    """
+    if not target.parent.is_dir():
+        raise StoreError(f"cannot write {target}: {target.parent} is no such directory")
+    live = source.resolve()
+    if target.resolve() in {live.with_name(live.name + end) for end in _COMPANIONS} or (
+        target.exists() and source.exists() and target.samefile(source)
+    ):
+        raise StoreError(f"{target} is the database itself (or its WAL); back up to another file")
+    if not target.exists():
+        return
+    if not force:
+        raise StoreError(f"{target} exists; pass --force to overwrite it")
+    if target.is_dir():
+        raise StoreError(f"{target} is a directory")
+    if not target.is_file():
+        raise StoreError(f"{target} is not a regular file; refusing to replace it")
+
+
+_COMPANIONS = ("", "-wal", "-shm", "-journal")
 
 
 def _copy(src: sqlite3.Connection, source: Path, partial: Path) -> None:

@@ -15,6 +15,7 @@ from typing import Any, TypeGuard
 
 from gateway import render
 from gateway.config import Config
+from gateway.errors import StoreError
 from gateway.lifecycle import version
 from gateway.store.database import open_database
 from gateway.store.inbox import Inbox
@@ -52,6 +53,9 @@ def pid_alive(pid: object) -> bool:
 
 
 async def status_record(config: Config, *, now: float) -> dict[str, Any]:
+    """StoreError when there is no database yet: status only reads, it never creates one."""
+    if not config.db_path.is_file():
+        raise StoreError(f"no database at {config.db_path}: the gateway has not run here yet")
     async with open_database(config.db_path) as db:
         facts = await Meta(db).get_all()
         observed = Observed(db)

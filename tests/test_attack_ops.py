@@ -222,3 +222,30 @@ async def test_webhooks_list_shows_a_webhook_with_odd_fields(
         config = load_config(str(_api_config(tmp_path, root)))
         assert await cmd_api_webhooks_list(argparse.Namespace(json=False), config) == 0
     assert "7  enabled  None      None  -  1,None\n" in capsys.readouterr().out
+
+
+def test_db_check_says_an_empty_file_is_not_an_ecgw_database(tmp_path: Path) -> None:
+    from gateway.store.backup import check_database
+
+    empty = tmp_path / "ecgw.sqlite3"
+    empty.write_bytes(b"")
+    result = check_database(empty)
+    assert not result.ok and "not an ECGW database" in result.summary()
+
+
+def test_status_without_a_database_says_so_and_creates_none(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "ecgw.toml"
+    config.write_text(f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "-c", str(config), "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1 and "no database at" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "state" / "ecgw.sqlite3").exists()

@@ -42,7 +42,7 @@ class CheckResult:
 
     @property
     def ok(self) -> bool:
-        return not self.problems and self.schema_version <= self.known_version
+        return not self.problems and 0 < self.schema_version <= self.known_version
 
     def summary(self) -> str:
         """One line: ``ok`` or the first problem, with the schema version."""
@@ -52,6 +52,8 @@ class CheckResult:
             return f"{self.path}: integrity_check failed: {self.problems[0]}{more}; {version}"
         if self.schema_version > self.known_version:
             return f"{self.path}: integrity ok, but {version} is newer: upgrade ecgw"
+        if self.schema_version == 0:
+            return f"{self.path}: not an ECGW database: it is empty (schema version 0)"
         return f"{self.path}: integrity ok, {version}"
 
 

@@ -214,6 +214,13 @@ def test_register_refuses_a_url_that_is_not_one(tmp_path: Path, url: str) -> Non
     assert "Traceback" not in err and "\x1b" not in err
 
 
+def test_register_refuses_a_url_with_credentials_and_does_not_print_them(tmp_path: Path) -> None:
+    config = _api_config(tmp_path, "http://127.0.0.1:9")
+    done = ecgw("-c", str(config), "api", "webhooks", "register", "https://user:pa55@host/notify")
+    assert done.returncode == 2 and "must not carry credentials" in done.stderr
+    assert "pa55" not in done.stderr + done.stdout
+
+
 async def test_webhooks_list_shows_a_webhook_with_odd_fields(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

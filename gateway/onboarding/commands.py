@@ -205,6 +205,12 @@ async def cmd_api_webhooks_register(args: argparse.Namespace, config: Config) ->
         or any(c.isspace() or not c.isprintable() for c in url)
     ):
         raise ConfigError(f"expected an http(s) URL, got {url!r}", key="url")
+    if "@" in parts.netloc:  # it would be stored by Spark and printed back by list
+        raise ConfigError(
+            "the webhook URL must not carry credentials: Spark signs every push with the "
+            "webhook secret instead",
+            key="url",
+        )
     if config.webhook_secret is None:
         raise ConfigError(
             "register needs the webhook secret the gateway checks", key="webhook.secret"

@@ -291,9 +291,15 @@ async def test_exit_disconnects_cleanly(broker: Mosquitto) -> None:
     async with MqttAdapter("tidy", config) as adapter:
         assert adapter.connected
         client_id = adapter.client_id
-    await broker.stop()  # flushes the broker's log
+    expected = f"Client {client_id} disconnected."  # a DISCONNECT, not a dropped socket
+    deadline = asyncio.get_running_loop().time() + 5.0
+    # The broker logs it once it has read the packet (its log is unbuffered stderr): wait for
+    # that rather than stop it first, which raced the packet on a loaded machine.
+    while expected not in broker.log and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110 - the log of another process
+        await asyncio.sleep(0.05)
+    await broker.stop()
     mine = [line for line in broker.log if client_id in line]
-    assert f"Client {client_id} disconnected." in mine, mine  # a DISCONNECT, not a dropped socket
+    assert expected in mine, mine
 
 
 async def test_the_stream_waits_until_cancelled(broker: Mosquitto) -> None:

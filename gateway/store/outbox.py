@@ -111,6 +111,14 @@ _OUTCOME_SQL = {
 }
 
 
+_ENQUEUE = (
+    "INSERT INTO outbox (event_id, kind, body, idempotency_key, source, state, "
+    "next_attempt_at, deadline, created_at, updated_at) "
+    "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?) "
+    "ON CONFLICT (event_id, kind) DO NOTHING"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Round:
     """One keeper round: the rows claimed, and the outcomes that could not be recorded
@@ -143,19 +151,20 @@ class Outbox:
         now: float,
         deadline: float | None = None,
     ) -> bool:
-        """Queue a report; False (and nothing changes) if its key is already queued."""
-        async with self._write() as conn:
-            queued = await self.enqueue_in(
-                conn,
-                event_id=event_id,
-                kind=kind,
-                body=body,
-                source=source,
-                now=now,
-                deadline=deadline,
+        """Queue a report; False (and nothing changes) if its key is already queued.
+
+        One statement, its own transaction: one hand-off to SQLite's thread, where a
+        ``BEGIN`` ... ``COMMIT`` around it would take three."""
+        key = idempotency_key(event_id, kind, body)
+        try:
+            rows = await self._db.write_one(
+                _ENQUEUE + " RETURNING id",
+                (event_id, kind, body, key, source, now, deadline, now, now),
             )
+        except StoreError as exc:
+            raise StoreError(f"outbox: {exc}") from exc
         crashpoint("outbox.queued")
-        return queued
+        return bool(rows)
 
     @staticmethod
     async def enqueue_in(
@@ -174,11 +183,7 @@ class Outbox:
         ``outbox.queued`` crash point after the commit."""
         key = idempotency_key(event_id, kind, body)
         cur = await conn.execute(
-            "INSERT INTO outbox (event_id, kind, body, idempotency_key, source, state, "
-            "next_attempt_at, deadline, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?) "
-            "ON CONFLICT (event_id, kind) DO NOTHING",
-            (event_id, kind, body, key, source, now, deadline, now, now),
+            _ENQUEUE, (event_id, kind, body, key, source, now, deadline, now, now)
         )
         return cur.rowcount == 1
 

@@ -217,7 +217,7 @@ async def test_bad_commands_and_calls_outside_the_lifetime(registry: ConnectionR
         # msgspec does not say which table of a map: the key itself is named
         ({"switch": {"cooil": 1}}, ".controls[...].cooil", "unknown key"),
         ({"switch": {"coil": "16"}}, ".controls[...].coil", "got `str`"),
-        ({" ": {"coil": 1}}, "", "a control with an empty name"),
+        ({" ": {"coil": 1}}, ".controls", "a control with an empty name"),
     ],
 )
 def test_config_errors_name_the_key(controls: dict[str, Any], key: str, message: str) -> None:

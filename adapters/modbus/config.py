@@ -36,7 +36,7 @@ the offending keys.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -151,14 +151,14 @@ class ControlSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froz
 class ModbusConfig(AdapterConfig, kw_only=True, frozen=True):
     """One Modbus device: a TCP endpoint or a serial port, a unit id, and a register map."""
 
-    host: str | None = None
-    port: int = 502
-    serial_port: str | None = None
-    baudrate: int = 9600
+    host: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 502
+    serial_port: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    baudrate: Annotated[int, msgspec.Meta(gt=0)] = 9600
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
     bytesize: Literal[7, 8] = 8
-    unit: int = 1
+    unit: Annotated[int, msgspec.Meta(ge=0, le=255)] = 1
     profile: ProfileName | None = None
     registers: dict[str, RegisterSpec] = msgspec.field(default_factory=dict)
     controls: dict[str, ControlSpec] = msgspec.field(default_factory=dict)
@@ -180,12 +180,6 @@ class ModbusConfig(AdapterConfig, kw_only=True, frozen=True):
             found.append("`host` is empty")
         if self.serial_port is not None and not self.serial_port.strip():
             found.append("`serial_port` is empty")
-        if not 1 <= self.port <= 65535:
-            found.append(f"`port`: {self.port} is outside 1..65535")
-        if self.baudrate <= 0:
-            found.append(f"`baudrate`: {self.baudrate} is not a positive number")
-        if not 0 <= self.unit <= 255:
-            found.append(f"`unit`: {self.unit} is outside 0..255")
         if self.timeout <= 0:
             found.append("`timeout` must be longer than 0 s")
         return found

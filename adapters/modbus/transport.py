@@ -194,6 +194,7 @@ class Connection:
         try:
             async with asyncio.timeout(options.timeout):
                 connected = bool(await client.connect())
+            _raise_dropped_cancellation()
         except (TimeoutError, OSError, ModbusException):
             connected = False
         except BaseException:
@@ -445,3 +446,16 @@ _DEFAULT_REGISTRY = ConnectionRegistry()
 def default_registry() -> ConnectionRegistry:
     """The process-wide registry every adapter uses unless given another one."""
     return _DEFAULT_REGISTRY
+
+
+def _raise_dropped_cancellation() -> None:
+    """Raise the cancellation pymodbus may have dropped.
+
+    pymodbus waits for its connection with ``asyncio.wait_for``, which on Python 3.11
+    returns the result when a cancellation arrives just as the result does: the
+    cancellation is lost and the adapter's task would carry on, so the gateway could not
+    stop it. The task still counts the request (``cancelling()``): raise it here.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

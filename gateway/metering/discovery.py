@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -135,6 +136,7 @@ def convert_adapter_config(
         config = msgspec.convert(dict(table), type=cls.Config, dec_hook=_dec_hook)
     except msgspec.ValidationError as exc:
         path, message = validation_parts(exc)
+        path = path or _named_key(cls.Config, message)
         message = with_hint(cls.Config, path, message)
         raise ConfigError(message, key=f"{base}.{path}" if path else base) from exc
     for field in ("poll_interval", "read_timeout"):
@@ -145,6 +147,19 @@ def convert_adapter_config(
                 f"must be at least 10ms and finite, got {shown}", key=f"{base}.{field}"
             )
     return config
+
+
+_NAMED_KEY = re.compile(r"`([a-z_][a-z0-9_]*)`")
+
+
+def _named_key(config: type[Any], message: str) -> str:
+    """The key a plugin's ``__post_init__`` names first in backticks (`` `timeout` must be
+    longer than 0 s``), when it is one problem about one of its fields; else ``""``."""
+    match = _NAMED_KEY.match(message)
+    if match is None or "; " in message:
+        return ""
+    name = match.group(1)
+    return name if name in getattr(config, "__struct_fields__", ()) else ""
 
 
 def _dec_hook(tp: Any, obj: object) -> object:

@@ -27,7 +27,7 @@ from gateway.config import Config, key_name, load_config, parse_listen
 from gateway.config_probes import require_runnable
 from gateway.config_schema import cmd_config_schema
 from gateway.control.plan_view import event_window, plan_record
-from gateway.db_commands import cmd_db_backup, cmd_db_check
+from gateway.db_commands import cmd_db_backup, cmd_db_check, cmd_db_stats, cmd_db_vacuum
 from gateway.errors import (
     AdapterLoadError,
     ConfigError,
@@ -548,12 +548,19 @@ def _parser() -> argparse.ArgumentParser:
         into=rsub,
     ).add_argument("event_id")
 
-    database = sub.add_parser("db", help="back up and check the database")
+    database = sub.add_parser("db", help="back up, check, measure and vacuum the database")
     dsub = database.add_subparsers(dest="action", required=True, metavar="ACTION")
     backup = add("backup", cmd_db_backup, "copy the database (safe while running)", into=dsub)
     backup.add_argument("file", metavar="PATH", help="the copy to write")
     backup.add_argument("--force", action="store_true", help="overwrite an existing PATH")
     add("check", cmd_db_check, "full integrity check and schema version", into=dsub)
+    add(
+        "stats",
+        cmd_db_stats,
+        "rows and bytes per table, free pages, what retention frees",
+        into=dsub,
+    )
+    add("vacuum", cmd_db_vacuum, "rewrite the file once so freed space goes back", into=dsub)
 
     probe = add("probe", cmd_probe, "read one adapter once and print what it gives")
     probe.add_argument("adapter")

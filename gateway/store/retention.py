@@ -1,0 +1,201 @@
+"""Retention: drop what the gateway no longer needs, in short slices, and give the space back.
+
+The rules (what goes, when, and what stays) are in :mod:`gateway.store.retention_policy`;
+this module holds them as SQL (:data:`RULES`, also read by ``ecgw db stats``) and runs
+them. Each slice is one short write transaction of at most ``slice_rows`` rows, and the
+pass waits ``pause`` between slices, so the webhook's and the scheduler's writes, which
+queue for the same write turn (``Database.write``), wait at most one slice.
+
+A report's body is read from a snapshot first and its kWh totals computed outside the
+transaction; the ``UPDATE`` repeats the rule, so a row that changed in between (a dead
+report retried) is left alone. Afterwards, ``PRAGMA incremental_vacuum`` gives the freed
+pages back to the file system, ``vacuum_pages`` at a time, keeping ``keep_free_pages``
+for the next writes; on a database made before auto_vacuum (see ``ecgw db vacuum``) the
+pages stay on SQLite's free list and are reused from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+
+from gateway.store.database import Database
+from gateway.store.retention_policy import Cutoffs, cutoffs, report_totals
+
+__all__ = ["RULES", "Retention", "RetentionTally", "Rule", "params_at"]
+
+_OPEN = "('new', 'planned')"
+
+
+def _not_open(table: str) -> str:
+    return (
+        f"NOT EXISTS (SELECT 1 FROM events e WHERE e.event_id = {table}.event_id "  # noqa: S608
+        f"AND e.plan_state IN {_OPEN})"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One kind of row retention drops: ``where`` selects them (parameters ``?1`` the
+    reports cutoff, ``?2`` the months cutoff, ``?3`` the quarantine cutoff: :func:`params_at`,
+    ``?4`` and up free for the statement); ``blob`` is the column emptied, or None
+    when the whole row goes."""
+
+    name: str
+    table: str
+    where: str
+    blob: str | None = None
+
+
+BODIES = Rule(
+    "report bodies",
+    "outbox",
+    "body_dropped_at IS NULL AND ("
+    "(state = 'delivered' AND (deadline < ?1 OR (deadline IS NULL AND delivered_at < ?2)))"
+    " OR (state = 'dead' AND updated_at < ?3"
+    " AND (deadline < ?1 OR (deadline IS NULL AND updated_at < ?2))))",
+    blob="body",
+)
+PAYLOADS = Rule(
+    "event payloads",
+    "events",
+    "payload_dropped_at IS NULL AND ("
+    "(plan_state IN ('done', 'no_report') AND received_at < ?2"
+    " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_id = events.event_id"
+    " AND o.body_dropped_at IS NULL)"
+    " AND NOT EXISTS (SELECT 1 FROM report_jobs j WHERE j.event_id = events.event_id"
+    " AND j.outcome = 'invalid'))"
+    " OR (plan_state = 'invalid' AND received_at < ?3))",
+    blob="payload",
+)
+RULES: tuple[Rule, ...] = (
+    BODIES,
+    PAYLOADS,
+    Rule(
+        "report jobs",
+        "report_jobs",
+        f"{_not_open('report_jobs')} AND ((outcome = 'invalid' AND at < ?3)"  # noqa: S608
+        " OR (outcome != 'invalid' AND at < ?2 AND NOT EXISTS (SELECT 1 FROM events e"
+        " WHERE e.event_id = report_jobs.event_id AND e.payload_dropped_at IS NULL)))",
+    ),
+    Rule("LPC decisions", "lpc_decisions", f"decided_at < ?2 AND {_not_open('lpc_decisions')}"),
+    Rule("schedules", "schedules", f"window_end < ?2 AND {_not_open('schedules')}"),
+    Rule("overrides", "overrides", f"at < ?2 AND {_not_open('overrides')}"),
+    Rule("commands", "commands", "requested_at < ?2 AND state != 'sending'"),
+)
+
+
+def params_at(now: float) -> tuple[float, float, float]:
+    """The rules' parameters ``?1``-``?3`` at ``now``."""
+    cut: Cutoffs = cutoffs(now)
+    return (cut.reports, cut.months, cut.quarantine)
+
+
+@dataclass(slots=True)
+class RetentionTally:
+    """What one pass did: rows per rule, transactions, pages given back."""
+
+    rows: dict[str, int] = field(default_factory=dict)
+    slices: int = 0
+    pages_freed: int = 0
+
+    def add(self, rule: str, count: int) -> None:
+        self.rows[rule] = self.rows.get(rule, 0) + count
+
+
+class Retention:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        slice_rows: int = 100,
+        pause: float = 0.005,
+        vacuum_pages: int = 256,
+        keep_free_pages: int = 256,
+    ) -> None:
+        self._db = db
+        self._slice = slice_rows
+        self._pause = pause
+        self._vacuum_pages = vacuum_pages
+        self._keep = keep_free_pages
+
+    async def run_once(self, *, now: float) -> RetentionTally:
+        """One pass over every rule, then the space given back."""
+        params = params_at(now)
+        tally = RetentionTally()
+        for rule in RULES:
+            while True:
+                if rule is BODIES:
+                    count = await self._drop_bodies(params, now)
+                elif rule.blob is not None:
+                    count = await self._empty(rule, params, now)
+                else:
+                    count = await self._delete(rule, params)
+                tally.add(rule.name, count)
+                if count:
+                    tally.slices += 1
+                if count < self._slice:
+                    break
+                await asyncio.sleep(self._pause)
+        tally.pages_freed = await self.give_back()
+        return tally
+
+    async def _drop_bodies(self, params: tuple[float, float, float], now: float) -> int:
+        rows = await self._db.fetchall(
+            f"SELECT id, body FROM outbox WHERE {BODIES.where} ORDER BY id LIMIT ?4",  # noqa: S608
+            (*params, self._slice),
+        )
+        if not rows:
+            return 0
+        updates = [(*params, r[0], now, _totals_json(bytes(r[1]))) for r in rows]
+        async with self._db.write() as conn:
+            await conn.executemany(
+                "UPDATE outbox SET body = X'', kwh_totals = ?6, body_dropped_at = ?5 "  # noqa: S608
+                f"WHERE id = ?4 AND {BODIES.where}",
+                updates,
+            )
+        return len(rows)
+
+    async def _empty(self, rule: Rule, params: tuple[float, float, float], now: float) -> int:
+        async with self._db.write() as conn:
+            cur = await conn.execute(
+                f"UPDATE {rule.table} SET {rule.blob} = X'', {rule.blob}_dropped_at = ?5 "  # noqa: S608
+                f"WHERE rowid IN (SELECT rowid FROM {rule.table} WHERE {rule.where} LIMIT ?4)",
+                (*params, self._slice, now),
+            )
+            return cur.rowcount
+
+    async def _delete(self, rule: Rule, params: tuple[float, float, float]) -> int:
+        async with self._db.write() as conn:
+            cur = await conn.execute(
+                f"DELETE FROM {rule.table} WHERE rowid IN "  # noqa: S608
+                f"(SELECT rowid FROM {rule.table} WHERE {rule.where} LIMIT ?4)",
+                (*params, self._slice),
+            )
+            return cur.rowcount
+
+    async def give_back(self) -> int:
+        """``PRAGMA incremental_vacuum`` in slices while more than ``keep_free_pages`` are
+        free; returns the pages given back (0 on a file without auto_vacuum)."""
+        freed = 0
+        mode = await self._db.fetchone("PRAGMA auto_vacuum")
+        if mode is None or int(mode[0]) != 2:  # 2: INCREMENTAL
+            return 0
+        before = None
+        while True:
+            row = await self._db.fetchone("PRAGMA freelist_count")
+            free = int(row[0]) if row else 0
+            if free <= self._keep or (before is not None and free >= before):
+                return freed  # done, or the free list no longer shrinks (nothing to move)
+            before = free
+            spare = free - self._keep
+            step = min(spare, self._vacuum_pages)
+            await self._db.write_one(f"PRAGMA incremental_vacuum({step})")
+            freed += step
+            await asyncio.sleep(self._pause)
+
+
+def _totals_json(body: bytes) -> str | None:
+    totals = report_totals(body)
+    return None if totals is None else json.dumps(totals, sort_keys=True)

@@ -142,29 +142,68 @@ class Retention:
         return tally
 
     async def _drop_bodies(self, params: tuple[float, float, float], now: float) -> int:
+        """Bodies are frozen: their totals are computed from a snapshot, before the write."""
         rows = await self._db.fetchall(
             f"SELECT id, body FROM outbox WHERE {BODIES.where} ORDER BY id LIMIT ?4",  # noqa: S608
             (*params, self._slice),
         )
         if not rows:
             return 0
-        updates = [(*params, r[0], now, _totals_json(bytes(r[1]))) for r in rows]
-        async with self._db.write() as conn:
-            await conn.executemany(
-                "UPDATE outbox SET body = X'', kwh_totals = ?6, body_dropped_at = ?5 "  # noqa: S608
-                f"WHERE id = ?4 AND {BODIES.where}",
-                updates,
-            )
-        return len(rows)
+        totals = {int(r[0]): _totals_json(bytes(r[1])) for r in rows}
+        marks = ",".join(f"?{4 + k}" for k in range(len(totals)))
+        return await self._slim(
+            BODIES,
+            f"id IN ({marks}) AND {BODIES.where}",
+            (*params, *totals),
+            now,
+            totals,
+        )
 
     async def _empty(self, rule: Rule, params: tuple[float, float, float], now: float) -> int:
+        return await self._slim(
+            rule,
+            f"rowid IN (SELECT rowid FROM {rule.table} WHERE {rule.where} LIMIT ?4)",  # noqa: S608
+            (*params, self._slice),
+            now,
+        )
+
+    async def _slim(
+        self,
+        rule: Rule,
+        where: str,
+        params: tuple[object, ...],
+        now: float,
+        totals: dict[int, str | None] | None = None,
+    ) -> int:
+        """Empty ``rule.blob`` of the rows ``where`` picks, by deleting and inserting them
+        again without it: an ``UPDATE`` that shrinks a row leaves it alone on its page (SQLite
+        rebalances a page when a delete empties it, not when a row shrinks), so a year of
+        slim rows would still take a page each."""
+        assert rule.blob is not None
         async with self._db.write() as conn:
-            cur = await conn.execute(
-                f"UPDATE {rule.table} SET {rule.blob} = X'', {rule.blob}_dropped_at = ?5 "  # noqa: S608
-                f"WHERE rowid IN (SELECT rowid FROM {rule.table} WHERE {rule.where} LIMIT ?4)",
-                (*params, self._slice, now),
+            rows = list(
+                await conn.execute_fetchall(
+                    f"DELETE FROM {rule.table} WHERE {where} RETURNING *",  # noqa: S608
+                    params,
+                )
             )
-            return cur.rowcount
+            if not rows:
+                return 0
+            columns = list(rows[0].keys())
+            slim = []
+            for row in rows:
+                values = dict(row)
+                values[rule.blob] = b""
+                values[f"{rule.blob}_dropped_at"] = now
+                if totals is not None:
+                    values["kwh_totals"] = totals.get(int(values["id"]))
+                slim.append(tuple(values[c] for c in columns))
+            await conn.executemany(
+                f"INSERT INTO {rule.table} ({', '.join(columns)}) "  # noqa: S608
+                f"VALUES ({', '.join('?' * len(columns))})",
+                slim,
+            )
+            return len(rows)
 
     async def _delete(self, rule: Rule, params: tuple[float, float, float]) -> int:
         async with self._db.write() as conn:

@@ -322,7 +322,9 @@ async def write_raw(readings: ReadingsStore, channels: int, start: float, end: f
         t = stop
 
 
-async def generate(out: Path, days: int, channels: int, *, resume: bool) -> float:
+async def generate(
+    out: Path, days: int, channels: int, *, resume: bool, retain: bool = True
+) -> float:
     metering = MeteringConfig()
     async with open_database(out) as db:
         await db.conn.execute("PRAGMA synchronous = OFF")
@@ -360,7 +362,8 @@ async def generate(out: Path, days: int, channels: int, *, resume: bool) -> floa
                         retention=metering.retention,
                         max_gap=metering.max_gap,
                     )
-                await retention.run_once(now=day + DAY + 7200)
+                if retain:
+                    await retention.run_once(now=day + DAY + 7200)
                 await db.truncate_wal()
                 day += DAY
             await write_raw(readings, channels, raw_start, end)
@@ -370,10 +373,60 @@ async def generate(out: Path, days: int, channels: int, *, resume: bool) -> floa
             retention=metering.retention,
             max_gap=metering.max_gap,
         )
-        await retention.run_once(now=end)
+        if retain:
+            await retention.run_once(now=end)
         await meta.put(**{NOW_KEY: end})
         await db.truncate_wal()
     return end
+
+
+async def _probe(db: Database, stop: asyncio.Event, waits: list[float]) -> None:
+    """A stand-in for the webhook: one small write every 10 ms; how long each took."""
+    n = 0
+    while not stop.is_set():
+        started = time.perf_counter()
+        await db.write_one(
+            "INSERT INTO meta (key, value) VALUES ('bench.probe', ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (str(n),),
+        )
+        waits.append((time.perf_counter() - started) * 1000)
+        n += 1
+        await asyncio.sleep(0.01)
+
+
+def _spread(name: str, waits: list[float]) -> str:
+    ranked = sorted(waits)
+    pick = lambda q: ranked[min(len(ranked) - 1, int(q * len(ranked)))]  # noqa: E731
+    return (
+        f"{name}: {len(ranked)} writes, p50 {pick(0.5):.2f} ms, p99 {pick(0.99):.2f} ms, "
+        f"max {ranked[-1]:.2f} ms"
+    )
+
+
+async def catch_up(out: Path, now: float) -> None:
+    """One retention pass with the gateway's settings (synchronous=FULL, 5 ms pauses), timed,
+    beside a probe writer; the probe alone for as long before it."""
+    async with open_database(out) as db:
+        stop, alone = asyncio.Event(), []
+        probe = asyncio.create_task(_probe(db, stop, alone))
+        await asyncio.sleep(3.0)
+        stop.set()
+        await probe
+        stop, beside = asyncio.Event(), []
+        probe = asyncio.create_task(_probe(db, stop, beside))
+        started = time.perf_counter()
+        tally = await Retention(db).run_once(now=now)
+        took = time.perf_counter() - started
+        stop.set()
+        await probe
+        await db.truncate_wal()
+    print(
+        f"catch-up pass: {took:.1f} s, {tally.slices} slices, longest (ms) {tally.longest_ms}, "
+        f"{tally.pages_freed} pages given back; rows {tally.rows}"
+    )
+    print(_spread("probe writer without retention (3 s)", alone))
+    print(_spread("probe writer during the catch-up pass", beside))
 
 
 async def check_first_month(out: Path) -> None:
@@ -407,13 +460,31 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--channels", type=int, default=20)
     parser.add_argument("--continue", dest="resume", action="store_true", help="add days to --out")
+    parser.add_argument(
+        "--no-retention",
+        dest="retain",
+        action="store_false",
+        help="never run retention (a gateway from before it); see --catch-up",
+    )
+    parser.add_argument(
+        "--catch-up",
+        action="store_true",
+        help="then one retention pass as the gateway runs it, timed, with a writer probing "
+        "the write turn every 10 ms (and the same probe before it, without retention)",
+    )
     args = parser.parse_args()
     started = time.perf_counter()
-    end = asyncio.run(generate(args.out, args.days, args.channels, resume=args.resume))
+    end = asyncio.run(
+        generate(args.out, args.days, args.channels, resume=args.resume, retain=args.retain)
+    )
     took = time.perf_counter() - started
     print(f"simulated up to {_iso(end)} ({args.days} days) in {took:.1f} s")
     for line in stats_text(database_stats(args.out, now=end)):
         print(line)
+    if args.catch_up:
+        asyncio.run(catch_up(args.out, end))
+        for line in stats_text(database_stats(args.out, now=end)):
+            print(line)
     asyncio.run(check_first_month(args.out))
     return 0
 

@@ -2,7 +2,8 @@
 
 The rules (what goes, when, and what stays) are in :mod:`gateway.store.retention_policy`;
 this module holds them as SQL (:data:`RULES`, also read by ``ecgw db stats``) and runs
-them. Each slice is one short write transaction of at most ``slice_rows`` rows, and the
+them. Each slice is one short write transaction of at most ``slice_rows`` rows deleted
+(``blob_rows`` for the rows whose body or payload is dropped: each is a page or more), and the
 pass waits ``pause`` between slices, so the webhook's and the scheduler's writes, which
 queue for the same write turn (``Database.write``), wait at most one slice.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass, field
 
 from gateway.store.database import Database
@@ -99,9 +101,16 @@ class RetentionTally:
     rows: dict[str, int] = field(default_factory=dict)
     slices: int = 0
     pages_freed: int = 0
+    longest_ms: dict[str, float] = field(default_factory=dict)
+    """Per rule (and ``vacuum``), the longest slice in milliseconds: its reads, its wait for
+    the write turn and its transaction; about what a webhook queued behind it waits."""
 
     def add(self, rule: str, count: int) -> None:
         self.rows[rule] = self.rows.get(rule, 0) + count
+
+    def took(self, what: str, started: float) -> None:
+        ms = round((time.perf_counter() - started) * 1000, 2)
+        self.longest_ms[what] = max(self.longest_ms.get(what, 0.0), ms)
 
 
 class Retention:
@@ -110,12 +119,14 @@ class Retention:
         db: Database,
         *,
         slice_rows: int = 100,
+        blob_rows: int = 16,
         pause: float = 0.005,
-        vacuum_pages: int = 256,
+        vacuum_pages: int = 128,
         keep_free_pages: int = 256,
     ) -> None:
         self._db = db
         self._slice = slice_rows
+        self._blob_rows = blob_rows
         self._pause = pause
         self._vacuum_pages = vacuum_pages
         self._keep = keep_free_pages
@@ -125,27 +136,30 @@ class Retention:
         params = params_at(now)
         tally = RetentionTally()
         for rule in RULES:
+            limit = self._slice if rule.blob is None else self._blob_rows
             while True:
+                started = time.perf_counter()
                 if rule is BODIES:
-                    count = await self._drop_bodies(params, now)
+                    count = await self._drop_bodies(params, now, limit)
                 elif rule.blob is not None:
-                    count = await self._empty(rule, params, now)
+                    count = await self._empty(rule, params, now, limit)
                 else:
-                    count = await self._delete(rule, params)
+                    count = await self._delete(rule, params, limit)
+                tally.took(rule.name, started)
                 tally.add(rule.name, count)
                 if count:
                     tally.slices += 1
-                if count < self._slice:
+                if count < limit:
                     break
                 await asyncio.sleep(self._pause)
-        tally.pages_freed = await self.give_back()
+        tally.pages_freed = await self.give_back(tally)
         return tally
 
-    async def _drop_bodies(self, params: tuple[float, float, float], now: float) -> int:
+    async def _drop_bodies(self, params: tuple[float, float, float], now: float, limit: int) -> int:
         """Bodies are frozen: their totals are computed from a snapshot, before the write."""
         rows = await self._db.fetchall(
             f"SELECT id, body FROM outbox WHERE {BODIES.where} ORDER BY id LIMIT ?4",  # noqa: S608
-            (*params, self._slice),
+            (*params, limit),
         )
         if not rows:
             return 0
@@ -159,11 +173,13 @@ class Retention:
             totals,
         )
 
-    async def _empty(self, rule: Rule, params: tuple[float, float, float], now: float) -> int:
+    async def _empty(
+        self, rule: Rule, params: tuple[float, float, float], now: float, limit: int
+    ) -> int:
         return await self._slim(
             rule,
             f"rowid IN (SELECT rowid FROM {rule.table} WHERE {rule.where} LIMIT ?4)",  # noqa: S608
-            (*params, self._slice),
+            (*params, limit),
             now,
         )
 
@@ -205,33 +221,40 @@ class Retention:
             )
             return len(rows)
 
-    async def _delete(self, rule: Rule, params: tuple[float, float, float]) -> int:
+    async def _delete(self, rule: Rule, params: tuple[float, float, float], limit: int) -> int:
         async with self._db.write() as conn:
             cur = await conn.execute(
                 f"DELETE FROM {rule.table} WHERE rowid IN "  # noqa: S608
                 f"(SELECT rowid FROM {rule.table} WHERE {rule.where} LIMIT ?4)",
-                (*params, self._slice),
+                (*params, limit),
             )
             return cur.rowcount
 
-    async def give_back(self) -> int:
+    async def give_back(self, tally: RetentionTally | None = None) -> int:
         """``PRAGMA incremental_vacuum`` in slices while more than ``keep_free_pages`` are
         free; returns the pages given back (0 on a file without auto_vacuum)."""
-        freed = 0
         mode = await self._db.fetchone("PRAGMA auto_vacuum")
         if mode is None or int(mode[0]) != 2:  # 2: INCREMENTAL
             return 0
-        before = None
+        first: int | None = None
+        before: int | None = None
         while True:
             row = await self._db.fetchone("PRAGMA freelist_count")
             free = int(row[0]) if row else 0
+            first = free if first is None else first
             if free <= self._keep or (before is not None and free >= before):
-                return freed  # done, or the free list no longer shrinks (nothing to move)
+                return first - free  # done, or the free list no longer shrinks
             before = free
             spare = free - self._keep
             step = min(spare, self._vacuum_pages)
-            await self._db.write_one(f"PRAGMA incremental_vacuum({step})")
-            freed += step
+            started = time.perf_counter()
+            async with self._db.write() as conn:
+                # executescript: sqlite3's execute() steps the pragma once, which moves one
+                # page whatever N says. It commits the (empty) BEGIN first; the pragma then
+                # runs as its own transaction, still in our write turn.
+                await conn.executescript(f"PRAGMA incremental_vacuum({step})")
+            if tally is not None:
+                tally.took("vacuum", started)
             await asyncio.sleep(self._pause)
 
 

@@ -3,15 +3,17 @@ reports never touched, space given back)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import sqlite3
 from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway import render
-from gateway.store.database import Database, open_database
+from gateway.store.database import Database, hold_state_dir, open_database
 from gateway.store.inbox import Inbox, NewEvent
 from gateway.store.outbox import Outbox
 from gateway.store.outbox_states import Delivered, Retry
@@ -177,6 +179,9 @@ async def test_a_delivered_report_keeps_its_key_and_report_id_after_its_body_goe
     (row,) = json.loads(shown.stdout)
     assert row["report_id"] == "spark-report-1"
     assert row["body"] is None and row["body_dropped"].startswith("by retention")
+    replan = ecgw("events", "replan", "ev-done", config=config)
+    assert replan.returncode == 2
+    assert "payload was dropped by retention" in replan.stderr
     stats = ecgw("db", "stats", config=config)
     assert stats.returncode == 0, stats.stderr
     assert "outbox" in stats.stdout and "retention would drop now" in stats.stdout
@@ -210,3 +215,25 @@ async def test_incremental_vacuum_gives_the_freed_pages_back_to_the_file_system(
         assert await db.truncate_wal()
         assert path.stat().st_size < full / 4
         assert len(await outbox.items(state="delivered")) == 600
+
+
+async def test_db_vacuum_turns_an_older_file_to_incremental_and_waits_for_a_stopped_gateway(
+    tmp_path: Path,
+) -> None:
+    config = offline_config(tmp_path)
+    path = tmp_path / "state" / "ecgw.sqlite3"
+    async with open_database(path):
+        pass
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:  # pre-auto_vacuum
+        conn.execute("PRAGMA auto_vacuum = NONE")
+        conn.execute("VACUUM")
+        assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+    async with hold_state_dir(tmp_path / "state"):  # a gateway runs on it
+        refused = ecgw("db", "vacuum", config=config)
+    assert refused.returncode == 2 and "another gateway" in refused.stderr
+    done = ecgw("db", "vacuum", config=config)
+    assert done.returncode == 0, done.stderr
+    assert "auto_vacuum incremental" in done.stdout
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+    assert "auto_vacuum incremental" in ecgw("db", "stats", config=config).stdout

@@ -98,13 +98,13 @@ def _stats(conn: sqlite3.Connection, path: Path, now: float) -> DbStats:
     for rule in RULES:
         count = _one(
             conn,
-            f"SELECT COUNT(*) FROM (SELECT 1 FROM {rule.table} WHERE {rule.where} LIMIT ?4)",  # noqa: S608
+            f"SELECT COUNT(*) FROM (SELECT 1 FROM {rule.source} WHERE {rule.where} LIMIT ?4)",  # noqa: S608
             params,
         )
         if rule.blob is not None:
             size = _one(
                 conn,
-                f"SELECT SUM(n) FROM (SELECT length({rule.blob}) AS n FROM {rule.table} "  # noqa: S608
+                f"SELECT SUM(n) FROM (SELECT length({rule.blob}) AS n FROM {rule.source} "  # noqa: S608
                 f"WHERE {rule.where} LIMIT ?4)",
                 params,
             )

@@ -16,7 +16,7 @@ from gateway import render
 from gateway.store.database import Database, hold_state_dir, open_database
 from gateway.store.inbox import Inbox, NewEvent
 from gateway.store.outbox import Outbox
-from gateway.store.outbox_states import Delivered, Retry
+from gateway.store.outbox_states import Dead, Delivered, Retry
 from gateway.store.retention import Retention
 from gateway.store.retention_policy import (
     MONTH_MARGIN,
@@ -99,6 +99,7 @@ JAN = dt.datetime(2026, 1, 15, 12, tzinfo=UTC).timestamp()
 FEB_1 = dt.datetime(2026, 2, 1, tzinfo=UTC).timestamp()
 MAR_7 = dt.datetime(2026, 3, 7, 23, tzinfo=UTC).timestamp()  # February closed < 7 days ago
 MAR_9 = dt.datetime(2026, 3, 9, tzinfo=UTC).timestamp()
+MAY_1 = dt.datetime(2026, 5, 1, tzinfo=UTC).timestamp()
 
 
 async def _delivered(db: Database, event_id: str, report_id: str, kwh: float) -> None:
@@ -142,6 +143,17 @@ async def test_a_delivered_report_keeps_its_key_and_report_id_after_its_body_goe
         (item,) = await outbox.claim(now=JAN, limit=1)
         await outbox.record([(item.id, Retry(503, "unavailable", MAR_9 + 3600))], now=JAN)
         await _event(db, "ev-open", "planned")
+        for event_id in ("ev-flight", "ev-dead"):  # one being sent now; one Spark refused
+            assert await outbox.enqueue(
+                event_id=event_id,
+                kind="EnergyUsage",
+                body=report_body(event_id),
+                source="planner",
+                now=JAN,
+                deadline=FEB_1,
+            )
+        flight, dead = await outbox.claim(now=JAN, limit=2)
+        await outbox.record([(dead.id, Dead(400, "refused"))], now=JAN)
 
         retention = Retention(db, pause=0.0)
         early = await retention.run_once(now=MAR_7)
@@ -167,6 +179,15 @@ async def test_a_delivered_report_keeps_its_key_and_report_id_after_its_body_goe
         assert await outbox.retry([done.id], now=MAR_9) == 0
         (waiting,) = await outbox.find("ev-waiting")
         assert waiting.state == "pending" and waiting.body == report_body("ev-waiting")
+        for item, state in ((flight, "in_flight"), (dead, "dead")):
+            (kept,) = await outbox.find(item.event_id)
+            assert kept.state == state and kept.body == report_body(item.event_id)
+        # 90 days after it was refused, and its month closed: the dead report's body goes too
+        await retention.run_once(now=MAY_1)
+        (gone,) = await outbox.find("ev-dead")
+        assert gone.body == b"" and gone.last_error == "refused"
+        assert (await outbox.find("ev-flight"))[0].body == report_body("ev-flight")
+        assert (await outbox.find("ev-waiting"))[0].body == report_body("ev-waiting")
         inbox = Inbox(db)
         assert (await inbox.get("ev-done")).payload == b""  # type: ignore[union-attr]
         assert (await inbox.get("ev-waiting")).payload != b""  # type: ignore[union-attr]

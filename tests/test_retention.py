@@ -24,6 +24,7 @@ from gateway.store.retention_policy import (
     cutoffs,
     report_totals,
 )
+from gateway.store.schema import MIGRATIONS
 from tests.kit.gateway import report_body
 from tests.kit.proc import ecgw, offline_config
 
@@ -258,3 +259,33 @@ async def test_db_vacuum_turns_an_older_file_to_incremental_and_waits_for_a_stop
     with contextlib.closing(sqlite3.connect(path)) as conn:
         assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
     assert "auto_vacuum incremental" in ecgw("db", "stats", config=config).stdout
+
+
+async def test_a_database_from_before_retention_is_migrated_and_kept_without_vacuum(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.sqlite3"
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        for version, migration in enumerate(MIGRATIONS[:4], start=1):
+            conn.executescript(migration)
+            conn.execute(f"PRAGMA user_version = {version}")
+        conn.execute(
+            "INSERT INTO outbox (event_id, kind, body, idempotency_key, source, state, "
+            "next_attempt_at, report_id, deadline, created_at, updated_at, delivered_at) "
+            "VALUES ('old', 'EnergyUsage', ?, 'k', 'planner', 'delivered', 0, 'spark-9', "
+            "?, ?, ?, ?)",
+            (report_body("old", kwh=4.0), FEB_1, JAN, JAN, JAN),
+        )
+    async with open_database(path) as db:
+        tally = await Retention(db, pause=0.0, keep_free_pages=0).run_once(now=MAR_9)
+        (item,) = await Outbox(db).find("old")
+        assert (
+            await Outbox(db).enqueue(
+                event_id="old", kind="EnergyUsage", body=b"{}", source="manual", now=MAR_9
+            )
+            is False
+        )
+    assert tally.rows["report bodies"] == 1 and tally.pages_freed == 0  # no auto_vacuum yet
+    assert item.body == b"" and item.report_id == "spark-9"
+    assert json.loads(item.kwh_totals or "") == {"EnergyUsage res-1/loc-1": 4.0}

@@ -59,6 +59,7 @@ from gateway.store.meta import Meta
 from gateway.store.observed import Observed
 from gateway.store.outbox import Outbox
 from gateway.store.readings import ReadingsStore
+from gateway.store.retention import Retention
 from gateway.supervise import Supervisor
 
 __all__ = ["Gateway", "load_adapters", "webhook_settings"]
@@ -67,6 +68,7 @@ log = structlog.get_logger("gateway.app")
 
 HEARTBEAT_EVERY = 15.0
 COMPACT_EVERY = 3600.0
+RETAIN_EVERY = 3600.0
 
 
 def webhook_settings(config: Config) -> WebhookSettings | None:
@@ -304,6 +306,11 @@ class Gateway:
                     functools.partial(self._compact, readings),
                     backoff=Backoff(60.0, COMPACT_EVERY),  # a failed pass waits, up to an hour
                 )
+                loops.start(
+                    "retention",
+                    functools.partial(self._retain, Retention(db)),
+                    backoff=Backoff(60.0, RETAIN_EVERY),
+                )
                 if config.poll is not None:
                     poller = Poller(
                         api,
@@ -387,3 +394,11 @@ class Gateway:
             )
             log.info("readings.compacted", **dataclasses.asdict(stats))
             await asyncio.sleep(COMPACT_EVERY)
+
+    async def _retain(self, retention: Retention) -> None:
+        """Retention now and every RETAIN_EVERY, in short slices (gateway.store.retention)."""
+        while True:
+            tally = await retention.run_once(now=self.clock())
+            if tally.slices or tally.pages_freed:
+                log.info("retention.pass", **dataclasses.asdict(tally))
+            await asyncio.sleep(RETAIN_EVERY)

@@ -27,7 +27,7 @@ from gateway.config import Config, key_name, load_config, parse_listen
 from gateway.config_probes import require_runnable
 from gateway.config_schema import cmd_config_schema
 from gateway.control.plan_view import event_window, plan_record
-from gateway.db_commands import cmd_db_backup, cmd_db_check
+from gateway.db_commands import cmd_db_backup, cmd_db_check, cmd_db_stats, cmd_db_vacuum
 from gateway.errors import (
     AdapterLoadError,
     ConfigError,
@@ -54,7 +54,7 @@ from gateway.reports.scheduler import ReportJobs, build_job, read_overrides
 from gateway.status import status_record, status_text
 from gateway.store.control import ControlStore
 from gateway.store.database import open_database
-from gateway.store.inbox import Inbox
+from gateway.store.inbox import Inbox, InboxEvent
 from gateway.store.meta import Meta
 from gateway.store.outbox import Outbox, OutboxItem
 from gateway.store.readings import ReadingsStore
@@ -274,12 +274,23 @@ async def cmd_events_show(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
+def _require_payload(event: InboxEvent | None, event_id: str) -> InboxEvent:
+    """The event, if the inbox has it with its payload (retention drops old ones)."""
+    if event is None:
+        raise UsageError(f"no event {event_id!r} in the inbox")
+    if event.payload_dropped_at is not None:
+        raise UsageError(
+            f"event {event_id!r}: its payload was dropped by retention at "
+            f"{render.iso(event.payload_dropped_at)} (its month is closed); nothing to plan"
+        )
+    return event
+
+
 async def cmd_events_replan(args: argparse.Namespace, config: Config) -> int:
     """Plan a quarantined event again, once its cause is fixed (a running gateway sees it
     on its next scheduler pass)."""
     async with open_database(config.db_path) as db:
-        if await Inbox(db).get(args.event_id) is None:
-            raise UsageError(f"no event {args.event_id!r} in the inbox")
+        _require_payload(await Inbox(db).get(args.event_id), args.event_id)
         released = await ReportJobs(db).release(args.event_id)
     shown = render.printable(args.event_id)
     if released:
@@ -349,9 +360,7 @@ async def cmd_report_submit(args: argparse.Namespace, config: Config) -> int:
 async def cmd_report_preview(args: argparse.Namespace, config: Config) -> int:
     """Plan and build the event's reports now, from the stored readings; queue nothing."""
     async with open_database(config.db_path) as db:
-        event = await Inbox(db).get(args.event_id)
-        if event is None:
-            raise UsageError(f"no event {args.event_id!r} in the inbox")
+        event = _require_payload(await Inbox(db).get(args.event_id), args.event_id)
         plan = plan_event(
             event.event_id,
             wire.decode_event_payload(event.payload),
@@ -548,12 +557,19 @@ def _parser() -> argparse.ArgumentParser:
         into=rsub,
     ).add_argument("event_id")
 
-    database = sub.add_parser("db", help="back up and check the database")
+    database = sub.add_parser("db", help="back up, check, measure and vacuum the database")
     dsub = database.add_subparsers(dest="action", required=True, metavar="ACTION")
     backup = add("backup", cmd_db_backup, "copy the database (safe while running)", into=dsub)
     backup.add_argument("file", metavar="PATH", help="the copy to write")
     backup.add_argument("--force", action="store_true", help="overwrite an existing PATH")
     add("check", cmd_db_check, "full integrity check and schema version", into=dsub)
+    add(
+        "stats",
+        cmd_db_stats,
+        "rows and bytes per table, free pages, what retention frees",
+        into=dsub,
+    )
+    add("vacuum", cmd_db_vacuum, "rewrite the file once so freed space goes back", into=dsub)
 
     probe = add("probe", cmd_probe, "read one adapter once and print what it gives")
     probe.add_argument("adapter")

@@ -62,8 +62,11 @@ def outbox_record(item: OutboxItem, *, body: bool = False) -> dict[str, Any]:
         "delivered_at": iso(item.delivered_at),
         "deadline": iso(item.deadline),
     }
+    if item.body_dropped_at is not None:
+        record["body_dropped"] = f"by retention at {iso(item.body_dropped_at)} (its month closed)"
+        record["kwh_totals"] = json.loads(item.kwh_totals) if item.kwh_totals else None
     if body:
-        record["body"] = json.loads(item.body)
+        record["body"] = None if item.body_dropped_at is not None else json.loads(item.body)
     return record
 
 
@@ -79,7 +82,11 @@ def event_record(event: InboxEvent, *, payload: bool = False) -> dict[str, Any]:
         "plan_state": event.plan_state,
         "plan_note": event.plan_note,
     }
-    if payload:
+    if event.payload_dropped_at is not None:
+        record["payload_dropped"] = f"by retention at {iso(event.payload_dropped_at)}"
+    if payload and event.payload_dropped_at is not None:
+        record["payload"] = None
+    elif payload:
         try:
             record["payload"] = json.loads(event.payload)
         except (ValueError, RecursionError):  # a quarantined event is kept as it came

@@ -26,7 +26,7 @@ from gateway.errors import StoreCorrupt, StoreError
 from gateway.store.database import BUSY_TIMEOUT_MS, store_error
 from gateway.store.schema import MIGRATIONS
 
-__all__ = ["CheckResult", "backup_database", "check_database"]
+__all__ = ["CheckResult", "backup_database", "check_database", "read_only"]
 
 MAX_PROBLEMS = 20  # integrity_check lines kept: a wrecked file can give thousands
 
@@ -72,6 +72,9 @@ def _read_only(path: Path) -> Iterator[sqlite3.Connection]:
         yield conn
     finally:
         conn.close()
+
+
+read_only = _read_only  # for the other one-shot commands (gateway.store.space)
 
 
 def _check(conn: sqlite3.Connection, path: Path) -> CheckResult:

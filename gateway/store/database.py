@@ -166,6 +166,9 @@ class Database:
 
 
 async def _configure(conn: aiosqlite.Connection) -> None:
+    # Before the first table: a new file gives freed pages back (gateway.store.retention runs
+    # incremental_vacuum); on an older file it waits for one VACUUM (``ecgw db vacuum``).
+    await conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     await conn.execute("PRAGMA journal_mode = WAL")
     await conn.execute("PRAGMA synchronous = FULL")
     await conn.execute("PRAGMA foreign_keys = ON")

@@ -55,6 +55,8 @@ class InboxEvent:
     payload: bytes
     plan_state: str
     plan_note: str | None
+    payload_dropped_at: float | None = None
+    """When retention dropped the payload (``payload`` is then empty)."""
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> InboxEvent:
@@ -69,6 +71,7 @@ class InboxEvent:
             payload=bytes(row["payload"]),
             plan_state=row["plan_state"],
             plan_note=row["plan_note"],
+            payload_dropped_at=row["payload_dropped_at"],
         )
 
 

@@ -64,6 +64,10 @@ class OutboxItem:
     created_at: float
     updated_at: float
     delivered_at: float | None
+    kwh_totals: str | None = None
+    """JSON, per target the kWh of a body retention dropped (gateway.store.retention)."""
+    body_dropped_at: float | None = None
+    """When retention dropped the body (``body`` is then empty); None while it is kept."""
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> OutboxItem:
@@ -274,7 +278,8 @@ class Outbox:
         async with self._write() as conn:
             cur = await conn.execute(
                 f"UPDATE outbox SET state = {_to(_E.RETRY_NOW)}, next_attempt_at = ?, "  # noqa: S608
-                f"updated_at = ? WHERE {_where(_E.RETRY_NOW)} AND id IN ({marks})",
+                f"updated_at = ? WHERE {_where(_E.RETRY_NOW)} AND body_dropped_at IS NULL "
+                f"AND id IN ({marks})",
                 (now, now, *ids),
             )
             return cur.rowcount

@@ -169,4 +169,24 @@ CREATE TABLE overrides (
 )
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
+# Retention (gateway.store.retention): a delivered report's frozen body and its event's
+# payload are dropped once their month is closed (the rules: gateway.store.retention_policy);
+# the row stays for de-duplication and audit. ``kwh_totals``: per target, the kWh the dropped
+# body reported (JSON, computed from it first); ``body_dropped_at`` / ``payload_dropped_at``:
+# when. The partial indexes hold only the rows that still carry a body or payload, with the
+# columns retention's rules test, so a pass reads neither the years of slim rows nor the
+# bodies it keeps.
+_V5 = """
+ALTER TABLE outbox ADD COLUMN kwh_totals TEXT;
+ALTER TABLE outbox ADD COLUMN body_dropped_at REAL;
+ALTER TABLE events ADD COLUMN payload_dropped_at REAL;
+CREATE INDEX outbox_with_body ON outbox (state, deadline, updated_at, delivered_at)
+    WHERE body_dropped_at IS NULL;
+CREATE INDEX events_with_payload ON events (plan_state, received_at)
+    WHERE payload_dropped_at IS NULL;
+CREATE INDEX commands_by_time ON commands (requested_at);
+CREATE INDEX report_jobs_by_time ON report_jobs (at);
+CREATE INDEX lpc_decisions_by_time ON lpc_decisions (decided_at)
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)

@@ -49,6 +49,8 @@ class Observed:
     async def oldest_pending(self) -> OldestPending | None:
         row = await self._db.fetchone(
             "SELECT event_id, kind, created_at, deadline FROM outbox "
+            # named: with statistics (ANALYZE) SQLite may walk every delivered row by time
+            "INDEXED BY outbox_by_state_created "
             "WHERE state IN ('pending', 'in_flight') ORDER BY created_at, id LIMIT 1"
         )
         if row is None:

@@ -82,25 +82,32 @@ def header_problem(head: bytes, size: int, *, wal_has_frames: bool) -> str | Non
 
 
 def _read_header(path: Path) -> tuple[bytes, int, bool]:
-    with path.open("rb") as file:
-        size = os.fstat(file.fileno()).st_size
-        head = file.read(HEADER_SIZE)
+    """``(first 100 bytes, size, WAL has frames)``: the WAL first, the size last, so that a
+    checkpoint running meanwhile (it writes page 1 first, then the pages after it) leaves
+    frames in the WAL or a size at least as new as the header."""
     try:
         wal = path.with_name(path.name + "-wal").stat().st_size
     except FileNotFoundError:
         wal = 0
+    with path.open("rb") as file:
+        head = file.read(HEADER_SIZE)
+        size = os.fstat(file.fileno()).st_size
     return head, size, wal > 0
 
 
 async def check_header(path: Path) -> None:
-    """StoreCorrupt if the header says the file is not (or no longer) a whole database."""
+    """StoreCorrupt if the header says the file is not (or no longer) a whole database.
+
+    A problem counts only if a second look finds the file unchanged: a running gateway
+    may be writing the file while a command opens it (a checkpoint, its first commit)."""
     try:
-        head, size, wal_has_frames = await asyncio.to_thread(_read_header, path)
+        first = await asyncio.to_thread(_read_header, path)
+        problem = header_problem(first[0], first[1], wal_has_frames=first[2])
+        if problem is None or await asyncio.to_thread(_read_header, path) != first:
+            return
     except OSError:
         return  # unreadable: SQLite's own open says why, as a StoreError
-    problem = header_problem(head, size, wal_has_frames=wal_has_frames)
-    if problem is not None:
-        raise corrupt(path, problem)
+    raise corrupt(path, problem)
 
 
 def _quoted(name: str) -> str:
@@ -130,10 +137,18 @@ def probe_statements(btrees: list[tuple[str, str, str]]) -> list[str]:
 
 async def probe_btrees(conn: aiosqlite.Connection) -> int:
     """Read every table's and full index's root page and first leaf (sqlite3 errors rise;
-    the caller translates them). Returns how many b-trees were read."""
-    btrees = [(str(k), str(n), str(t)) for k, n, t in await conn.execute_fetchall(_BTREES)]
-    for statement in probe_statements(btrees):
-        await conn.execute_fetchall(statement)
+    the caller translates them). Returns how many b-trees were read.
+
+    One read transaction: a gateway migrating the file meanwhile (a command opening it as
+    it starts) cannot drop an index between the listing and its probe."""
+    await conn.execute("BEGIN")
+    try:
+        rows = await conn.execute_fetchall(_BTREES)
+        btrees = [(str(kind), str(name), str(table)) for kind, name, table in rows]
+        for statement in probe_statements(btrees):
+            await conn.execute_fetchall(statement)
+    finally:
+        await asyncio.shield(conn.rollback())  # nothing was written: only the snapshot ends
     return len(btrees)
 
 

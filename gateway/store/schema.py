@@ -169,4 +169,15 @@ CREATE TABLE overrides (
 )
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
+# Listings (``ecgw outbox list``, ``ecgw events list``: newest first, by state, since a
+# time) read only the rows they show, from an index, however big the table. The events
+# index by plan state and arrival serves the scheduler's ``WHERE plan_state = ? ORDER BY
+# received_at`` as well, so it replaces ``events_by_plan``.
+_V5 = """
+CREATE INDEX outbox_by_created ON outbox (created_at);
+CREATE INDEX outbox_by_state_created ON outbox (state, created_at);
+CREATE INDEX events_by_plan_received ON events (plan_state, received_at);
+DROP INDEX events_by_plan
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)

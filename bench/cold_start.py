@@ -14,6 +14,8 @@ which goes first (ABAB, BAAB, ...):
 * ``run``: ``ecgw run`` until its ``gateway.started`` line (ready; ``READY=1`` goes to
   systemd right after it), then SIGTERM (a clean stop, so the next start is clean too);
 * ``status``, ``outbox list``, ``events list``: the command's wall time to exit;
+* ``database part only``: the same opens and reads inside this process, without the
+  interpreter's start and imports (what grows with the file, if anything does);
 * ``run after kill``: with ``--unclean``, the same ``run`` after a ``kill -9`` of the
   previous one: the start then runs ``PRAGMA quick_check`` over the whole file.
 
@@ -223,8 +225,37 @@ def time_command(config: Path, *args: str) -> float:
     return elapsed
 
 
+def time_in_process(config: Path, what: str) -> float:
+    """The database part alone, in this process (no interpreter start, no imports): open as
+    ``ecgw run`` opens it, or open and read what ``ecgw status`` / ``outbox list`` read."""
+    from gateway.config import load_config
+    from gateway.listing import Filter
+    from gateway.status import status_record
+    from gateway.store.database import open_database
+    from gateway.store.listings import outbox_page
+
+    cfg = load_config(str(config))
+
+    async def run() -> None:
+        if what == "status":
+            await status_record(cfg, now=time.time())
+            return
+        async with open_database(cfg.db_path, full_check_after_crash=what == "open") as db:
+            if what == "outbox list":
+                await outbox_page(db, Filter())
+
+    started = time.perf_counter()
+    asyncio.run(run())
+    return time.perf_counter() - started
+
+
 def paired(
-    name: str, pairs: int, measure: Callable[[Path], float], states: dict[str, Path]
+    name: str,
+    pairs: int,
+    measure: Callable[[Path], float],
+    states: dict[str, Path],
+    *,
+    child: bool = True,
 ) -> dict[str, list[float]]:
     """``pairs`` pairs of (big, empty), each cold, the order alternating; prints each pair."""
     times: dict[str, list[float]] = {"big": [], "empty": []}
@@ -245,8 +276,8 @@ def paired(
         values = times[kind]
         print(
             f"  {kind:5s}: median {statistics.median(values):6.3f} s  "
-            f"spread {min(values):6.3f} .. {max(values):6.3f} s  "
-            f"(CPU of the whole process: median {statistics.median(cpu[kind]):5.3f} s)"
+            f"spread {min(values):6.3f} .. {max(values):6.3f} s"
+            + (f"  (CPU of the process: median {statistics.median(cpu[kind]):5.3f} s)" * child)
         )
     print(
         f"  ratio: median {statistics.median(ratios):5.2f}  "
@@ -324,6 +355,15 @@ def main() -> None:
             name = "ecgw " + " ".join(command)
             results[name] = paired(
                 name, args.pairs, by_config(lambda c, a=command: time_command(c, *a)), states
+            )
+        for what in ("open", "status", "outbox list"):
+            name = f"database part only, in this process: {what}"
+            results[name] = paired(
+                name,
+                args.pairs,
+                by_config(lambda c, w=what: time_in_process(c, w)),
+                states,
+                child=False,
             )
         if args.unclean:
             for state in states.values():  # leave each with a run that did not stop cleanly

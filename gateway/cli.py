@@ -55,7 +55,7 @@ from gateway.status import status_record, status_text
 from gateway.store.control import ControlStore
 from gateway.store.database import open_database
 from gateway.store.inbox import Inbox
-from gateway.store.listings import events_page, outbox_page
+from gateway.store.listings import Page, events_page, outbox_page
 from gateway.store.meta import Meta
 from gateway.store.outbox import Outbox, OutboxItem
 from gateway.store.readings import ReadingsStore
@@ -204,9 +204,10 @@ def _listing(args: argparse.Namespace) -> listing.Filter:
     return listing.Filter(limit=args.limit, state=args.state, since=since)
 
 
-def _say_cut(shown: int, total: int, what: str, chosen: listing.Filter) -> None:
+def _say_cut(page: Page[Any], what: str, chosen: listing.Filter) -> None:
     """The listing is cut: one line on stderr (stdout stays the table or the JSON list)."""
-    if (note := listing.cut_note(shown, total, what, chosen)) is not None:
+    note = listing.cut_note(len(page.rows), page.total, what, chosen, exact=page.exact)
+    if note is not None:
         sys.stderr.write(f"ecgw: {note}\n")
 
 
@@ -217,7 +218,7 @@ async def cmd_outbox_list(args: argparse.Namespace, config: Config) -> int:
         page = await outbox_page(db, chosen)
     records = [render.outbox_record(i) for i in page.rows]
     _out(render.to_json(records) if args.json else render.table(records, OUTBOX_COLUMNS))
-    _say_cut(len(page.rows), page.total, "reports", chosen)
+    _say_cut(page, "reports", chosen)
     return EXIT_OK
 
 
@@ -288,7 +289,7 @@ async def cmd_events_list(args: argparse.Namespace, config: Config) -> int:
         page = await events_page(db, chosen)
     records = [render.event_record(e) for e in page.rows]
     _out(render.to_json(records) if args.json else render.table(records, EVENT_COLUMNS))
-    _say_cut(len(page.rows), page.total, "events", chosen)
+    _say_cut(page, "events", chosen)
     return EXIT_OK
 
 

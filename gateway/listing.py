@@ -75,15 +75,18 @@ def parse_limit(text: str) -> int:
     return limit
 
 
-def cut_note(shown: int, total: int, what: str, chosen: Filter) -> str | None:
-    """One line when the listing does not show every row that matches; else None."""
+def cut_note(
+    shown: int, total: int, what: str, chosen: Filter, *, exact: bool = True
+) -> str | None:
+    """One line when the listing does not show every row that matches; else None.
+    ``exact`` False: ``total`` is where counting stopped ("more than")."""
     if shown >= total:
         return None
     which = f"{chosen.state} {what}" if chosen.state else what
     since = "" if chosen.since is None else f" since {_moment(chosen.since)}"
+    of = f"{total:,}" if exact else f"more than {total - 1:,}"
     return (
-        f"showing the newest {shown:,} of {total:,} {which}{since}; "
-        "use --limit or --since to see others"
+        f"showing the newest {shown:,} of {of} {which}{since}; use --limit or --since to see others"
     )
 
 

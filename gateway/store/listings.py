@@ -5,7 +5,8 @@ row id breaking ties (the later insert first). Each query names the index it rea
 (migration 5: ``outbox_by_created``, ``outbox_by_state_created``,
 ``events_by_plan_received``; ``events_by_received`` from the start), so a listing reads
 only the rows it shows, in index order, however big the table and whatever statistics
-``ANALYZE`` may have gathered; the count reads the same index, not the table. The rows
+``ANALYZE`` may have gathered; the count reads the same index, not the table, and stops
+after :data:`COUNT_CAP` entries. The rows
 are read first, then the count (each its own snapshot): a row queued in between makes
 the count one higher, never hides a cut.
 """
@@ -21,15 +22,24 @@ from gateway.store.database import Database
 from gateway.store.inbox import InboxEvent
 from gateway.store.outbox import OutboxItem
 
-__all__ = ["Page", "events_page", "outbox_page"]
+__all__ = ["COUNT_CAP", "Page", "events_page", "outbox_page"]
 
 T = TypeVar("T")
+
+
+COUNT_CAP = 10_000
+"""A listing counts the rows that match up to this many (the count reads index entries,
+one per row: beyond this it says "more than")."""
 
 
 @dataclass(frozen=True, slots=True)
 class Page(Generic[T]):
     rows: list[T]
-    total: int  # rows that match the filter, shown or not
+    total: int  # rows that match the filter, shown or not, counted up to COUNT_CAP + 1
+
+    @property
+    def exact(self) -> bool:
+        return self.total <= COUNT_CAP
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +74,7 @@ def queries(table: _Table, chosen: Filter) -> tuple[str, str, tuple[object, ...]
         f"SELECT * FROM {source}{condition} "  # noqa: S608 - names from the constants above
         f"ORDER BY {table.at} DESC, rowid DESC LIMIT ?"
     )
-    count = f"SELECT COUNT(*) FROM {source}{condition}"  # noqa: S608
+    count = f"SELECT COUNT(*) FROM (SELECT 1 FROM {source}{condition} LIMIT {COUNT_CAP + 1})"  # noqa: S608
     return rows, count, tuple(params)
 
 

@@ -181,7 +181,10 @@ class Gateway:
             adapters, load_errors = load_adapters(config)
             for name, error in load_errors.items():
                 log.error("adapter.load_failed", adapter=name, error=str(error))
-            db = await stack.enter_async_context(open_database(config.db_path))
+            # after a run that did not stop cleanly, the whole file is checked first
+            db = await stack.enter_async_context(
+                open_database(config.db_path, full_check_after_crash=True)
+            )
             inbox, outbox, meta = Inbox(db), Outbox(db), Meta(db)
             stack.push_async_exit(self._record_stop(meta))  # runs last, before the db closes
             readings = ReadingsStore(db)

@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from gateway import render, wire
+from gateway import listing, render, wire
 from gateway.app import Gateway, load_adapters, webhook_settings
 from gateway.config import Config, key_name, load_config, parse_listen
 from gateway.config_probes import require_runnable
@@ -55,6 +55,7 @@ from gateway.status import status_record, status_text
 from gateway.store.control import ControlStore
 from gateway.store.database import open_database
 from gateway.store.inbox import Inbox, InboxEvent
+from gateway.store.listings import Page, events_page, outbox_page
 from gateway.store.meta import Meta
 from gateway.store.outbox import Outbox, OutboxItem
 from gateway.store.readings import ReadingsStore
@@ -184,6 +185,7 @@ OUTBOX_COLUMNS = (
     "event_id",
     "kind",
     "state",
+    "created_at",
     "attempts",
     "last_status",
     "report_id",
@@ -191,11 +193,32 @@ OUTBOX_COLUMNS = (
 )
 
 
+def _listing(args: argparse.Namespace) -> listing.Filter:
+    """``--limit``, ``--state``, ``--since`` of a listing; a bad value is a usage error."""
+    since = None
+    if args.since is not None:
+        try:
+            since = listing.parse_since(args.since, now=time.time())
+        except ValueError as exc:
+            raise UsageError(f"--since: {exc}") from None
+    return listing.Filter(limit=args.limit, state=args.state, since=since)
+
+
+def _say_cut(page: Page[Any], what: str, chosen: listing.Filter) -> None:
+    """The listing is cut: one line on stderr (stdout stays the table or the JSON list)."""
+    note = listing.cut_note(len(page.rows), page.total, what, chosen, exact=page.exact)
+    if note is not None:
+        sys.stderr.write(f"ecgw: {note}\n")
+
+
 async def cmd_outbox_list(args: argparse.Namespace, config: Config) -> int:
-    async with _stores(config) as (_, outbox, _meta):
-        items = await outbox.items(state=args.state, limit=args.limit)
-    records = [render.outbox_record(i) for i in items]
+    """Reports, newest first (by when they were queued)."""
+    chosen = _listing(args)
+    async with open_database(config.db_path) as db:
+        page = await outbox_page(db, chosen)
+    records = [render.outbox_record(i) for i in page.rows]
     _out(render.to_json(records) if args.json else render.table(records, OUTBOX_COLUMNS))
+    _say_cut(page, "reports", chosen)
     return EXIT_OK
 
 
@@ -249,14 +272,24 @@ async def cmd_outbox_purge(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
-EVENT_COLUMNS = ("event_id", "payload_type", "created_at", "received_via", "plan_state")
+EVENT_COLUMNS = (
+    "event_id",
+    "payload_type",
+    "created_at",
+    "received_via",
+    "received_at",
+    "plan_state",
+)
 
 
 async def cmd_events_list(args: argparse.Namespace, config: Config) -> int:
-    async with _stores(config) as (inbox, _, _meta):
-        events = await inbox.recent(limit=args.limit)
-    records = [render.event_record(e) for e in events]
+    """Events, newest first (by when they arrived)."""
+    chosen = _listing(args)
+    async with open_database(config.db_path) as db:
+        page = await events_page(db, chosen)
+    records = [render.event_record(e) for e in page.rows]
     _out(render.to_json(records) if args.json else render.table(records, EVENT_COLUMNS))
+    _say_cut(page, "events", chosen)
     return EXIT_OK
 
 
@@ -483,14 +516,38 @@ async def run_until_signalled_result(main: Coroutine[Any, Any, int]) -> int:
 Handler = Callable[[argparse.Namespace, Any], Coroutine[Any, Any, int]]
 
 
+def _arg(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse ``type`` from a parser raising ValueError: its message, not "invalid"."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "-c", "--config", default=argparse.SUPPRESS, help="config file (default: $ECGW_CONFIG)"
     )
-    listing = argparse.ArgumentParser(add_help=False)
-    listing.add_argument("--json", action="store_true", help="print JSON")
-    listing.add_argument("--limit", type=int, default=1000)
+    lists = argparse.ArgumentParser(add_help=False)
+    lists.add_argument("--json", action="store_true", help="print JSON")
+    lists.add_argument(
+        "--limit",
+        type=_arg(listing.parse_limit),
+        default=listing.DEFAULT_LIMIT,
+        help=f"show at most this many, the newest (default {listing.DEFAULT_LIMIT}); "
+        "when more match, a line on stderr says how many",
+    )
+    lists.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="only those since WHEN: a duration back from now (7d, 12h, 30m) or an ISO-8601 "
+        "time (2026-11-01, 2026-11-01T08:00:00Z; UTC if no offset)",
+    )
 
     parser = argparse.ArgumentParser(
         prog="ecgw", parents=[common], description="Energy Coordination Gateway"
@@ -512,8 +569,8 @@ def _parser() -> argparse.ArgumentParser:
 
     outbox = sub.add_parser("outbox", help="inspect and steer the report outbox")
     osub = outbox.add_subparsers(dest="action", required=True, metavar="ACTION")
-    lst = add("list", cmd_outbox_list, "list reports", listing, into=osub)
-    lst.add_argument("--state", choices=("pending", "in_flight", "delivered", "dead"))
+    lst = add("list", cmd_outbox_list, "list reports, newest first", lists, into=osub)
+    lst.add_argument("--state", choices=listing.OUTBOX_STATES, help="only reports in this state")
     add("show", cmd_outbox_show, "show reports of an id or event id", into=osub).add_argument("ref")
     for name, handler, help_ in (
         ("retry", cmd_outbox_retry, "make dead/pending reports due now"),
@@ -525,7 +582,9 @@ def _parser() -> argparse.ArgumentParser:
 
     events = sub.add_parser("events", help="inspect received events")
     esub = events.add_subparsers(dest="action", required=True, metavar="ACTION")
-    add("list", cmd_events_list, "list events, newest first", listing, into=esub)
+    add("list", cmd_events_list, "list events, newest first", lists, into=esub).add_argument(
+        "--state", choices=listing.EVENT_STATES, help="only events in this plan state"
+    )
     add("show", cmd_events_show, "show one event and its reports", into=esub).add_argument(
         "event_id"
     )

@@ -14,7 +14,7 @@ the module that talks to them, ``raise ... from exc``, and never leak upward.
     │   ├── UpstreamRejected     any other 4xx: the API will never accept this request
     │   └── AuthError            the token endpoint refused our credentials
     ├── StoreError             the local SQLite database cannot be used
-    │   └── StoreCorrupt         quick_check failed or the file is not a database
+    │   └── StoreCorrupt         the file is damaged or not a database
     └── AdapterError           a device adapter plugin misbehaved (names the adapter)
         ├── AdapterLoadError     the plugin could not be found, imported or configured
         └── AdapterReadError     one read failed; the adapter lives on
@@ -114,7 +114,8 @@ class StoreError(GatewayError):
 
 
 class StoreCorrupt(StoreError):
-    """The database file failed its integrity check; it is left untouched."""
+    """The database file is damaged or not a database (a check at open, or SQLite's
+    SQLITE_CORRUPT/NOTADB on a read); it is left untouched."""
 
 
 class AdapterError(GatewayError):

@@ -18,7 +18,6 @@ from gateway.config import Config
 from gateway.errors import StoreError
 from gateway.lifecycle import version
 from gateway.store.database import open_database
-from gateway.store.inbox import Inbox
 from gateway.store.meta import Meta
 from gateway.store.observed import ChannelLatest, Observed, OldestPending
 
@@ -62,7 +61,7 @@ async def status_record(config: Config, *, now: float) -> dict[str, Any]:
         outbox = await observed.outbox_by_state()
         oldest = await observed.oldest_pending()
         channels = await observed.channels()
-        events = await Inbox(db).count()
+        events = await observed.events_total()
     pid = facts.get("gateway.pid")
     running, why = process_state(facts, alive=pid_alive(pid))
     heartbeat = _num(facts.get("gateway.heartbeat"))

@@ -1,9 +1,11 @@
 """The one SQLite database: open, check, migrate, short write transactions, snapshot reads.
 
 WAL journal, ``synchronous=FULL`` (a committed transaction survives a power
-cut), versioned migrations in :mod:`gateway.store.schema`, and ``PRAGMA
-quick_check`` at start. A corrupt or unreadable file raises
-:class:`StoreCorrupt` and is never deleted or overwritten.
+cut), versioned migrations in :mod:`gateway.store.schema`. Opening checks what is
+cheap (header, WAL, schema and its version, each b-tree's root); ``ecgw run`` reads
+the whole file (``PRAGMA quick_check``) only after a run that did not stop cleanly
+(:mod:`gateway.store.open_checks` says what each check sees). A corrupt or unreadable
+file raises :class:`StoreCorrupt` and is never deleted or overwritten.
 
 Two connections: writes go through the writer, one ``BEGIN IMMEDIATE`` ...
 ``COMMIT`` at a time (``async with db.write() as conn:``); reads
@@ -34,6 +36,13 @@ from typing import Any
 import aiosqlite
 
 from gateway.errors import ConfigError, StoreCorrupt, StoreError
+from gateway.store.open_checks import (
+    check_header,
+    corrupt,
+    last_run_unclean,
+    probe_btrees,
+    quick_check,
+)
 from gateway.store.schema import MIGRATIONS
 
 __all__ = [
@@ -165,26 +174,18 @@ class Database:
         return not busy
 
 
-async def _configure(conn: aiosqlite.Connection) -> None:
+async def _configure(conn: aiosqlite.Connection, *, new: bool) -> None:
     # Before the first table: a new file gives freed pages back (gateway.store.retention runs
-    # incremental_vacuum); on an older file it waits for one VACUUM (``ecgw db vacuum``).
-    await conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    # incremental_vacuum); an older file waits for one VACUUM (``ecgw db vacuum``). Only on a
+    # new file: on one that has it already, setting it again rewrites the header, and a
+    # command's open must not write.
+    if new:
+        await conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     await conn.execute("PRAGMA journal_mode = WAL")
     await conn.execute("PRAGMA synchronous = FULL")
     await conn.execute("PRAGMA foreign_keys = ON")
     await conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT}")
     await conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
-
-
-async def _quick_check(conn: aiosqlite.Connection, path: Path) -> None:
-    async with conn.execute("PRAGMA quick_check") as cur:
-        rows = [r[0] for r in await cur.fetchall()]
-    if rows != ["ok"]:
-        detail = "; ".join(str(r) for r in rows[:3])
-        raise StoreCorrupt(
-            f"database {path} failed its integrity check ({detail}); it was left untouched. "
-            "Restore it from a backup or move it aside to start afresh."
-        )
 
 
 def _check_version(version: int) -> None:
@@ -232,20 +233,23 @@ async def _connect(path: Path) -> aiosqlite.Connection:
     return conn
 
 
-async def _prepare(conn: aiosqlite.Connection, path: Path, *, existed: bool) -> None:
+async def _prepare(
+    conn: aiosqlite.Connection, path: Path, *, existed: bool, full_check_after_crash: bool
+) -> None:
     """Check (an existing file, before anything could write to it), configure, migrate."""
     try:
         await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         if existed:
-            await _quick_check(conn, path)
-        await _configure(conn)
+            await check_header(path)
+            await probe_btrees(conn)  # the first read: replays the WAL, parses the schema
+            if full_check_after_crash and (why := await last_run_unclean(conn)):
+                await quick_check(conn, path, why=why)
+        await _configure(conn, new=not existed)
         await _migrate(conn)
     except sqlite3.Error as exc:
         error = store_error(exc, f"cannot prepare database {path}")
         if isinstance(error, StoreCorrupt):
-            raise StoreCorrupt(
-                f"{path} is not a usable SQLite database ({exc}); it was left untouched"
-            ) from exc
+            raise corrupt(path, f"is not a usable SQLite database ({exc})") from exc
         raise error from exc
 
 
@@ -259,8 +263,16 @@ async def _prepare_reader(conn: aiosqlite.Connection, path: Path) -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_database(path: Path) -> AsyncIterator[Database]:
-    """Open (creating if missing), check and migrate the database at ``path``."""
+async def open_database(
+    path: Path, *, full_check_after_crash: bool = False
+) -> AsyncIterator[Database]:
+    """Open (creating if missing), check and migrate the database at ``path``.
+
+    The checks are the cheap ones (:mod:`gateway.store.open_checks`), whatever the
+    file's size. ``full_check_after_crash``: for ``ecgw run``, which holds the state
+    directory (so no other gateway is running): if the last run did not stop cleanly,
+    ``PRAGMA quick_check`` reads the whole file before anything writes to it.
+    """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -268,7 +280,7 @@ async def open_database(path: Path) -> AsyncIterator[Database]:
     existed = path.exists()  # noqa: ASYNC240 - one stat at start-up
     conn = await _connect(path)
     try:
-        await _prepare(conn, path, existed=existed)
+        await _prepare(conn, path, existed=existed, full_check_after_crash=full_check_after_crash)
         reader = await _connect(path)
         try:
             await _prepare_reader(reader, path)

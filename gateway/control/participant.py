@@ -13,6 +13,7 @@ leaves the resource off the schedule (nothing switched) with the reason in its n
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 
 import structlog
@@ -30,12 +31,24 @@ from gateway.control.strategies import (
     StrategyResource,
     run_strategy,
 )
+from gateway.store.batch import WriteBatch
 from gateway.store.control import ControlStore, ScheduleRow
 from gateway.timeutil import parse_timespan
 
 __all__ = ["Participant", "slots_of"]
 
 log = structlog.get_logger("gateway.control")
+
+
+def _log_scheduled(stored: ScheduleRow) -> None:
+    log.info(
+        "control.scheduled",
+        event_id=stored.event_id,
+        resource=stored.resource_id,
+        participation=stored.participation,
+        runs=len(stored.runs),
+        note=stored.note,
+    )
 
 
 def slots_of(curve: wire.PriceCurve) -> tuple[Slot, ...]:
@@ -82,8 +95,16 @@ class Participant:
         self._changed()
         return {r.target: (r.decision, r.reason) for r in rows}
 
-    async def schedule(self, event_id: str, curve: wire.PriceCurve, *, now: float) -> None:
-        """A schedule for every configured target resource that has none yet."""
+    async def schedule(
+        self,
+        event_id: str,
+        curve: wire.PriceCurve,
+        *,
+        now: float,
+        batch: WriteBatch | None = None,
+    ) -> None:
+        """A schedule for every configured target resource that has none yet; stored at
+        once, or with ``batch``'s commit (the listeners are called after it)."""
         have = {s.resource_id for s in await self._store.schedules(event_id)}
         todo = [
             res
@@ -115,27 +136,25 @@ class Participant:
                 steered = "report"
                 if not schedule.failed:
                     schedule = Schedule((), f"{schedule.note}; nothing placed: left alone")
-            stored = await self._store.put_schedule(
-                ScheduleRow(
-                    event_id=event_id,
-                    resource_id=res.resource_id,
-                    participation=steered,
-                    strategy=name,
-                    runs=tuple((r.start, r.end) for r in schedule.runs),
-                    window=window,
-                    note=schedule.note,
-                    at=now,
-                )
-            )
-            log.info(
-                "control.scheduled",
+            row = ScheduleRow(
                 event_id=event_id,
-                resource=res.resource_id,
-                participation=stored.participation,
-                runs=len(stored.runs),
-                note=stored.note,
+                resource_id=res.resource_id,
+                participation=steered,
+                strategy=name,
+                runs=tuple((r.start, r.end) for r in schedule.runs),
+                window=window,
+                note=schedule.note,
+                at=now,
             )
-        self._changed()
+            if batch is None:
+                _log_scheduled(await self._store.put_schedule(row))
+            else:  # one per event and resource: nothing else writes it before the commit
+                batch.add(functools.partial(ControlStore.put_schedule_in, row=row))
+                batch.after_commit(functools.partial(_log_scheduled, row))
+        if batch is None:
+            self._changed()
+        else:
+            batch.after_commit(self._changed)
 
     def _run(
         self, name: str, event: StrategyEvent, res: ResourceConfig, participation: str, now: float

@@ -13,6 +13,7 @@ is planned in batches: one commit per ``BATCH`` events.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Mapping
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
@@ -135,9 +136,13 @@ class Counted(Participant):
         *,
         now: float,
         batch: WriteBatch | None = None,
+        scheduled: Collection[str] | None = None,
+        overrides: Mapping[str, str] | None = None,
     ) -> None:
         self._count(event_id)
-        await super().schedule(event_id, curve, now=now, batch=batch)
+        await super().schedule(
+            event_id, curve, now=now, batch=batch, scheduled=scheduled, overrides=overrides
+        )
 
 
 def make(

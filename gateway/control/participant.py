@@ -14,7 +14,7 @@ leaves the resource off the schedule (nothing switched) with the reason in its n
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import structlog
 
@@ -102,10 +102,17 @@ class Participant:
         *,
         now: float,
         batch: WriteBatch | None = None,
+        scheduled: Collection[str] | None = None,
+        overrides: Mapping[str, str] | None = None,
     ) -> None:
         """A schedule for every configured target resource that has none yet; stored at
-        once, or with ``batch``'s commit (the listeners are called after it)."""
-        have = {s.resource_id for s in await self._store.schedules(event_id)}
+        once, or with ``batch``'s commit (the listeners are called after it).
+
+        ``scheduled`` (the resources that have a schedule) and ``overrides`` (the
+        operator's, for this event) are read here unless the caller has read them."""
+        if scheduled is None:
+            scheduled = {s.resource_id for s in await self._store.schedules(event_id)}
+        have = scheduled
         todo = [
             res
             for t in curve.targets
@@ -122,7 +129,8 @@ class Participant:
             return  # the planner says why the event gets no report
         if window is None or not slots:
             return
-        overrides = await self._store.overrides(event_id)
+        if overrides is None:
+            overrides = await self._store.overrides(event_id)
         event = StrategyEvent(event_id, slots)
         for res in {r.resource_id: r for r in todo}.values():
             participation = overrides.get(res.resource_id, res.takes_part)

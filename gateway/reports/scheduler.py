@@ -71,7 +71,7 @@ import collections
 import datetime as dt
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, cast
 
@@ -114,23 +114,11 @@ class ReportJobs:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def finished_kinds(self, event_id: str) -> set[str]:
-        rows = await self._db.fetchall(
-            "SELECT kind FROM report_jobs WHERE event_id = ?", (event_id,)
-        )
-        return {r[0] for r in rows}
-
-    async def record(
-        self, event_id: str, kind: str, outcome: str, note: str | None, *, now: float
-    ) -> None:
-        async with self._db.write() as conn:
-            await self.record_in(conn, event_id, kind, outcome, note, now=now)
-
     @staticmethod
     def record_later(
         batch: WriteBatch, event_id: str, kind: str, outcome: str, note: str | None, *, now: float
     ) -> None:
-        """:meth:`record` with ``batch``'s commit."""
+        """:meth:`record_in` with ``batch``'s commit."""
 
         async def step(conn: aiosqlite.Connection) -> None:
             await ReportJobs.record_in(conn, event_id, kind, outcome, note, now=now)
@@ -147,19 +135,13 @@ class ReportJobs:
         *,
         now: float,
     ) -> None:
-        """:meth:`record` inside the caller's write transaction."""
+        """Record a job's outcome inside the caller's write transaction (once: the first
+        outcome stays)."""
         await conn.execute(
             "INSERT INTO report_jobs (event_id, kind, outcome, note, at) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (event_id, kind) DO NOTHING",
             (event_id, kind, outcome, note, now),
         )
-
-    async def quarantined_kinds(self, event_id: str) -> list[str]:
-        rows = await self._db.fetchall(
-            "SELECT kind FROM report_jobs WHERE event_id = ? AND outcome = 'invalid' ORDER BY kind",
-            (event_id,),
-        )
-        return [r[0] for r in rows]
 
     async def release(self, event_id: str) -> bool:
         """Give a quarantined event another plan; False when nothing of it was set aside.
@@ -234,6 +216,16 @@ async def read_overrides(db: Database, event_id: str) -> dict[str, Participation
 
 
 @dataclass(frozen=True)
+class _Known:
+    """What a batch's events already have, read once for the whole batch."""
+
+    jobs: Mapping[str, Mapping[str, str]]
+    """Event id -> kind -> outcome (``report_jobs``)."""
+    scheduled: Mapping[str, frozenset[str]]
+    """Event id -> the resources that have a schedule (``schedules``)."""
+
+
+@dataclass(frozen=True)
 class _Waiting:
     """A due report that waits for readings: when to build it again, and why it waits."""
 
@@ -255,6 +247,8 @@ class Participant(Protocol):
         *,
         now: float,
         batch: WriteBatch | None = None,
+        scheduled: Collection[str] | None = None,
+        overrides: Mapping[str, str] | None = None,
     ) -> None: ...
 
 
@@ -276,7 +270,6 @@ class ReportScheduler:
         self._participant = participant
         self._db = db
         self._inbox = Inbox(db)
-        self._jobs = ReportJobs(db)
         self._readings = readings
         self._config = config
         self._server_clock = server_clock
@@ -402,11 +395,11 @@ class ReportScheduler:
         """Advance these events; their writes commit together, then each is due again."""
         batch = WriteBatch()
         dues: dict[str, float] = {}
-        for event in await self._inbox.get_many(event_ids):
-            if event.plan_state not in OPEN_STATES:
-                continue  # closed since it was put on the agenda
+        events = [e for e in await self._inbox.get_many(event_ids) if e.plan_state in OPEN_STATES]
+        known = await self._read_known([e.event_id for e in events])
+        for event in events:
             with structlog.contextvars.bound_contextvars(event_id=event.event_id):
-                due = await self._advance_alone(event, now, problem, batch)
+                due = await self._advance_alone(event, now, problem, batch, known)
             if due is not None:
                 dues[event.event_id] = due
             else:
@@ -415,6 +408,24 @@ class ReportScheduler:
         for event_id, due in dues.items():
             self._agenda.set(event_id, due)
 
+    async def _read_known(self, event_ids: Sequence[str]) -> _Known:
+        """The job outcomes and schedules of these events: two reads for a batch."""
+        jobs: dict[str, dict[str, str]] = {}
+        scheduled: dict[str, set[str]] = {}
+        if event_ids:
+            marks = ",".join("?" * len(event_ids))
+            for event_id, kind, outcome in await self._db.fetchall(
+                f"SELECT event_id, kind, outcome FROM report_jobs WHERE event_id IN ({marks})",  # noqa: S608
+                event_ids,
+            ):
+                jobs.setdefault(event_id, {})[kind] = outcome
+            for event_id, resource_id in await self._db.fetchall(
+                f"SELECT event_id, resource_id FROM schedules WHERE event_id IN ({marks})",  # noqa: S608
+                event_ids,
+            ):
+                scheduled.setdefault(event_id, set()).add(resource_id)
+        return _Known(jobs, {e: frozenset(r) for e, r in scheduled.items()})
+
     def _forget(self, event_id: str) -> None:
         self._agenda.drop(event_id)
         self._overrides.pop(event_id, None)
@@ -422,11 +433,11 @@ class ReportScheduler:
             del self._waiting[key]
 
     async def _advance_alone(
-        self, event: InboxEvent, now: float, problem: str | None, batch: WriteBatch
+        self, event: InboxEvent, now: float, problem: str | None, batch: WriteBatch, known: _Known
     ) -> float | None:
         """:meth:`_advance`, with any failure but the database's quarantining the event."""
         try:
-            return await self._advance(event, now, problem, batch)
+            return await self._advance(event, now, problem, batch, known)
         except StoreError:
             raise
         except Exception as exc:  # one bad event must not stop the others
@@ -448,7 +459,7 @@ class ReportScheduler:
             self._clock_warned = problem
 
     async def _advance(
-        self, event: InboxEvent, now: float, problem: str | None, batch: WriteBatch
+        self, event: InboxEvent, now: float, problem: str | None, batch: WriteBatch, known: _Known
     ) -> float | None:
         """Plan the event and build what is due; its writes go to ``batch``. Returns when
         it is due again, or None once it is closed (``done``, ``no_report``, ``invalid``)."""
@@ -458,14 +469,15 @@ class ReportScheduler:
             batch.set_plan(event.event_id, "invalid", f"unreadable payload: {exc}")
             log.error("reports.event_unreadable", event_id=event.event_id, error=str(exc))
             return None
-        decisions = await self._take_part(event, payload, now, batch)
+        overrides = {r: cast(Participation, p) for r, p in self._overrides.get(event.event_id, ())}
+        decisions = await self._take_part(event, payload, now, batch, known, overrides)
         plan = plan_event(
             event.event_id,
             payload,
             self._config,
             now=now,
             received_at=event.received_at,
-            overrides=await read_overrides(self._db, event.event_id),
+            overrides=overrides,
             decisions=decisions,
         )
         if event.plan_state == "new":
@@ -475,10 +487,11 @@ class ReportScheduler:
             batch.set_plan(event.event_id, "no_report", plan.no_report_reason)
             log.info("reports.no_report", reason=plan.no_report_reason)
             return None
-        finished = await self._jobs.finished_kinds(event.event_id)
+        outcomes = known.jobs.get(event.event_id, {})
+        finished = set(outcomes)
         open_jobs = [job for job in plan.jobs if job.kind not in finished]
         if not open_jobs:
-            quarantined = await self._jobs.quarantined_kinds(event.event_id)
+            quarantined = sorted(k for k, o in outcomes.items() if o == "invalid")
             batch.set_plan(
                 event.event_id, "done", _summary([*_quarantine_notes(quarantined), *plan.notes])
             )
@@ -505,7 +518,13 @@ class ReportScheduler:
         return min(later, default=now if due else None)
 
     async def _take_part(
-        self, event: InboxEvent, payload: wire.EventPayload, now: float, batch: WriteBatch
+        self,
+        event: InboxEvent,
+        payload: wire.EventPayload,
+        now: float,
+        batch: WriteBatch,
+        known: _Known,
+        overrides: Mapping[str, str],
     ) -> Mapping[str, tuple[str, str]] | None:
         """Before planning: the LPC decisions (taken once, stored), or a PriceCurve's
         schedules (made once per resource). None without a participant: every LPC target
@@ -515,7 +534,14 @@ class ReportScheduler:
         if isinstance(payload, wire.LocationLPC | wire.ResourceLPC):
             return await self._participant.lpc_decisions(event.event_id, payload, now=now)
         if isinstance(payload, wire.PriceCurve):
-            await self._participant.schedule(event.event_id, payload, now=now, batch=batch)
+            await self._participant.schedule(
+                event.event_id,
+                payload,
+                now=now,
+                batch=batch,
+                scheduled=known.scheduled.get(event.event_id, frozenset()),
+                overrides=overrides,
+            )
         return None
 
     async def _unbracketed_until(self, job: Job, now: float) -> float | None:

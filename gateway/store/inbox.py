@@ -252,10 +252,3 @@ class Inbox:
             )
             found.extend(InboxEvent.from_row(r) for r in rows)
         return sorted(found, key=lambda e: (e.received_at, e.event_id))
-
-    async def set_plan(self, event_id: str, state: str, note: str | None) -> None:
-        async with self._db.write() as conn:
-            await conn.execute(
-                "UPDATE events SET plan_state = ?, plan_note = ? WHERE event_id = ?",
-                (state, note, event_id),
-            )

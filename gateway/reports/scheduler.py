@@ -12,18 +12,21 @@ open event is next due (:class:`gateway.reports.due.Agenda`): the earliest of it
 jobs' ``due_at``, a report's next build while it waits for readings, the next look
 while reports are held back for the clock. A pass advances only the events whose
 time has come, and the loop sleeps until the earliest (at most ``PASS_EVERY``).
-Each pass also looks, with two indexed reads, for what changes an event from
-outside: events in state ``new`` (just arrived, or released from quarantine by
-``ecgw events replan``) and the operator's overrides of open events (``ecgw plan
+Each pass also looks, with two small reads, for what changes an event from outside:
+events in state ``new`` (just arrived, or released from quarantine by ``ecgw events
+replan``; read by their index) and changed overrides of open events (``ecgw plan
 override``); those are due at once. :meth:`ReportScheduler.wake` makes one event
 due at once. The agenda is rebuilt from the database (every open event due) at the
 first pass, after a failed pass, when the clock went back, and when the clock's
 problem (``reports.held_back``) appears or clears.
 
-**Batches.** Due events are advanced ``BATCH`` at a time; their plan states, job
-records, outbox rows and PriceCurve schedules commit in one transaction per batch
-(:class:`gateway.store.batch.WriteBatch`), and only after it the deliverer is woken
-and ``reports.queued`` is logged. A burst of events costs one commit per batch.
+**Batches.** Due events are advanced ``BATCH`` at a time: their job outcomes and
+schedules are read once for the batch, and their plan states, job records, outbox
+rows and PriceCurve schedules commit in one transaction per batch
+(:class:`gateway.store.batch.WriteBatch`); only after it the deliverer is woken and
+``reports.queued`` / ``control.scheduled`` are logged. A burst of events costs one
+commit per batch. (LPC decisions are still committed one event at a time, by the
+decider, before the acknowledgement that depends on them is built.)
 
 ``report_jobs`` remembers the outcome of each (event, kind) job, so none is
 built twice; a job's outbox row and its ``report_jobs`` row commit in one

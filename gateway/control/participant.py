@@ -13,7 +13,8 @@ leaves the resource off the schedule (nothing switched) with the reason in its n
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import functools
+from collections.abc import Callable, Collection, Mapping
 
 import structlog
 
@@ -30,12 +31,24 @@ from gateway.control.strategies import (
     StrategyResource,
     run_strategy,
 )
+from gateway.store.batch import WriteBatch
 from gateway.store.control import ControlStore, ScheduleRow
 from gateway.timeutil import parse_timespan
 
 __all__ = ["Participant", "slots_of"]
 
 log = structlog.get_logger("gateway.control")
+
+
+def _log_scheduled(stored: ScheduleRow) -> None:
+    log.info(
+        "control.scheduled",
+        event_id=stored.event_id,
+        resource=stored.resource_id,
+        participation=stored.participation,
+        runs=len(stored.runs),
+        note=stored.note,
+    )
 
 
 def slots_of(curve: wire.PriceCurve) -> tuple[Slot, ...]:
@@ -82,9 +95,24 @@ class Participant:
         self._changed()
         return {r.target: (r.decision, r.reason) for r in rows}
 
-    async def schedule(self, event_id: str, curve: wire.PriceCurve, *, now: float) -> None:
-        """A schedule for every configured target resource that has none yet."""
-        have = {s.resource_id for s in await self._store.schedules(event_id)}
+    async def schedule(
+        self,
+        event_id: str,
+        curve: wire.PriceCurve,
+        *,
+        now: float,
+        batch: WriteBatch | None = None,
+        scheduled: Collection[str] | None = None,
+        overrides: Mapping[str, str] | None = None,
+    ) -> None:
+        """A schedule for every configured target resource that has none yet; stored at
+        once, or with ``batch``'s commit (the listeners are called after it).
+
+        ``scheduled`` (the resources that have a schedule) and ``overrides`` (the
+        operator's, for this event) are read here unless the caller has read them."""
+        if scheduled is None:
+            scheduled = {s.resource_id for s in await self._store.schedules(event_id)}
+        have = scheduled
         todo = [
             res
             for t in curve.targets
@@ -101,7 +129,8 @@ class Participant:
             return  # the planner says why the event gets no report
         if window is None or not slots:
             return
-        overrides = await self._store.overrides(event_id)
+        if overrides is None:
+            overrides = await self._store.overrides(event_id)
         event = StrategyEvent(event_id, slots)
         for res in {r.resource_id: r for r in todo}.values():
             participation = overrides.get(res.resource_id, res.takes_part)
@@ -115,27 +144,25 @@ class Participant:
                 steered = "report"
                 if not schedule.failed:
                     schedule = Schedule((), f"{schedule.note}; nothing placed: left alone")
-            stored = await self._store.put_schedule(
-                ScheduleRow(
-                    event_id=event_id,
-                    resource_id=res.resource_id,
-                    participation=steered,
-                    strategy=name,
-                    runs=tuple((r.start, r.end) for r in schedule.runs),
-                    window=window,
-                    note=schedule.note,
-                    at=now,
-                )
-            )
-            log.info(
-                "control.scheduled",
+            row = ScheduleRow(
                 event_id=event_id,
-                resource=res.resource_id,
-                participation=stored.participation,
-                runs=len(stored.runs),
-                note=stored.note,
+                resource_id=res.resource_id,
+                participation=steered,
+                strategy=name,
+                runs=tuple((r.start, r.end) for r in schedule.runs),
+                window=window,
+                note=schedule.note,
+                at=now,
             )
-        self._changed()
+            if batch is None:
+                _log_scheduled(await self._store.put_schedule(row))
+            else:  # one per event and resource: nothing else writes it before the commit
+                batch.add(functools.partial(ControlStore.put_schedule_in, row=row))
+                batch.after_commit(functools.partial(_log_scheduled, row))
+        if batch is None:
+            self._changed()
+        else:
+            batch.after_commit(self._changed)
 
     def _run(
         self, name: str, event: StrategyEvent, res: ResourceConfig, participation: str, now: float

@@ -1,11 +1,32 @@
 """The report scheduler: events in the inbox -> report bodies in the outbox.
 
-Each pass re-plans every open event from its stored payload (pure and cheap:
+Advancing an event re-plans it from its stored payload (pure and cheap:
 :func:`gateway.reports.planner.plan_event`), builds the jobs that are due from
 the stored readings (:func:`gateway.reports.builder.build_report`), and queues
 their frozen bodies. Because everything is computed from what was committed,
 an event that arrives late, or a restart in the middle of an event, still
 yields every interval that has data.
+
+**Work proportional to what changes.** The scheduler keeps, in memory, when each
+open event is next due (:class:`gateway.reports.due.Agenda`): the earliest of its
+jobs' ``due_at``, a report's next build while it waits for readings, the next look
+while reports are held back for the clock. A pass advances only the events whose
+time has come, and the loop sleeps until the earliest (at most ``PASS_EVERY``).
+Each pass also looks, with two small reads, for what changes an event from outside:
+events in state ``new`` (just arrived, or released from quarantine by ``ecgw events
+replan``; read by their index) and changed overrides of open events (``ecgw plan
+override``); those are due at once. :meth:`ReportScheduler.wake` makes one event
+due at once. The agenda is rebuilt from the database (every open event due) at the
+first pass, after a failed pass, when the clock went back, and when the clock's
+problem (``reports.held_back``) appears or clears.
+
+**Batches.** Due events are advanced ``BATCH`` at a time: their job outcomes and
+schedules are read once for the batch, and their plan states, job records, outbox
+rows and PriceCurve schedules commit in one transaction per batch
+(:class:`gateway.store.batch.WriteBatch`); only after it the deliverer is woken and
+``reports.queued`` / ``control.scheduled`` are logged. A burst of events costs one
+commit per batch. (LPC decisions are still committed one event at a time, by the
+decider, before the acknowledgement that depends on them is built.)
 
 ``report_jobs`` remembers the outcome of each (event, kind) job, so none is
 built twice; a job's outbox row and its ``report_jobs`` row commit in one
@@ -24,7 +45,7 @@ is not final at its first build: it is built again every ``retry_every``
 ``wait_until`` (``reporting.max_wait`` after it fell due, see the planner) has
 passed, and only then queued, or recorded ``empty`` when there is still no data
 at all. Nothing about the wait is stored: it follows from the plan and the
-readings, so a restart only makes the next build come sooner. The wait and its
+readings, so a restart (or a rebuilt agenda) only makes the next build come sooner. The wait and its
 reason are in the event's ``plan_note`` while it lasts.
 
 **Quarantine.** Every event, and every job of an event, is a unit of work that
@@ -53,7 +74,7 @@ import collections
 import datetime as dt
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, cast
 
@@ -68,8 +89,10 @@ from gateway.health import Health
 from gateway.metering.energy import Energies, Limits
 from gateway.reports.builder import BuildResult, Gap, build_report
 from gateway.reports.clock import ServerClock, clock_problem
+from gateway.reports.due import Agenda
 from gateway.reports.manual import report_deadline
 from gateway.reports.planner import Job, Target, plan_event
+from gateway.store.batch import WriteBatch
 from gateway.store.database import Database
 from gateway.store.inbox import Inbox, InboxEvent
 from gateway.store.outbox import Outbox
@@ -83,6 +106,8 @@ log = structlog.get_logger("gateway.reports")
 READ_CONCURRENCY = 4  # targets read at once while building a report
 PASS_EVERY = 5.0  # seconds between passes when nothing wakes the scheduler
 RETRY_EVERY = 60.0  # seconds between builds of a report that waits for readings
+BATCH = 250  # events advanced per transaction
+CLOCK_BACK = 1.0  # seconds the clock may step back before the agenda is rebuilt
 OPEN_STATES = ("new", "planned")
 
 
@@ -92,17 +117,16 @@ class ReportJobs:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def finished_kinds(self, event_id: str) -> set[str]:
-        rows = await self._db.fetchall(
-            "SELECT kind FROM report_jobs WHERE event_id = ?", (event_id,)
-        )
-        return {r[0] for r in rows}
-
-    async def record(
-        self, event_id: str, kind: str, outcome: str, note: str | None, *, now: float
+    @staticmethod
+    def record_later(
+        batch: WriteBatch, event_id: str, kind: str, outcome: str, note: str | None, *, now: float
     ) -> None:
-        async with self._db.write() as conn:
-            await self.record_in(conn, event_id, kind, outcome, note, now=now)
+        """:meth:`record_in` with ``batch``'s commit."""
+
+        async def step(conn: aiosqlite.Connection) -> None:
+            await ReportJobs.record_in(conn, event_id, kind, outcome, note, now=now)
+
+        batch.add(step)
 
     @staticmethod
     async def record_in(
@@ -114,19 +138,13 @@ class ReportJobs:
         *,
         now: float,
     ) -> None:
-        """:meth:`record` inside the caller's write transaction."""
+        """Record a job's outcome inside the caller's write transaction (once: the first
+        outcome stays)."""
         await conn.execute(
             "INSERT INTO report_jobs (event_id, kind, outcome, note, at) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (event_id, kind) DO NOTHING",
             (event_id, kind, outcome, note, now),
         )
-
-    async def quarantined_kinds(self, event_id: str) -> list[str]:
-        rows = await self._db.fetchall(
-            "SELECT kind FROM report_jobs WHERE event_id = ? AND outcome = 'invalid' ORDER BY kind",
-            (event_id,),
-        )
-        return [r[0] for r in rows]
 
     async def release(self, event_id: str) -> bool:
         """Give a quarantined event another plan; False when nothing of it was set aside.
@@ -201,6 +219,16 @@ async def read_overrides(db: Database, event_id: str) -> dict[str, Participation
 
 
 @dataclass(frozen=True)
+class _Known:
+    """What a batch's events already have, read once for the whole batch."""
+
+    jobs: Mapping[str, Mapping[str, str]]
+    """Event id -> kind -> outcome (``report_jobs``)."""
+    scheduled: Mapping[str, frozenset[str]]
+    """Event id -> the resources that have a schedule (``schedules``)."""
+
+
+@dataclass(frozen=True)
 class _Waiting:
     """A due report that waits for readings: when to build it again, and why it waits."""
 
@@ -215,7 +243,16 @@ class Participant(Protocol):
         self, event_id: str, payload: wire.LocationLPC | wire.ResourceLPC, *, now: float
     ) -> Mapping[str, tuple[str, str]]: ...
 
-    async def schedule(self, event_id: str, curve: wire.PriceCurve, *, now: float) -> None: ...
+    async def schedule(
+        self,
+        event_id: str,
+        curve: wire.PriceCurve,
+        *,
+        now: float,
+        batch: WriteBatch | None = None,
+        scheduled: Collection[str] | None = None,
+        overrides: Mapping[str, str] | None = None,
+    ) -> None: ...
 
 
 class ReportScheduler:
@@ -236,7 +273,6 @@ class ReportScheduler:
         self._participant = participant
         self._db = db
         self._inbox = Inbox(db)
-        self._jobs = ReportJobs(db)
         self._readings = readings
         self._config = config
         self._server_clock = server_clock
@@ -246,11 +282,28 @@ class ReportScheduler:
         self._clock_warned: str | None = None
         self._retry_every = retry_every
         self._waiting: dict[tuple[str, str], _Waiting] = {}
+        self._agenda = Agenda()
+        self._loaded = False  # the agenda holds every open event
+        self._woken: set[str] = set()
+        self._overrides: dict[str, frozenset[tuple[str, str]]] = {}
+        self._last_now: float | None = None
+        self._last_problem: str | None = None
 
     def wake(self, event_id: str | None = None) -> None:
-        """A new event arrived (or anything else worth a look)."""
-        del event_id
+        """A new event arrived, or ``event_id`` changed: it is due at the next pass
+        (without an id: only a pass now)."""
+        if event_id is not None:
+            self._woken.add(event_id)
         self._wake.set()
+
+    @property
+    def open_events(self) -> int:
+        """Open events on the agenda (after the first pass)."""
+        return len(self._agenda)
+
+    def due_at(self, event_id: str) -> float | None:
+        """When ``event_id`` is next advanced (None: not open, or not seen yet)."""
+        return self._agenda.due_at(event_id)
 
     async def run(self) -> None:
         while True:
@@ -275,35 +328,124 @@ class ReportScheduler:
                 pass
 
     async def pass_once(self) -> float | None:
-        """Advance every open event; returns when the next job falls due, if any."""
+        """Advance every open event that is due; returns when the next one is due, if any."""
         now = self._clock()
         problem = clock_problem(
             now, api_date=self._server_clock.api_date, seen_at=self._server_clock.seen_at
         )
         self._say_clock(problem)
-        dues: list[float] = []
-        advanced: set[str] = set()
-        for state in OPEN_STATES:
-            for event in await self._inbox.by_plan_state(state):
-                advanced.add(event.event_id)
-                with structlog.contextvars.bound_contextvars(event_id=event.event_id):
-                    due = await self._advance_alone(event, now, problem)
-                if due is not None:
-                    dues.append(due)
-        self._waiting = {k: w for k, w in self._waiting.items() if k[0] in advanced}
-        return min(dues, default=None)
+        try:
+            if self._must_reload(now, problem):
+                await self._reload(now)
+            else:
+                await self._look_for_changes(now)
+            self._last_now, self._last_problem = now, problem
+            due = self._agenda.take_due(now)
+            for i in range(0, len(due), BATCH):
+                await self._advance_batch(due[i : i + BATCH], now, problem)
+        except BaseException:
+            self._loaded = False  # what was taken and not advanced: found again by a reload
+            raise
+        return self._agenda.earliest()
+
+    def _must_reload(self, now: float, problem: str | None) -> bool:
+        """Rebuild the agenda: never built (or a pass failed), the clock went back (due
+        times computed from the old reading would come late), or its problem changed."""
+        return (
+            not self._loaded
+            or (self._last_now is not None and now < self._last_now - CLOCK_BACK)
+            or problem != self._last_problem
+        )
+
+    async def _reload(self, now: float) -> None:
+        self._agenda.clear()
+        self._woken.clear()
+        for event_id in await self._inbox.ids_by_plan_state(*OPEN_STATES):
+            self._agenda.set(event_id, now)
+        self._overrides = await self._read_overrides()
+        self._waiting.clear()  # a retry time from a clock that stepped back would come late
+        self._loaded = True
+        log.debug("reports.agenda_loaded", open_events=len(self._agenda))
+
+    async def _look_for_changes(self, now: float) -> None:
+        """What makes an event due from outside the agenda: ``wake(event_id)``, a ``new``
+        event (arrived, or released from quarantine), a changed override."""
+        woken, self._woken = self._woken, set()
+        for event_id in woken:
+            self._agenda.sooner(event_id, now)
+        for event_id in await self._inbox.ids_by_plan_state("new"):
+            self._agenda.sooner(event_id, now)
+        overrides = await self._read_overrides()
+        for event_id, chosen in overrides.items():
+            if self._overrides.get(event_id) != chosen:
+                self._agenda.sooner(event_id, now)
+        self._overrides = overrides
+
+    async def _read_overrides(self) -> dict[str, frozenset[tuple[str, str]]]:
+        """The operator's overrides of open events, per event."""
+        rows = await self._db.fetchall(
+            "SELECT o.event_id, o.resource_id, o.participation FROM overrides o "
+            "JOIN events e ON e.event_id = o.event_id WHERE e.plan_state IN ('new', 'planned')"
+        )
+        found: dict[str, set[tuple[str, str]]] = {}
+        for event_id, resource_id, participation in rows:
+            found.setdefault(event_id, set()).add((resource_id, participation))
+        return {event_id: frozenset(chosen) for event_id, chosen in found.items()}
+
+    async def _advance_batch(
+        self, event_ids: Sequence[str], now: float, problem: str | None
+    ) -> None:
+        """Advance these events; their writes commit together, then each is due again."""
+        batch = WriteBatch()
+        dues: dict[str, float] = {}
+        events = [e for e in await self._inbox.get_many(event_ids) if e.plan_state in OPEN_STATES]
+        known = await self._read_known([e.event_id for e in events])
+        for event in events:
+            with structlog.contextvars.bound_contextvars(event_id=event.event_id):
+                due = await self._advance_alone(event, now, problem, batch, known)
+            if due is not None:
+                dues[event.event_id] = due
+            else:
+                self._forget(event.event_id)
+        await batch.commit(self._db)
+        for event_id, due in dues.items():
+            self._agenda.set(event_id, due)
+
+    async def _read_known(self, event_ids: Sequence[str]) -> _Known:
+        """The job outcomes and schedules of these events: two reads for a batch."""
+        jobs: dict[str, dict[str, str]] = {}
+        scheduled: dict[str, set[str]] = {}
+        if event_ids:
+            marks = ",".join("?" * len(event_ids))
+            for event_id, kind, outcome in await self._db.fetchall(
+                f"SELECT event_id, kind, outcome FROM report_jobs WHERE event_id IN ({marks})",  # noqa: S608
+                event_ids,
+            ):
+                jobs.setdefault(event_id, {})[kind] = outcome
+            for event_id, resource_id in await self._db.fetchall(
+                f"SELECT event_id, resource_id FROM schedules WHERE event_id IN ({marks})",  # noqa: S608
+                event_ids,
+            ):
+                scheduled.setdefault(event_id, set()).add(resource_id)
+        return _Known(jobs, {e: frozenset(r) for e, r in scheduled.items()})
+
+    def _forget(self, event_id: str) -> None:
+        self._agenda.drop(event_id)
+        self._overrides.pop(event_id, None)
+        for key in [k for k in self._waiting if k[0] == event_id]:
+            del self._waiting[key]
 
     async def _advance_alone(
-        self, event: InboxEvent, now: float, problem: str | None
+        self, event: InboxEvent, now: float, problem: str | None, batch: WriteBatch, known: _Known
     ) -> float | None:
         """:meth:`_advance`, with any failure but the database's quarantining the event."""
         try:
-            return await self._advance(event, now, problem)
+            return await self._advance(event, now, problem, batch, known)
         except StoreError:
             raise
         except Exception as exc:  # one bad event must not stop the others
             reason = f"quarantined: planning failed: {describe(exc)}"
-            await self._inbox.set_plan(event.event_id, "invalid", reason)
+            batch.set_plan(event.event_id, "invalid", reason)
             log.error("reports.event_quarantined", event_id=event.event_id, error=describe(exc))
             return None
 
@@ -319,41 +461,47 @@ class ReportScheduler:
                 log.info("reports.clock_ok")
             self._clock_warned = problem
 
-    async def _advance(self, event: InboxEvent, now: float, problem: str | None) -> float | None:
+    async def _advance(
+        self, event: InboxEvent, now: float, problem: str | None, batch: WriteBatch, known: _Known
+    ) -> float | None:
+        """Plan the event and build what is due; its writes go to ``batch``. Returns when
+        it is due again, or None once it is closed (``done``, ``no_report``, ``invalid``)."""
         try:
             payload = wire.decode_event_payload(event.payload)
         except WireError as exc:
-            await self._inbox.set_plan(event.event_id, "invalid", f"unreadable payload: {exc}")
+            batch.set_plan(event.event_id, "invalid", f"unreadable payload: {exc}")
             log.error("reports.event_unreadable", event_id=event.event_id, error=str(exc))
             return None
-        decisions = await self._take_part(event, payload, now)
+        overrides = {r: cast(Participation, p) for r, p in self._overrides.get(event.event_id, ())}
+        decisions = await self._take_part(event, payload, now, batch, known, overrides)
         plan = plan_event(
             event.event_id,
             payload,
             self._config,
             now=now,
             received_at=event.received_at,
-            overrides=await read_overrides(self._db, event.event_id),
+            overrides=overrides,
             decisions=decisions,
         )
         if event.plan_state == "new":
             for note in plan.notes:
                 log.info("reports.plan_note", note=note)
         if plan.no_report_reason is not None:
-            await self._inbox.set_plan(event.event_id, "no_report", plan.no_report_reason)
+            batch.set_plan(event.event_id, "no_report", plan.no_report_reason)
             log.info("reports.no_report", reason=plan.no_report_reason)
             return None
-        finished = await self._jobs.finished_kinds(event.event_id)
+        outcomes = known.jobs.get(event.event_id, {})
+        finished = set(outcomes)
         open_jobs = [job for job in plan.jobs if job.kind not in finished]
         if not open_jobs:
-            quarantined = await self._jobs.quarantined_kinds(event.event_id)
-            await self._inbox.set_plan(
+            quarantined = sorted(k for k, o in outcomes.items() if o == "invalid")
+            batch.set_plan(
                 event.event_id, "done", _summary([*_quarantine_notes(quarantined), *plan.notes])
             )
             return None
         due = [job for job in open_jobs if job.due_at <= now]
         if due and problem:
-            await self._inbox.set_plan(event.event_id, "planned", f"held back: {problem}")
+            batch.set_plan(event.event_id, "planned", f"held back: {problem}")
             return now + PASS_EVERY
         later = [job.due_at for job in open_jobs if job.due_at > now]
         waits: list[str] = []
@@ -363,17 +511,23 @@ class ReportScheduler:
                 continue
             waiting = self._waiting.get((job.event_id, job.kind))
             if waiting is None or waiting.retry_at <= now:
-                waiting = await self._build_alone(job, now)
+                waiting = await self._build_alone(job, now, batch)
             if waiting is not None:
                 later.append(waiting.retry_at)
                 waits.append(waiting.note)
         plan_note = _summary([*waits, *plan.notes])
         if event.plan_state == "new" or plan_note != event.plan_note:
-            await self._inbox.set_plan(event.event_id, "planned", plan_note)
+            batch.set_plan(event.event_id, "planned", plan_note)
         return min(later, default=now if due else None)
 
     async def _take_part(
-        self, event: InboxEvent, payload: wire.EventPayload, now: float
+        self,
+        event: InboxEvent,
+        payload: wire.EventPayload,
+        now: float,
+        batch: WriteBatch,
+        known: _Known,
+        overrides: Mapping[str, str],
     ) -> Mapping[str, tuple[str, str]] | None:
         """Before planning: the LPC decisions (taken once, stored), or a PriceCurve's
         schedules (made once per resource). None without a participant: every LPC target
@@ -383,7 +537,14 @@ class ReportScheduler:
         if isinstance(payload, wire.LocationLPC | wire.ResourceLPC):
             return await self._participant.lpc_decisions(event.event_id, payload, now=now)
         if isinstance(payload, wire.PriceCurve):
-            await self._participant.schedule(event.event_id, payload, now=now)
+            await self._participant.schedule(
+                event.event_id,
+                payload,
+                now=now,
+                batch=batch,
+                scheduled=known.scheduled.get(event.event_id, frozenset()),
+                overrides=overrides,
+            )
         return None
 
     async def _unbracketed_until(self, job: Job, now: float) -> float | None:
@@ -415,16 +576,16 @@ class ReportScheduler:
         log.debug("reports.waiting_for_readings", kind=job.kind, until=max(deadlines))
         return min(now + PASS_EVERY, max(deadlines))
 
-    async def _build_alone(self, job: Job, now: float) -> _Waiting | None:
+    async def _build_alone(self, job: Job, now: float, batch: WriteBatch) -> _Waiting | None:
         """:meth:`_build_and_queue`, with any failure but the database's quarantining the job."""
         try:
-            return await self._build_and_queue(job, now)
+            return await self._build_and_queue(job, now, batch)
         except StoreError:
             raise
         except Exception as exc:  # one bad job must not stop the others
             self._waiting.pop((job.event_id, job.kind), None)
             reason = f"quarantined: {describe(exc)}"
-            await self._jobs.record(job.event_id, job.kind, "invalid", reason, now=now)
+            ReportJobs.record_later(batch, job.event_id, job.kind, "invalid", reason, now=now)
             log.error(
                 "reports.job_quarantined",
                 event_id=job.event_id,
@@ -433,9 +594,10 @@ class ReportScheduler:
             )
             return None
 
-    async def _build_and_queue(self, job: Job, now: float) -> _Waiting | None:
-        """Build the job; queue and record it, or, while intervals lack readings and its
-        wait is not over, say until when it waits (nothing is recorded)."""
+    async def _build_and_queue(self, job: Job, now: float, batch: WriteBatch) -> _Waiting | None:
+        """Build the job; queue and record it (with ``batch``'s commit), or, while intervals
+        lack readings and its wait is not over, say until when it waits (nothing is
+        recorded)."""
         result, notes = await build_job(job, self._readings, max_gap=self._config.metering.max_gap)
         key = (job.event_id, job.kind)
         wait_until = job.wait_until if job.wait_until is not None else job.due_at
@@ -456,36 +618,48 @@ class ReportScheduler:
             ]
         note = _summary([*notes, *result.notes, *waited])
         if result.request is None or result.body is None:
-            await self._jobs.record(job.event_id, job.kind, "empty", note, now=now)
+            ReportJobs.record_later(batch, job.event_id, job.kind, "empty", note, now=now)
             log.warning("reports.nothing_to_report", kind=job.kind, note=note)
             return None
         try:  # never queue what the API would refuse: that is a bug of ours, kept for a look
             contract.check("PostReportRequest", json.loads(result.body))
         except WireError as exc:
             reason = f"quarantined: breaks the contract: {describe(exc)}"
-            await self._jobs.record(job.event_id, job.kind, "invalid", reason, now=now)
+            ReportJobs.record_later(batch, job.event_id, job.kind, "invalid", reason, now=now)
             log.error("reports.breaks_contract", kind=job.kind, error=describe(exc))
             return None
-        async with self._db.write() as conn:  # the outbox row and its job row commit together
+        body, deadline = result.body, report_deadline(result.request, now=now)
+        queued = False
+
+        async def queue(conn: aiosqlite.Connection) -> None:  # outbox row and job row together
+            nonlocal queued
             queued = await Outbox.enqueue_in(
                 conn,
                 event_id=job.event_id,
                 kind=job.kind,
-                body=result.body,
+                body=body,
                 source="planner",
                 now=now,
-                deadline=report_deadline(result.request, now=now),
+                deadline=deadline,
             )
             await ReportJobs.record_in(conn, job.event_id, job.kind, "queued", note, now=now)
-        crashpoint("outbox.queued")
-        log.info(
-            "reports.queued",
-            kind=job.kind,
-            new=queued,
-            payloads=len(result.request.payloads),
-            note=note,
-        )
-        self._on_queued()
+
+        payloads = len(result.request.payloads)
+
+        def after_commit() -> None:
+            crashpoint("outbox.queued")
+            log.info(
+                "reports.queued",
+                event_id=job.event_id,
+                kind=job.kind,
+                new=queued,
+                payloads=payloads,
+                note=note,
+            )
+            self._on_queued()
+
+        batch.add(queue)
+        batch.after_commit(after_commit)
         return None
 
 

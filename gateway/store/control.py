@@ -22,6 +22,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import aiosqlite
+
 from gateway.control.targets import location_key, resource_key
 from gateway.store.database import Database
 
@@ -233,24 +235,15 @@ class ControlStore:
 
     async def put_schedule(self, row: ScheduleRow) -> ScheduleRow:
         """Store a schedule once per (event, resource); returns the stored one."""
-        await self._db.write_one(
-            "INSERT INTO schedules (event_id, resource_id, participation, strategy, schedule, "
-            "window_start, window_end, note, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (event_id, resource_id) DO NOTHING",
-            (
-                row.event_id,
-                row.resource_id,
-                row.participation,
-                row.strategy,
-                json.dumps(row.runs),
-                row.window[0],
-                row.window[1],
-                row.note,
-                row.at,
-            ),
-        )
+        await self._db.write_one(_PUT_SCHEDULE, _schedule_params(row))
         stored = await self.schedules(row.event_id)
         return next(s for s in stored if s.resource_id == row.resource_id)
+
+    @staticmethod
+    async def put_schedule_in(conn: aiosqlite.Connection, row: ScheduleRow) -> None:
+        """:meth:`put_schedule` inside the caller's write transaction (once per event and
+        resource: a schedule already stored stays)."""
+        await conn.execute(_PUT_SCHEDULE, _schedule_params(row))
 
     async def schedules(self, event_id: str) -> list[ScheduleRow]:
         rows = await self._db.fetchall(
@@ -288,6 +281,27 @@ class ControlStore:
             "SELECT resource_id, participation FROM overrides WHERE event_id = ?", (event_id,)
         )
         return {r[0]: r[1] for r in rows}
+
+
+_PUT_SCHEDULE = (
+    "INSERT INTO schedules (event_id, resource_id, participation, strategy, schedule, "
+    "window_start, window_end, note, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (event_id, resource_id) DO NOTHING"
+)
+
+
+def _schedule_params(row: ScheduleRow) -> tuple[object, ...]:
+    return (
+        row.event_id,
+        row.resource_id,
+        row.participation,
+        row.strategy,
+        json.dumps(row.runs),
+        row.window[0],
+        row.window[1],
+        row.note,
+        row.at,
+    )
 
 
 def _schedule(r: sqlite3.Row) -> ScheduleRow:

@@ -233,9 +233,25 @@ class Inbox:
         )
         return [InboxEvent.from_row(r) for r in rows]
 
-    async def set_plan(self, event_id: str, state: str, note: str | None) -> None:
-        async with self._db.write() as conn:
-            await conn.execute(
-                "UPDATE events SET plan_state = ?, plan_note = ? WHERE event_id = ?",
-                (state, note, event_id),
+    async def ids_by_plan_state(self, *states: str) -> list[str]:
+        """Ids of the events in any of ``states`` (from the index: no payload is read)."""
+        marks = ",".join("?" * len(states))
+        rows = await self._db.fetchall(
+            f"SELECT event_id FROM events WHERE plan_state IN ({marks})",  # noqa: S608
+            states,
+        )
+        return [r[0] for r in rows]
+
+    async def get_many(self, event_ids: Sequence[str]) -> list[InboxEvent]:
+        """The stored events among ``event_ids``, oldest arrival first (one statement per
+        500 ids)."""
+        found: list[InboxEvent] = []
+        for i in range(0, len(event_ids), 500):
+            chunk = event_ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = await self._db.fetchall(
+                f"SELECT * FROM events WHERE event_id IN ({marks})",  # noqa: S608
+                chunk,
             )
+            found.extend(InboxEvent.from_row(r) for r in rows)
+        return sorted(found, key=lambda e: (e.received_at, e.event_id))

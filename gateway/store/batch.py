@@ -1,0 +1,63 @@
+"""Writes gathered while a batch of work is done, committed together in one transaction.
+
+The scheduler plans a burst of events N at a time: each event's plan state, job
+records, outbox rows and schedules are gathered here and committed at the end of
+the batch (:meth:`WriteBatch.commit`), one ``BEGIN IMMEDIATE`` ... ``COMMIT`` and so
+one fsync for N events instead of one or more each. What must follow the commit (a
+log line that says something was stored, waking the deliverer) is registered with
+:meth:`WriteBatch.after_commit` and runs only once the commit returned: nothing is
+acknowledged, logged as done or handed on before it is committed.
+
+A failed commit (StoreError) leaves nothing of the batch stored and runs none of its
+follow-ups; everything in it is computed again from what is committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import aiosqlite
+
+from gateway.store.database import Database
+
+__all__ = ["WriteBatch"]
+
+Step = Callable[[aiosqlite.Connection], Awaitable[object]]
+
+
+class WriteBatch:
+    def __init__(self) -> None:
+        self._plans: dict[str, tuple[str, str | None]] = {}
+        self._steps: list[Step] = []
+        self._after: list[Callable[[], object]] = []
+
+    def set_plan(self, event_id: str, state: str, note: str | None) -> None:
+        """An event's plan state and note (the last one set for an event wins)."""
+        self._plans[event_id] = (state, note)
+
+    def add(self, step: Step) -> None:
+        """A write, run in order inside the batch's transaction."""
+        self._steps.append(step)
+
+    def after_commit(self, fn: Callable[[], object]) -> None:
+        """Run ``fn`` once the batch is committed (in the order registered)."""
+        self._after.append(fn)
+
+    def __len__(self) -> int:
+        return len(self._plans) + len(self._steps)
+
+    async def commit(self, db: Database) -> None:
+        """Every write in one transaction, then the follow-ups; the batch is empty after."""
+        plans, steps, after = self._plans, self._steps, self._after
+        self._plans, self._steps, self._after = {}, [], []
+        if plans or steps:
+            async with db.write() as conn:
+                for step in steps:
+                    await step(conn)
+                if plans:
+                    await conn.executemany(
+                        "UPDATE events SET plan_state = ?, plan_note = ? WHERE event_id = ?",
+                        [(state, note, event_id) for event_id, (state, note) in plans.items()],
+                    )
+        for fn in after:
+            fn()

@@ -287,3 +287,21 @@ async def test_maintenance_checkpoints_the_wal_it_writes(db: Database) -> None:
             )
         peak = max(peak, wal.stat().st_size)
     assert peak < 2_500_000
+
+
+async def synchronous(db: Database) -> int:
+    rows = list(await db.conn.execute_fetchall("PRAGMA synchronous"))
+    return int(rows[0][0])
+
+
+async def test_a_slice_commits_without_fsync_and_writers_keep_full_sync(db: Database) -> None:
+    assert await synchronous(db) == 2  # FULL: every writer's commit is synced
+    async with db.maintenance():
+        assert await synchronous(db) == 1  # NORMAL: the slice's commit is not
+    assert await synchronous(db) == 2
+    with contextlib.suppress(RuntimeError):
+        async with db.maintenance():
+            raise RuntimeError("a slice that fails")
+    assert await synchronous(db) == 2
+    async with db.write():
+        assert await synchronous(db) == 2

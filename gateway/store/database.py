@@ -15,7 +15,8 @@ and never span a network await: callers gather what they need, then write.
 Maintenance (compaction, expiry, retention) writes in short slices,
 ``async with db.maintenance(budget) as part:``, each a transaction of its own that
 takes its turn only when no other writer waits (:mod:`gateway.store.maintenance`),
-so intake waits at most for the slice in progress. Every
+so intake waits at most for the slice in progress. A slice commits without an
+fsync of its own (nobody waits for it; the next writer's commit syncs it too). Every
 ``MAINTENANCE_CHECKPOINT_EVERY`` slices a passive checkpoint runs on a third
 connection, outside any turn: maintenance keeps the WAL it writes small, and no
 intake commit pays for copying it into the database.
@@ -189,13 +190,31 @@ class Database:
         """
         budget = budget or SliceBudget()
         await self._checkpoint_now_and_then()
-        async with self.turns.turn(maintenance=True):
+        async with self.turns.turn(maintenance=True), self._lazy_sync():
             began = time.perf_counter()
             async with self._transaction() as conn:
                 part = MaintenanceSlice(conn, budget.rows)
                 yield part
             budget.observe(part.done, time.perf_counter() - began)
         self._slices += 1
+
+    @contextlib.asynccontextmanager
+    async def _lazy_sync(self) -> AsyncIterator[None]:
+        """A maintenance commit without its own fsync (``synchronous = NORMAL``).
+
+        Nobody waits for maintenance to be durable: a power cut may undo the last slices
+        (each whole: the WAL keeps every transaction atomic), and the next pass redoes
+        them. The next writer's commit, or a checkpoint, syncs the WAL and with it every
+        frame before, so a slice costs intake no fsync of its own.
+        """
+        try:
+            await self.conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error as exc:
+            raise store_error(exc, f"cannot prepare maintenance on {self.path}") from exc
+        try:
+            yield
+        finally:
+            await asyncio.shield(self.conn.execute("PRAGMA synchronous = FULL"))
 
     async def _checkpoint_now_and_then(self) -> None:
         """Every few maintenance slices, copy the WAL into the database on the checkpoint

@@ -305,3 +305,14 @@ async def test_a_slice_commits_without_fsync_and_writers_keep_full_sync(db: Data
     assert await synchronous(db) == 2
     async with db.write():
         assert await synchronous(db) == 2
+
+
+async def test_a_slice_cancelled_while_it_waits_or_starts_leaves_full_sync(db: Database) -> None:
+    for _ in range(3):  # cancelled at its first await, whichever hand-off that is
+        task = asyncio.create_task(db.maintenance().__aenter__())
+        await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    async with db.write():  # the turn is free, and writers still sync
+        assert await synchronous(db) == 2

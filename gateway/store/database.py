@@ -207,14 +207,17 @@ class Database:
         them. The next writer's commit, or a checkpoint, syncs the WAL and with it every
         frame before, so a slice costs intake no fsync of its own.
         """
-        try:
-            await self.conn.execute("PRAGMA synchronous = NORMAL")
-        except sqlite3.Error as exc:
-            raise store_error(exc, f"cannot prepare maintenance on {self.path}") from exc
-        try:
+        try:  # restored even if cancelled while NORMAL was on its way to SQLite's thread
+            try:
+                await self.conn.execute("PRAGMA synchronous = NORMAL")
+            except sqlite3.Error as exc:
+                raise store_error(exc, f"cannot prepare maintenance on {self.path}") from exc
             yield
         finally:
-            await asyncio.shield(self.conn.execute("PRAGMA synchronous = FULL"))
+            try:
+                await asyncio.shield(self.conn.execute("PRAGMA synchronous = FULL"))
+            except sqlite3.Error as exc:
+                raise store_error(exc, f"cannot restore full sync on {self.path}") from exc
 
     async def _checkpoint_now_and_then(self) -> None:
         """Every few maintenance slices, copy the WAL into the database on the checkpoint

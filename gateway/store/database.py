@@ -14,6 +14,15 @@ statement a snapshot of what was committed, so a read never sees a
 transaction that is still open or is later rolled back. Transactions are short
 and never span a network await: callers gather what they need, then write.
 
+Maintenance (compaction, expiry, retention) writes in short slices,
+``async with db.maintenance(budget) as part:``, each a transaction of its own that
+takes its turn only when no other writer waits (:mod:`gateway.store.maintenance`),
+so intake waits at most for the slice in progress. A slice commits without an
+fsync of its own (nobody waits for it; the next writer's commit syncs it too). Every
+``MAINTENANCE_CHECKPOINT_EVERY`` slices a passive checkpoint runs on a third
+connection, outside any turn: maintenance keeps the WAL it writes small, and no
+intake commit pays for copying it into the database.
+
 Every sqlite3 error leaves as :class:`StoreError` (:class:`StoreCorrupt` only for
 SQLITE_CORRUPT and SQLITE_NOTADB). A full disk (SQLITE_FULL) is a StoreError that
 says so: nothing of the transaction was stored, and the same connection writes
@@ -29,13 +38,16 @@ import contextlib
 import fcntl
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
 from gateway.errors import ConfigError, StoreCorrupt, StoreError
+from gateway.store.maintenance import SliceBudget, TurnQueue
 from gateway.store.open_checks import (
     check_header,
     corrupt,
@@ -50,6 +62,7 @@ __all__ = [
     "WAL_AUTOCHECKPOINT",
     "WAL_SIZE_LIMIT",
     "Database",
+    "MaintenanceSlice",
     "hold_state_dir",
     "open_database",
 ]
@@ -58,6 +71,8 @@ BUSY_TIMEOUT_MS = 10_000
 CHECKPOINT_BUSY_TIMEOUT_MS = 200  # truncate_wal gives way to a slow reader rather than wait
 WAL_AUTOCHECKPOINT = 1000  # pages (SQLite's default, stated): about 4 MB of WAL at most
 WAL_SIZE_LIMIT = 1024 * 1024  # bytes of WAL kept on disk after a checkpoint restarts it
+
+MAINTENANCE_CHECKPOINT_EVERY = 16  # slices: some 100 pages of WAL, a few ms to copy
 
 LOCK_FILE = "ecgw.lock"  # in the state directory: held by the running gateway, holds its PID
 
@@ -78,26 +93,151 @@ def store_error(exc: sqlite3.Error, doing: str) -> StoreError:
     return StoreError(f"{doing}: {detail}")
 
 
+class WriteTurns:
+    """The write turn: one holder at a time; a waiting writer goes before maintenance
+    (the order is :class:`gateway.store.maintenance.TurnQueue`'s)."""
+
+    def __init__(self) -> None:
+        self._queue: TurnQueue[asyncio.Future[None]] = TurnQueue()
+
+    @property
+    def writers_waiting(self) -> int:
+        return self._queue.writers_waiting
+
+    @property
+    def maintenance_waiting(self) -> int:
+        return self._queue.maintenance_waiting
+
+    @contextlib.asynccontextmanager
+    async def turn(self, *, maintenance: bool = False) -> AsyncIterator[None]:
+        await self._take(maintenance=maintenance)
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _take(self, *, maintenance: bool) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._queue.ask(waiter, maintenance=maintenance):
+            return
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # the turn came just as we were cancelled: pass it on
+            else:
+                self._queue.leave(waiter)
+            raise
+
+    def _release(self) -> None:
+        while (waiter := self._queue.release()) is not None:
+            if not waiter.done():  # a cancelled waiter still queued is skipped
+                waiter.set_result(None)
+                return
+
+
+@dataclass(slots=True)
+class MaintenanceSlice:
+    """One maintenance transaction: touch at most ``rows`` rows through ``conn``, then
+    say how many were touched with :meth:`touched` (the budget learns from it)."""
+
+    conn: aiosqlite.Connection
+    rows: int
+    done: int = 0
+
+    def touched(self, rows: int) -> None:
+        self.done += rows
+
+
 class Database:
     """An open database. Built by :func:`open_database`; do not construct directly."""
 
     def __init__(
-        self, conn: aiosqlite.Connection, reader: aiosqlite.Connection, path: Path
+        self,
+        conn: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        path: Path,
+        checkpointer: aiosqlite.Connection,
     ) -> None:
-        self.conn = conn  # the writer: use it only inside ``write()``
+        self.conn = conn  # the writer: use it only inside ``write()`` or ``maintenance()``
         self._reader = reader
+        self._checkpointer = checkpointer
         self.path = path
-        self._writing = asyncio.Lock()
+        self.turns = WriteTurns()
+        self._slices = 0  # maintenance slices since the last passive checkpoint
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[aiosqlite.Connection]:
         """One ``BEGIN IMMEDIATE`` ... ``COMMIT`` transaction; rolled back on error.
 
-        Writers take turns (one transaction at a time). A sqlite3 error raised in the
-        block leaves it as StoreError, after the rollback.
+        Writers take turns (one transaction at a time), before any waiting maintenance.
+        A sqlite3 error raised in the block leaves it as StoreError, after the rollback.
         """
-        async with self._writing, self._transaction() as conn:
+        async with self.turns.turn(), self._transaction() as conn:
             yield conn
+
+    @contextlib.asynccontextmanager
+    async def maintenance(
+        self, budget: SliceBudget | None = None
+    ) -> AsyncIterator[MaintenanceSlice]:
+        """One maintenance slice: a transaction like :meth:`write`'s, whose turn comes only
+        when no writer waits.
+
+        ``budget`` (one per maintenance loop) says how many rows the slice may touch
+        (``part.rows``) and learns from the time the slice took, its commit included;
+        the caller reports the rows it touched with ``part.touched(n)``::
+
+            budget = SliceBudget()
+            while True:
+                async with db.maintenance(budget) as part:
+                    cur = await part.conn.execute("DELETE ... LIMIT ?", (..., part.rows))
+                    part.touched(cur.rowcount)
+                if cur.rowcount < part.rows:
+                    break
+
+        Keep to one statement or a few per slice; do the next slice in a new block.
+        """
+        budget = budget or SliceBudget()
+        await self._checkpoint_now_and_then()
+        async with self.turns.turn(maintenance=True), self._lazy_sync():
+            began = time.perf_counter()
+            async with self._transaction() as conn:
+                part = MaintenanceSlice(conn, budget.rows)
+                yield part
+            budget.observe(part.done, time.perf_counter() - began)
+        self._slices += 1
+
+    @contextlib.asynccontextmanager
+    async def _lazy_sync(self) -> AsyncIterator[None]:
+        """A maintenance commit without its own fsync (``synchronous = NORMAL``).
+
+        Nobody waits for maintenance to be durable: a power cut may undo the last slices
+        (each whole: the WAL keeps every transaction atomic), and the next pass redoes
+        them. The next writer's commit, or a checkpoint, syncs the WAL and with it every
+        frame before, so a slice costs intake no fsync of its own.
+        """
+        try:  # restored even if cancelled while NORMAL was on its way to SQLite's thread
+            try:
+                await self.conn.execute("PRAGMA synchronous = NORMAL")
+            except sqlite3.Error as exc:
+                raise store_error(exc, f"cannot prepare maintenance on {self.path}") from exc
+            yield
+        finally:
+            try:
+                await asyncio.shield(self.conn.execute("PRAGMA synchronous = FULL"))
+            except sqlite3.Error as exc:
+                raise store_error(exc, f"cannot restore full sync on {self.path}") from exc
+
+    async def _checkpoint_now_and_then(self) -> None:
+        """Every few maintenance slices, copy the WAL into the database on the checkpoint
+        connection, outside any turn: writers go on meanwhile (SQLite lets them)."""
+        if self._slices < MAINTENANCE_CHECKPOINT_EVERY:
+            return
+        self._slices = 0
+        try:
+            await self._checkpointer.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:
+            raise store_error(exc, f"cannot checkpoint {self.path}") from exc
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -135,7 +275,7 @@ class Database:
         """One write statement as a transaction of its own, in its turn with :meth:`write`:
         SQLite commits it as it ends (all of it or nothing), in one hand-off to its thread
         where ``write()`` takes three. Returns the statement's rows (``RETURNING``)."""
-        async with self._writing:
+        async with self.turns.turn():
             try:
                 return list(await self.conn.execute_fetchall(sql, tuple(params)))
             except sqlite3.Error as exc:
@@ -155,11 +295,11 @@ class Database:
     async def truncate_wal(self) -> bool:
         """Checkpoint the whole WAL into the database and cut the WAL file to zero bytes.
 
-        Waits for other writers (it takes the write turn) but only briefly for readers:
-        if one still reads an old snapshot, this returns False and the WAL stays as it is
-        (bounded by the auto-checkpoint) until the next call.
+        Maintenance: it takes a write turn when no writer waits, and waits only briefly
+        for readers: if one still reads an old snapshot, this returns False and the WAL
+        stays as it is (bounded by the auto-checkpoint) until the next call.
         """
-        async with self._writing:
+        async with self.turns.turn(maintenance=True):
             try:
                 await self.conn.execute(f"PRAGMA busy_timeout = {CHECKPOINT_BUSY_TIMEOUT_MS}")
                 try:
@@ -262,6 +402,14 @@ async def _prepare_reader(conn: aiosqlite.Connection, path: Path) -> None:
         raise store_error(exc, f"cannot open a reader on {path}") from exc
 
 
+async def _prepare_checkpointer(conn: aiosqlite.Connection, path: Path) -> None:
+    try:
+        await conn.execute(f"PRAGMA busy_timeout = {CHECKPOINT_BUSY_TIMEOUT_MS}")
+        await conn.execute("PRAGMA synchronous = FULL")
+    except sqlite3.Error as exc:
+        raise store_error(exc, f"cannot open a checkpoint connection on {path}") from exc
+
+
 @contextlib.asynccontextmanager
 async def open_database(
     path: Path, *, full_check_after_crash: bool = False
@@ -284,7 +432,12 @@ async def open_database(
         reader = await _connect(path)
         try:
             await _prepare_reader(reader, path)
-            yield Database(conn, reader, path)
+            checkpointer = await _connect(path)
+            try:
+                await _prepare_checkpointer(checkpointer, path)
+                yield Database(conn, reader, path, checkpointer)
+            finally:
+                await checkpointer.close()
         finally:
             await reader.close()
     finally:

@@ -60,6 +60,7 @@ from gateway.metering.energy import (
 )
 from gateway.plugin import Channel, ChannelKind, Reading, Unit
 from gateway.store.database import Database
+from gateway.store.maintenance import SliceBudget
 from gateway.store.readings_compaction import (
     ChannelInfo,
     CompactionState,
@@ -151,7 +152,8 @@ class ReadingsStore:
     ) -> None:
         self._db = db
         self._writer = GroupCommit(db, max_rows=max_batch, linger=linger)
-        self._chunk = compaction_chunk
+        self.budget = SliceBudget(max_rows=compaction_chunk)
+        """Sizes compaction's and expiry's maintenance slices; learns what one costs here."""
         self._gate = Gate()
         self._states: dict[int, CompactionState] = {}  # by channel id, for one generation
         self._states_generation = -1
@@ -393,7 +395,9 @@ class ReadingsStore:
     ) -> CompactionStats:
         """Compact raw readings older than ``raw_retention``; drop all data past ``retention``.
 
-        One channel at a time, in transactions of at most ``compaction_chunk`` raw rows.
+        One channel at a time, in maintenance slices (``db.maintenance``) of at most
+        ``compaction_chunk`` raw rows, sized to last about ``SLICE_SECONDS`` each: a
+        writer that waits goes before the next slice.
         Use the same ``max_gap`` as :meth:`interval_energy`.
         """
         if not 0 < raw_retention < retention:
@@ -409,7 +413,7 @@ class ReadingsStore:
                 info,
                 horizon=horizon,
                 max_gap=max_gap,
-                chunk_rows=self._chunk,
+                budget=self.budget,
             )
             if done is None:
                 skipped.append(info.label)
@@ -418,7 +422,9 @@ class ReadingsStore:
                 totals["raw"] += done.raw_deleted
                 totals["chunks"] += done.chunks
             cutoff = now - retention
-            expired, raw_expired = await expire_channel(self._db, self._gate, info, cutoff=cutoff)
+            expired, raw_expired = await expire_channel(
+                self._db, self._gate, info, cutoff=cutoff, budget=self.budget
+            )
             totals["expired"] += expired
             totals["raw"] += raw_expired
         return CompactionStats(

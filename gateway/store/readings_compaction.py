@@ -23,6 +23,12 @@ deletes them.
 Retention deletes compacted points, and any raw rows, older than ``now -
 retention``, in bounded ``DELETE`` statements.
 
+Every chunk and every ``DELETE`` is a maintenance slice (``db.maintenance``): its
+own transaction, whose turn comes only when no other writer waits, sized by a
+:class:`~gateway.store.maintenance.SliceBudget` to last about
+:data:`~gateway.store.maintenance.SLICE_SECONDS` (a chunk reads about
+``budget.rows`` raw rows), so a webhook waits at most for the slice in progress.
+
 Readers and compaction share the one connection, so a reader's statements could
 run between the statements of a compaction chunk and see it half done (raw rows
 deleted, state not yet moved). :class:`Gate` keeps them apart in this process:
@@ -51,7 +57,8 @@ from gateway.metering.compaction import (
     power_handover,
 )
 from gateway.plugin import ChannelKind, Unit
-from gateway.store.database import Database
+from gateway.store.database import Database, MaintenanceSlice
+from gateway.store.maintenance import SliceBudget
 
 __all__ = [
     "ChannelInfo",
@@ -63,9 +70,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
-
-DELETE_ROWS = 20_000
-"""Rows per retention ``DELETE`` statement."""
 
 Sample = tuple[float, float]
 
@@ -113,8 +117,8 @@ class CompactionState:
 
     @classmethod
     async def load(cls, conn: aiosqlite.Connection, channel_id: int) -> CompactionState:
-        async with conn.execute(cls.SELECT, (channel_id,)) as cur:
-            return cls.from_row(await cur.fetchone())
+        rows = list(await conn.execute_fetchall(cls.SELECT, (channel_id,)))
+        return cls.from_row(rows[0] if rows else None)
 
     async def save(self, conn: aiosqlite.Connection, channel_id: int) -> None:
         await conn.execute(
@@ -193,9 +197,10 @@ async def compact_channel(
     *,
     horizon: float,
     max_gap: float,
-    chunk_rows: int,
+    budget: SliceBudget,
 ) -> Tally | None:
-    """Compact one channel up to ``horizon`` (a whole minute).
+    """Compact one channel up to ``horizon`` (a whole minute), a maintenance slice a chunk
+    of ``budget.rows`` raw rows.
 
     None when the channel cannot be compacted (negative power); the failing chunk
     changed nothing.
@@ -203,8 +208,8 @@ async def compact_channel(
     tally = Tally()
     try:
         while True:
-            async with gate.compacting(), db.write() as conn:
-                if not await _chunk(conn, info, horizon, max_gap, chunk_rows, tally):
+            async with gate.compacting(), db.maintenance(budget) as part:
+                if not await _chunk(part, info, horizon, max_gap, tally):
                     break
     except ValueError as exc:
         log.warning("readings.compaction_skipped", channel=info.label, reason=str(exc))
@@ -215,20 +220,21 @@ async def compact_channel(
 
 
 async def _chunk(
-    conn: aiosqlite.Connection,
+    part: MaintenanceSlice,
     info: ChannelInfo,
     horizon: float,
     max_gap: float,
-    chunk_rows: int,
     tally: Tally,
 ) -> bool:
-    """One chunk, in the caller's transaction. False when the channel is done."""
+    """One chunk, in the slice's transaction. False when the channel is done."""
+    conn = part.conn
     state = await CompactionState.load(conn, info.id)
     if state.through >= horizon:
         return False
     start = state.handover_at if state.handover_at is not None else -math.inf
-    cut = await _cut(conn, info.id, start, state.through, horizon, chunk_rows)
+    cut = await _cut(conn, info.id, start, state.through, horizon, part.rows)
     samples = await _samples(conn, info.id, start, cut + max_gap)
+    part.touched(len(samples))
     points, new = _compute(info, samples, state, cut, max_gap)
     fresh = [(info.id, at, v if math.isfinite(v) else None) for at, v in points]
     fresh = [p for p in fresh if p[1] >= state.through]
@@ -288,14 +294,15 @@ async def _cut(
 
     Always past ``through`` (a whole minute), so every chunk makes progress.
     """
-    async with conn.execute(
-        "SELECT at FROM readings WHERE channel_id = ? AND at >= ? ORDER BY at LIMIT 1 OFFSET ?",
-        (channel_id, start, chunk_rows),
-    ) as cur:
-        row = await cur.fetchone()
-    if row is None:
+    rows = list(
+        await conn.execute_fetchall(
+            "SELECT at FROM readings WHERE channel_id = ? AND at >= ? ORDER BY at LIMIT 1 OFFSET ?",
+            (channel_id, start, chunk_rows),
+        )
+    )
+    if not rows:
         return horizon
-    cut = math.floor(float(row[0]) / 60.0) * 60.0
+    cut = math.floor(float(rows[0][0]) / 60.0) * 60.0
     lower = max(start, through)
     if cut <= lower:
         cut = math.floor(lower / 60.0) * 60.0 + 60.0
@@ -305,48 +312,49 @@ async def _cut(
 async def _samples(
     conn: aiosqlite.Connection, channel_id: int, start: float, end: float
 ) -> list[Sample]:
-    """Raw rows in ``[start, end]`` and the three after (compaction needs them past the cut)."""
-    async with conn.execute(
-        "SELECT at, value FROM readings WHERE channel_id = ? AND at >= ? AND at <= ? ORDER BY at",
+    """Raw rows in ``[start, end]`` and the three after (compaction needs them past the cut).
+
+    One statement (one hand-off to SQLite's thread): a slice's fixed cost is mostly those."""
+    rows = await conn.execute_fetchall(
+        "SELECT at, value FROM readings WHERE channel_id = ?1 AND at >= ?2 AND at <= ?3 "
+        "UNION ALL SELECT * FROM (SELECT at, value FROM readings "
+        "WHERE channel_id = ?1 AND at > ?3 ORDER BY at LIMIT 3) ORDER BY at",
         (channel_id, start, end),
-    ) as cur:
-        samples = [(r[0], r[1]) for r in await cur.fetchall()]
-    async with conn.execute(
-        "SELECT at, value FROM readings WHERE channel_id = ? AND at > ? ORDER BY at LIMIT 3",
-        (channel_id, end),
-    ) as cur:
-        samples.extend((r[0], r[1]) for r in await cur.fetchall())
-    return samples
+    )
+    return [(r[0], r[1]) for r in rows]
 
 
 async def expire_channel(
-    db: Database, gate: Gate, info: ChannelInfo, *, cutoff: float
+    db: Database, gate: Gate, info: ChannelInfo, *, cutoff: float, budget: SliceBudget
 ) -> tuple[int, int]:
-    """Delete compacted points and raw rows older than ``cutoff``: (points, raw rows)."""
+    """Delete compacted points and raw rows older than ``cutoff``: (points, raw rows).
+
+    In maintenance slices of ``budget.rows`` rows (one ``DELETE`` each)."""
     try:
-        points = await _delete_before(db, gate, "readings_minute", info.id, cutoff)
-        raw = await _delete_before(db, gate, "readings", info.id, cutoff)
+        points = await _delete_before(db, gate, "readings_minute", info.id, cutoff, budget)
+        raw = await _delete_before(db, gate, "readings", info.id, cutoff, budget)
         if raw:
-            async with gate.compacting(), db.write() as conn:
-                state = await CompactionState.load(conn, info.id)
+            async with gate.compacting(), db.maintenance(budget) as part:
+                state = await CompactionState.load(part.conn, info.id)
                 if cutoff > state.raw_from:
-                    await replace(state, raw_from=cutoff).save(conn, info.id)
+                    await replace(state, raw_from=cutoff).save(part.conn, info.id)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot expire readings of {info.label}: {exc}") from exc
     return points, raw
 
 
 async def _delete_before(
-    db: Database, gate: Gate, table: str, channel_id: int, cutoff: float
+    db: Database, gate: Gate, table: str, channel_id: int, cutoff: float, budget: SliceBudget
 ) -> int:
     deleted = 0
     while True:
-        async with gate.compacting(), db.write() as conn:
-            cur = await conn.execute(
+        async with gate.compacting(), db.maintenance(budget) as part:
+            cur = await part.conn.execute(
                 f"DELETE FROM {table} WHERE channel_id = ?1 AND at IN "  # noqa: S608
                 f"(SELECT at FROM {table} WHERE channel_id = ?1 AND at < ?2 ORDER BY at LIMIT ?3)",
-                (channel_id, cutoff, DELETE_ROWS),
+                (channel_id, cutoff, part.rows),
             )
-            deleted += cur.rowcount
-        if cur.rowcount < DELETE_ROWS:
+            part.touched(cur.rowcount)
+        deleted += cur.rowcount
+        if cur.rowcount < part.rows:
             return deleted

@@ -4,11 +4,12 @@ The rules (what goes, when, and what stays) are in :mod:`gateway.store.retention
 this module holds them as SQL (:data:`RULES`, also read by ``ecgw db stats``) and runs
 them. Each slice is one short write transaction of at most ``slice_rows`` rows deleted
 (``blob_rows`` for the rows whose body or payload is dropped: each is a page or more), and the
-pass waits ``pause`` between slices, so the webhook's and the scheduler's writes, which
-queue for the same write turn (``Database.write``), wait at most one slice.
+pass waits ``pause`` between slices. Each slice is a maintenance slice
+(``Database.maintenance``): its turn comes only when no other writer waits, so the webhook's
+and the scheduler's writes wait at most for the slice in progress.
 
 A report's body is read from a snapshot first and its kWh totals computed outside the
-transaction; the ``UPDATE`` repeats the rule, so a row that changed in between (a dead
+transaction; the ``DELETE ... RETURNING`` repeats the rule, so a row that changed in between (a dead
 report retried) is left alone. Afterwards, ``PRAGMA incremental_vacuum`` gives the freed
 pages back to the file system, ``vacuum_pages`` at a time, keeping ``keep_free_pages``
 for the next writes; on a database made before auto_vacuum (see ``ecgw db vacuum``) the
@@ -212,7 +213,8 @@ class Retention:
         rebalances a page when a delete empties it, not when a row shrinks), so a year of
         slim rows would still take a page each."""
         assert rule.blob is not None
-        async with self._db.write() as conn:
+        async with self._db.maintenance() as part:
+            conn = part.conn
             rows = list(
                 await conn.execute_fetchall(
                     f"DELETE FROM {rule.table} WHERE {where} RETURNING *",  # noqa: S608
@@ -235,15 +237,17 @@ class Retention:
                 f"VALUES ({', '.join('?' * len(columns))})",
                 slim,
             )
+            part.touched(len(rows))
             return len(rows)
 
     async def _delete(self, rule: Rule, params: tuple[float, float, float], limit: int) -> int:
-        async with self._db.write() as conn:
-            cur = await conn.execute(
+        async with self._db.maintenance() as part:
+            cur = await part.conn.execute(
                 f"DELETE FROM {rule.table} WHERE rowid IN "  # noqa: S608
                 f"(SELECT rowid FROM {rule.source} WHERE {rule.where} LIMIT ?4)",
                 (*params, limit),
             )
+            part.touched(cur.rowcount)
             return cur.rowcount
 
     async def give_back(self, tally: RetentionTally | None = None) -> int:
@@ -264,7 +268,8 @@ class Retention:
             spare = free - self._keep
             step = min(spare, self._vacuum_pages)
             started = time.perf_counter()
-            async with self._db.write() as conn:
+            async with self._db.maintenance() as part:
+                conn = part.conn
                 # executescript: sqlite3's execute() steps the pragma once, which moves one
                 # page whatever N says. It commits the (empty) BEGIN first; the pragma then
                 # runs as its own transaction, still in our write turn.

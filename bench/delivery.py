@@ -108,8 +108,10 @@ def signalled_outbox(db: Any, n: int) -> Any:
     from gateway.store.outbox import Outbox
 
     class Signalled(Outbox):
-        done = asyncio.Event()
-        delivered = 0
+        def __init__(self, db: Any) -> None:
+            super().__init__(db)
+            self.done = asyncio.Event()
+            self.delivered = 0
 
         async def settle(self, results: Sequence[tuple[int, Any]], **kw: Any) -> Any:
             round_ = await super().settle(results, **kw)

@@ -20,7 +20,10 @@ location whose meter reads 3 kW plus every load that is on.
   ``apply()`` at once: what any reaction costs on this event loop. The ratio says what
   the controller's step and its durable command log add.
 
-Prints medians and p90 over the rounds, and the ratios.
+Each round is one pair: violation to command and the baseline, measured one after the
+other in the same database and event loop, the order alternating from round to round.
+Prints medians and p90 over the rounds, and every round's ratio violation / baseline
+with the median and spread.
 """
 
 from __future__ import annotations
@@ -35,7 +38,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pairs import load_line, order, ratio, ratio_line
 
 from adapters.simulated import SimulatedAdapter, SimulatedConfig
 from gateway.config import parse_config
@@ -56,10 +63,13 @@ class Timed(SimulatedAdapter):
 
     first_apply: float | None = None
     armed = False
+    arrived: asyncio.Event | None = None  # set with first_apply: a signal, not a poll
 
     async def apply(self, control: str, value: float) -> None:
         if Timed.armed and Timed.first_apply is None:
             Timed.first_apply = time.perf_counter()
+            if Timed.arrived is not None:
+                Timed.arrived.set()
         await super().apply(control, value)
 
 
@@ -97,7 +107,7 @@ def config(loads: int, state_dir: str) -> Any:
     )
 
 
-async def one_round(loads: int, work: Path) -> dict[str, float]:
+async def one_round(loads: int, work: Path, index: int) -> dict[str, float]:
     cfg = config(loads, str(work))
     adapters: dict[str, SimulatedAdapter] = {
         f"load-{i}": Timed(f"load-{i}", SimulatedConfig(type="simulated", power_kw=LOAD_KW))
@@ -140,40 +150,54 @@ async def one_round(loads: int, work: Path) -> dict[str, float]:
         await controller.tick()
         step = time.perf_counter() - start
         await asyncio.gather(*controller._pending.values())
-        # 2. back on, the meter under the cap, the controller running; then a violation read
-        for adapter in adapters.values():
-            await adapter.apply("switch", 1.0)
-        latest.put("meter", [Reading("power", time.time(), BASE_KW)])
-        running = asyncio.create_task(controller.run())
-        await asyncio.sleep(0.3)
-        Timed.first_apply, Timed.armed = None, True
-        read_at = time.perf_counter()
-        latest.put("meter", [Reading("power", time.time(), meter_kw())])
-        while Timed.first_apply is None:
-            await asyncio.sleep(0)
-        violation = Timed.first_apply - read_at
-        Timed.armed = False
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
-        # 3. the baseline: a bare listener task that calls apply() at once
-        wake = asyncio.Event()
-        latest.listen(lambda adapter, channel: wake.set())
         target = adapters["load-0"]
 
-        async def bare() -> None:
-            await wake.wait()
-            await target.apply("switch", 0.0)
+        async def violation() -> float:
+            """Back on, the meter under the cap, the controller running; then a violation read."""
+            for adapter in adapters.values():
+                await adapter.apply("switch", 1.0)
+            latest.put("meter", [Reading("power", time.time(), BASE_KW)])
+            running = asyncio.create_task(controller.run())
+            await asyncio.sleep(0.3)
+            Timed.first_apply, Timed.armed, Timed.arrived = None, True, asyncio.Event()
+            read_at = time.perf_counter()
+            latest.put("meter", [Reading("power", time.time(), meter_kw())])
+            await Timed.arrived.wait()
+            assert Timed.first_apply is not None
+            took = Timed.first_apply - read_at
+            Timed.armed = False
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+            return took
 
-        waiter = asyncio.create_task(bare())
-        await asyncio.sleep(0.05)
-        Timed.first_apply, Timed.armed = None, True
-        read_at = time.perf_counter()
-        latest.put("meter", [Reading("power", time.time() + 1, meter_kw())])
-        await waiter
-        assert Timed.first_apply is not None
-        baseline = Timed.first_apply - read_at
-        Timed.armed = False
-    return {"step": step, "violation": violation, "baseline": baseline}
+        async def baseline() -> float:
+            """A bare listener task that calls apply() at once."""
+            wake = asyncio.Event()
+            latest.listen(lambda adapter, channel: wake.set())
+
+            async def bare() -> None:
+                await wake.wait()
+                await target.apply("switch", 0.0)
+
+            waiter = asyncio.create_task(bare())
+            await asyncio.sleep(0.05)
+            Timed.first_apply, Timed.armed = None, True
+            read_at = time.perf_counter()
+            latest.put("meter", [Reading("power", time.time() + 1, meter_kw())])
+            await waiter
+            assert Timed.first_apply is not None
+            took = Timed.first_apply - read_at
+            Timed.armed = False
+            return took
+
+        # 2. and 3., in the order this pair wants
+        measured: dict[str, float] = {}
+        for side in order(index):
+            if side == "subject":
+                measured["violation"] = await violation()
+            else:
+                measured["baseline"] = await baseline()
+    return {"step": step, **measured}
 
 
 def main() -> None:
@@ -183,10 +207,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="5 rounds")
     args = parser.parse_args()
     rounds = 5 if args.quick else args.rounds
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))  # warnings up
     results = []
     for _ in range(rounds):
         with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
-            results.append(asyncio.run(one_round(args.loads, Path(tmp))))
+            results.append(asyncio.run(one_round(args.loads, Path(tmp), len(results))))
 
     def show(key: str) -> tuple[float, float]:
         values = sorted(r[key] * 1e3 for r in results)
@@ -194,7 +219,7 @@ def main() -> None:
 
     print(
         f"loads: {args.loads}; rounds: {rounds}; synchronous=FULL; "
-        f"load average: {os.getloadavg()[0]:.2f}; python {sys.version.split()[0]}"
+        f"{load_line(os.getloadavg())}; python {sys.version.split()[0]}"
     )
     step, violation, baseline = show("step"), show("violation"), show("baseline")
     print(
@@ -208,8 +233,8 @@ def main() -> None:
     print(
         f"baseline (bare listener -> apply): median {baseline[0]:.3f} ms, p90 {baseline[1]:.3f} ms"
     )
-    ratio = violation[0] / baseline[0] if baseline[0] else float("inf")
-    print(f"ratio violation / baseline: {ratio:.0f}x (absolute: {violation[0]:.2f} ms)")
+    pairs = [ratio(r["violation"], r["baseline"]) for r in results]
+    print(ratio_line("ratio violation / baseline", pairs, digits=0))
     print("target: a violation is acted on well within the meter's 1 s reading cadence")
 
 

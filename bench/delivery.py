@@ -1,14 +1,25 @@
 """Reports delivered per second: the gateway's outbox vs a bare aiohttp client.
 
-Both post the same bodies to the same sandbox (its own process, loopback) with
-16 requests in flight, in the same run, alternating. The gateway's figure
-includes everything it really does per report: claim from SQLite, POST with
-token and Idempotency-Key, record the outcome (WAL, synchronous=FULL), and log
-it as ``ecgw run`` does (JSON lines at level info).
+Both post the same bodies with 16 requests in flight to the same server, a
+**sink** that costs nearly nothing (raw asyncio in its own process on loopback:
+it answers the token request and every ``POST /reports`` with a 200 in Spark's
+wire format, ``{"id": ..., "createdAt": ...}``, and keeps nothing), so that the
+ratio measures the gateway's delivery, not the server. ``--sandbox`` posts to
+``ecgw sandbox`` instead (a fresh one per run: it keeps every report and slows
+as they pile up), which mostly measures the sandbox.
 
-    python bench/delivery.py [--reports 3000] [--rounds 3]
+The gateway's figure includes everything it really does per report: claim from
+SQLite, POST with token and Idempotency-Key, record the outcome (WAL,
+synchronous=FULL), and log it as ``ecgw run`` does (JSON lines at level info).
+Its clock stops when the outcome of the last report is committed (a signal from
+the outbox's ``settle``, no polling); the bare client's when its last answer is
+read. Each run is its own process; runs go in pairs (bare and gateway, the
+order alternating), and each pair gives one ratio.
 
-Prints reports/s for each, the ratio (target >= 0.5), and each child's peak RSS.
+    python bench/delivery.py [--reports 3000] [--rounds 5] [--sandbox] [--quick]
+
+``--rounds`` is the number of pairs. Prints every run's reports/s, every pair's
+ratio gateway / bare with the median and spread (target >= 0.5), and peak RSS.
 """
 
 from __future__ import annotations
@@ -20,15 +31,16 @@ import json
 import os
 import re
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+from pairs import interleave, load_line, ratio_line, ratios
 
 IN_FLIGHT = 16
 
@@ -89,16 +101,37 @@ async def bare_client(root: str, n: int) -> float:
         return n / (time.perf_counter() - start)
 
 
+def signalled_outbox(db: Any, n: int) -> Any:
+    """The real outbox, which sets ``done`` once ``n`` delivered outcomes are committed
+    (``settle`` returns after its commit): the clock stops on a signal, not a poll."""
+    from gateway.delivery.policy import Delivered
+    from gateway.store.outbox import Outbox
+
+    class Signalled(Outbox):
+        def __init__(self, db: Any) -> None:
+            super().__init__(db)
+            self.done = asyncio.Event()
+            self.delivered = 0
+
+        async def settle(self, results: Sequence[tuple[int, Any]], **kw: Any) -> Any:
+            round_ = await super().settle(results, **kw)
+            self.delivered += sum(isinstance(o, Delivered) for _, o in results)
+            if self.delivered >= n:
+                self.done.set()
+            return round_
+
+    return Signalled(db)
+
+
 async def gateway(root: str, n: int, state: Path) -> float:
     """The real outbox + deliverer, concurrency 16; returns reports/s."""
     from gateway.config import Secret
     from gateway.delivery.api import ApiClient, TokenSource
     from gateway.delivery.deliverer import Deliverer
     from gateway.store.database import open_database
-    from gateway.store.outbox import Outbox
 
     async with open_database(state / "ecgw.sqlite3") as db, aiohttp.ClientSession() as session:
-        outbox = Outbox(db)
+        outbox = signalled_outbox(db, n)
         now = time.time()
         for i, body in enumerate(bodies(n)):
             await outbox.enqueue(
@@ -125,8 +158,8 @@ async def gateway(root: str, n: int, state: Path) -> float:
         await tokens.get()
         start = time.perf_counter()
         task = asyncio.create_task(deliverer.run())
-        while (await outbox.counts())["delivered"] < n:
-            await asyncio.sleep(0.02)
+        async with asyncio.timeout(600):
+            await outbox.done.wait()
         elapsed = time.perf_counter() - start
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -156,6 +189,87 @@ def run_child(kind: str, root: str, n: int) -> dict[str, float]:
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+# --- the servers ----------------------------------------------------------------------------
+
+_HEAD_END = b"\r\n\r\n"
+_LENGTH = re.compile(rb"(?i)\r\ncontent-length: *(\d+)")
+TOKEN_REPLY = json.dumps(
+    {"access_token": "bench-token", "token_type": "Bearer", "expires_in": 3600}
+).encode()
+
+
+def reply(status: str, body: bytes) -> bytes:
+    head = (
+        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class Sink(asyncio.Protocol):
+    """HTTP/1.1 keep-alive, Content-Length bodies only: the token endpoint, and ``POST
+    /reports`` answered 200 with a fresh report id; anything else 404. Keeps nothing."""
+
+    reports = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self.buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while (end := self.buffer.find(_HEAD_END)) >= 0:
+            match = _LENGTH.search(self.buffer, 0, end + 2)
+            total = end + 4 + (int(match.group(1)) if match else 0)
+            if len(self.buffer) < total:
+                return
+            request_line = self.buffer[: self.buffer.find(b"\r\n")]
+            self.buffer = self.buffer[total:]
+            self.transport.write(self.answer(request_line))
+
+    def answer(self, request_line: bytes) -> bytes:
+        if request_line.startswith(b"POST /energy-coordination/v1/reports "):
+            Sink.reports += 1
+            body = b'{"id":"bench-%d","createdAt":"2026-12-01T00:00:00Z"}' % Sink.reports
+            return reply("200 OK", body)
+        if request_line.startswith(b"POST /connect/token "):
+            return reply("200 OK", TOKEN_REPLY)
+        return reply("404 Not Found", b'"not found"')
+
+
+async def serve_sink() -> None:
+    """Print the sink's root URL, serve until stdin closes, then print the report count."""
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Sink, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    print(f"sink listening on http://127.0.0.1:{port}", flush=True)
+    await asyncio.to_thread(sys.stdin.read)
+    server.close()
+    print(json.dumps({"reports": Sink.reports}), flush=True)
+
+
+@contextlib.contextmanager
+def sink() -> Iterator[tuple[str, list[int]]]:
+    """The sink in its own process; yields its root URL and a list that receives the
+    number of reports it answered once it has stopped."""
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve-sink"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    counted: list[int] = []
+    try:
+        assert proc.stdout is not None
+        yield re.search(r"(http://\S+)", proc.stdout.readline()).group(1), counted  # type: ignore[union-attr]
+    finally:
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        proc.stdin.close()
+        proc.wait(timeout=60)
+        counted.append(json.loads(proc.stdout.read().strip().splitlines()[-1])["reports"])
+
+
 @contextlib.contextmanager
 def sandbox() -> Iterator[str]:
     """``ecgw sandbox`` in its own process on a free loopback port; yields its root URL."""
@@ -175,36 +289,66 @@ def sandbox() -> Iterator[str]:
         proc.wait()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--reports", type=int, default=3000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--child")
-    parser.add_argument("--root")
-    args = parser.parse_args()
-    if args.child:
-        child(args.child, args.root, args.reports)
-        return
-    results: dict[str, list[dict[str, float]]] = {"bare": [], "gateway": []}
-    with sandbox() as root:
-        run_child("bare", root, min(args.reports, 500))  # warm-up, not counted
-    for _ in range(args.rounds):
-        for kind in ("bare", "gateway"):
+# --- the run ------------------------------------------------------------------------------
+
+
+def run_pairs(args: argparse.Namespace) -> tuple[list[Any], str]:
+    """``args.rounds`` pairs of (bare, gateway) runs; the pairs and what they posted to."""
+    if args.sandbox:
+
+        def run(kind: str) -> dict[str, float]:
             # A fresh sandbox for each run: it keeps every report it receives and slows
             # down as they pile up, which would favour whichever client runs first.
             with sandbox() as root:
-                results[kind].append(run_child(kind, root, args.reports))
-    bare = statistics.median(r["rate"] for r in results["bare"])
-    gw = statistics.median(r["rate"] for r in results["gateway"])
-    print(f"reports per round: {args.reports}, rounds: {args.rounds}, in flight: {IN_FLIGHT}")
-    for label, kind, rate in (
-        ("bare aiohttp client", "bare", bare),
-        ("gateway outbox     ", "gateway", gw),
-    ):
-        rounds = ", ".join(f"{r['rate']:.0f}" for r in results[kind])
-        rss = max(r["rss_mb"] for r in results[kind])
-        print(f"{label} : {rate:8.0f} reports/s  (rounds: {rounds})  peak RSS {rss:.1f} MB")
-    print(f"ratio gateway/bare  : {gw / bare:.2f}  (target >= 0.5)")
+                return run_child(kind, root, args.reports)
+
+        with sandbox() as root:
+            run_child("bare", root, min(args.reports, 500))  # warm-up, not counted
+        runs = interleave(args.rounds, lambda _: run("bare"), lambda _: run("gateway"))
+        return runs, "ecgw sandbox (a fresh one per run)"
+    with sink() as (root, counted):
+        run_child("bare", root, min(args.reports, 500))  # warm-up, not counted
+        runs = interleave(
+            args.rounds,
+            lambda _: run_child("bare", root, args.reports),
+            lambda _: run_child("gateway", root, args.reports),
+        )
+    expected = min(args.reports, 500) + 2 * args.rounds * args.reports
+    if counted != [expected]:
+        raise RuntimeError(f"the sink answered {counted} reports, expected {expected}")
+    return runs, f"a sink that answers 200 at once ({expected} reports answered, as expected)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--reports", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=5, help="pairs of runs")
+    parser.add_argument("--sandbox", action="store_true", help="post to ecgw sandbox")
+    parser.add_argument("--quick", action="store_true", help="500 reports, 3 pairs")
+    parser.add_argument("--child")
+    parser.add_argument("--root")
+    parser.add_argument("--serve-sink", action="store_true")
+    args = parser.parse_args()
+    if args.serve_sink:
+        asyncio.run(serve_sink())
+        return
+    if args.child:
+        child(args.child, args.root, args.reports)
+        return
+    if args.quick:
+        args.reports, args.rounds = 500, 3
+    runs, server = run_pairs(args)
+    print(
+        f"reports per run: {args.reports}, pairs: {args.rounds}, in flight: {IN_FLIGHT}, "
+        f"server: {server}; {load_line(os.getloadavg())}"
+    )
+    for label, side in (("bare aiohttp client", "baseline"), ("gateway outbox     ", "subject")):
+        results = [getattr(p, side) for p in runs]
+        each = ", ".join(f"{r['rate']:.0f}" for r in results)
+        rss = max(r["rss_mb"] for r in results)
+        print(f"{label}: reports/s per run [{each}]  peak RSS {rss:.1f} MB")
+    print(ratio_line("ratio gateway / bare", ratios(runs, lambda r: r["rate"])))
+    print("target: ratio >= 0.5")
 
 
 if __name__ == "__main__":

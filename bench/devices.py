@@ -1,6 +1,7 @@
 """Device-side figures, each next to a baseline measured in the same run.
 
-    python bench/devices.py [--only mqtt,modbus,rss,outage]
+    python bench/devices.py [--only mqtt,modbus,rss,outage] [--messages 20000] [--pairs 3]
+        [--quick]
 
 1. MQTT: Shelly status frames per second taken in by a bare aiomqtt subscriber, by the
    MqttAdapter, and by the adapter with every reading committed to the readings store.
@@ -9,6 +10,12 @@
 3. Peak RSS of `ecgw run` with 100 simulated adapters, next to the same gateway with none.
 4. A Modbus device gone for 30 s: CPU used meanwhile (next to 30 s of normal polling), zero
    or other readings while it was away, and how long until readings resume once it is back.
+
+Each part runs its baseline and its subject in ``--pairs`` pairs, the order alternating
+(baseline first, then the subject first, ...), and prints every run, every pair's ratio
+and their median and spread. In part 1 the bare subscriber is the baseline of both
+subjects: bare, adapter, adapter + store in even pairs, the reverse in odd ones.
+``--quick``: 5,000 frames, 2 s of Modbus polling, 10 s for RSS and the outage, 2 pairs.
 """
 
 from __future__ import annotations
@@ -32,8 +39,13 @@ sys.path.insert(0, str(ROOT))
 
 import msgspec  # noqa: E402
 import structlog  # noqa: E402
+from pairs import interleave, load_line, order, ratio, ratio_line, ratios  # noqa: E402
 
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
+
+
+def listing(values: list[float], fmt: str = ".0f") -> str:
+    return "[" + ", ".join(f"{v:{fmt}}" for v in values) + "]"
 
 
 def cpu_seconds() -> float:
@@ -44,51 +56,84 @@ def cpu_seconds() -> float:
 # --- 1. MQTT -------------------------------------------------------------------------------------
 
 
-async def mqtt(messages: int) -> None:
+async def mqtt(messages: int, pairs: int) -> None:
     from adapters.mqtt import MqttAdapter, MqttConfig
     from gateway.store.database import open_database
     from gateway.store.readings import ReadingsStore
-    from tests.kit.mosquitto import Mosquitto, _publisher, mqtt_ingest_rate, shelly_status_lines
+    from tests.kit.mosquitto import Mosquitto, _publisher, shelly_status_lines
 
+    payload = ("\n".join(shelly_status_lines(messages)) + "\n").encode()
+
+    def config(broker: Mosquitto, device: str) -> MqttConfig:
+        # A fresh client id each run: no persistent session from an earlier run holds a backlog.
+        table = {
+            "type": "mqtt",
+            "url": broker.url,
+            "profile": "shelly-gen2",
+            "device": device,
+            "client_id": f"ecgw-bench-{secrets.token_hex(4)}",
+        }
+        return msgspec.convert(table, MqttConfig)
+
+    async def bare(broker: Mosquitto, _: Path) -> float:
+        import aiomqtt
+
+        topic = "shellyplus1pm-bare/status/switch:0"
+        async with aiomqtt.Client(broker.host, broker.port, identifier="bench-bare") as client:
+            await client.subscribe(topic, qos=1)
+            async with _publisher(broker, topic, payload) as started:
+                seen = 0
+                async for _ in client.messages:
+                    seen += 1
+                    if seen == messages:
+                        break
+                return messages / (time.perf_counter() - started)
+
+    async def adapter(broker: Mosquitto, tmp: Path, *, store: bool = False) -> float:
+        device = f"shellyplus1pm-{secrets.token_hex(3)}"
+        async with contextlib.AsyncExitStack() as stack:
+            readings = None
+            if store:
+                db = await stack.enter_async_context(open_database(tmp / f"{device}.sqlite3"))
+                readings = ReadingsStore(db)
+                await stack.enter_async_context(readings.writer())
+            plug = await stack.enter_async_context(MqttAdapter("plug", config(broker, device)))
+            if readings is not None:
+                await readings.register_channels("plug", plug.channels())
+            stream = plug.stream()
+            async with _publisher(broker, f"{device}/status/switch:0", payload) as started:
+                seen = 0
+                async for batch in stream:
+                    if readings is not None:
+                        await readings.write("plug", batch)
+                    seen += sum(1 for r in batch if r.channel == "energy")
+                    if seen >= messages:
+                        break
+                elapsed = time.perf_counter() - started
+            await stream.aclose()
+        return messages / elapsed
+
+    async def stored(broker: Mosquitto, tmp: Path) -> float:
+        return await adapter(broker, tmp, store=True)
+
+    runs: dict[str, list[float]] = {"bare": [], "adapter": [], "store": []}
+    sides = (("bare", bare), ("adapter", adapter), ("store", stored))
     with tempfile.TemporaryDirectory() as tmp:
         async with Mosquitto.running(Path(tmp)) as broker:
-            rate = await mqtt_ingest_rate(broker, messages=messages)
-            device = "shellyplus1pm-store"
-            topic = f"{device}/status/switch:0"
-            payload = ("\n".join(shelly_status_lines(messages)) + "\n").encode()
-            table = {
-                "type": "mqtt",
-                "url": broker.url,
-                "profile": "shelly-gen2",
-                "device": device,
-                "client_id": f"ecgw-bench-{secrets.token_hex(4)}",
-            }
-            config = msgspec.convert(table, MqttConfig)
-            async with open_database(Path(tmp) / "db.sqlite3") as db:
-                store = ReadingsStore(db)
-                async with store.writer(), MqttAdapter("plug", config) as adapter:
-                    await store.register_channels("plug", adapter.channels())
-                    stream = adapter.stream()
-                    async with _publisher(broker, topic, payload) as started:
-                        committed = 0
-                        async for batch in stream:
-                            await store.write("plug", batch)
-                            committed += sum(1 for r in batch if r.channel == "energy")
-                            if committed >= messages:
-                                break
-                        stored_s = time.perf_counter() - started
-                    await stream.aclose()
-    stored = messages / stored_s
-    print(f"MQTT, {messages} Shelly status frames (QoS 1, mosquitto on loopback)")
-    print(f"  bare aiomqtt subscriber        {rate.bare_per_s:9.0f} msg/s")
-    print(
-        f"  MqttAdapter                    {rate.adapter_per_s:9.0f} msg/s   "
-        f"ratio {rate.ratio:.2f} (target >= 0.5)"
-    )
-    print(
-        f"  MqttAdapter + committed store  {stored:9.0f} msg/s   "
-        f"ratio {stored / rate.bare_per_s:.2f}"
-    )
+            for index in range(pairs):
+                for name, run in sides if index % 2 == 0 else reversed(sides):
+                    runs[name].append(await run(broker, Path(tmp)))
+    print(f"MQTT, {messages} Shelly status frames (QoS 1, mosquitto on loopback), {pairs} pairs")
+    for name, label in (
+        ("bare", "bare aiomqtt subscriber      "),
+        ("adapter", "MqttAdapter                  "),
+        ("store", "MqttAdapter + committed store"),
+    ):
+        print(f"  {label} msg/s per run [{', '.join(f'{x:.0f}' for x in runs[name])}]")
+    for name in ("adapter", "store"):
+        pair_ratios = [ratio(a, b) for a, b in zip(runs[name], runs["bare"], strict=True)]
+        print("  " + ratio_line(f"ratio {name} / bare", pair_ratios))
+    print("  target: adapter / bare >= 0.5")
 
 
 # --- 2. Modbus -----------------------------------------------------------------------------------
@@ -118,8 +163,8 @@ async def bare_modbus(ports: list[int], seconds: float) -> float:
     return count / elapsed
 
 
-async def modbus(devices: int, seconds: float) -> None:
-    from tests.kit.modbus import EastronMeter, modbus_polls_per_second, modbus_tcp_server
+async def bare_modbus_servers(devices: int, seconds: float) -> float:
+    from tests.kit.modbus import EastronMeter, modbus_tcp_server
 
     async with contextlib.AsyncExitStack() as stack:
         servers = [
@@ -128,14 +173,28 @@ async def modbus(devices: int, seconds: float) -> None:
             )
             for i in range(devices)
         ]
-        bare = await bare_modbus([s.port for s in servers], seconds)
-    adapter = await modbus_polls_per_second(devices, seconds)
-    print(f"Modbus TCP, {devices} SDM630 servers on loopback (servers in the same process)")
-    print(f"  bare pymodbus client (2 reads/poll)  {bare:7.0f} polls/s")
-    print(
-        f"  ModbusAdapter                        {adapter:7.0f} polls/s   "
-        f"ratio {adapter / bare:.2f}"
+        return await bare_modbus([s.port for s in servers], seconds)
+
+
+def modbus(devices: int, seconds: float, pairs: int) -> None:
+    from tests.kit.modbus import modbus_polls_per_second
+
+    runs = interleave(
+        pairs,
+        lambda _: asyncio.run(bare_modbus_servers(devices, seconds)),
+        lambda _: asyncio.run(modbus_polls_per_second(devices, seconds)),
     )
+    print(
+        f"Modbus TCP, {devices} SDM630 servers on loopback (servers in the same process), "
+        f"{seconds:g} s per run, {pairs} pairs"
+    )
+    for label, side in (
+        ("bare pymodbus client (2 reads/poll)", "baseline"),
+        ("ModbusAdapter", "subject"),
+    ):
+        each = ", ".join(f"{getattr(p, side):.0f}" for p in runs)
+        print(f"  {label:36s} polls/s per run [{each}]")
+    print("  " + ratio_line("ratio adapter / bare", ratios(runs, float)))
 
 
 # --- 3. RSS --------------------------------------------------------------------------------------
@@ -191,7 +250,7 @@ def gateway_rss(root: str, adapters: int, seconds: float) -> tuple[float, int]:
     return peak, readings
 
 
-def rss(seconds: float) -> None:
+def rss(seconds: float, pairs: int) -> None:
     sandbox = subprocess.Popen(
         [sys.executable, "-m", "gateway", "sandbox", "--listen", "127.0.0.1:0"],
         stdout=subprocess.PIPE,
@@ -201,23 +260,29 @@ def rss(seconds: float) -> None:
     try:
         assert sandbox.stdout is not None
         root = re.search(r"(http://\S+)", sandbox.stdout.readline()).group(1)  # type: ignore[union-attr]
-        base, _ = gateway_rss(root, 0, seconds)
-        peak, readings = gateway_rss(root, 100, seconds)
+        runs = interleave(
+            pairs,
+            lambda _: gateway_rss(root, 0, seconds),
+            lambda _: gateway_rss(root, 100, seconds),
+        )
     finally:
         sandbox.terminate()
         sandbox.wait()
-    print(f"Peak RSS of `ecgw run` after {seconds:.0f} s (VmHWM)")
-    print(f"  no adapters                          {base:6.1f} MB")
+    print(f"Peak RSS of `ecgw run` after {seconds:.0f} s (VmHWM), {pairs} pairs")
+    base = listing([p.baseline[0] for p in runs], ".1f")
+    print(f"  no adapters                          MB per run {base}")
     print(
-        f"  100 simulated adapters, 1 s polls    {peak:6.1f} MB   (target <= 80 MB; "
-        f"{readings} readings committed)"
+        f"  100 simulated adapters, 1 s polls    MB per run "
+        f"[{', '.join(f'{p.subject[0]:.1f}' for p in runs)}] (target <= 80 MB; readings "
+        f"committed per run: {', '.join(str(p.subject[1]) for p in runs)})"
     )
+    print("  " + ratio_line("ratio 100 adapters / none", ratios(runs, lambda r: r[0])))
 
 
 # --- 4. Modbus outage ----------------------------------------------------------------------------
 
 
-async def outage(seconds: float) -> None:
+async def outage(seconds: float, pairs: int) -> None:
     from adapters.modbus import ModbusAdapter
     from gateway.metering.runtime import AdapterRuntime
     from gateway.plugin import Reading
@@ -226,9 +291,23 @@ async def outage(seconds: float) -> None:
     meter = EastronMeter("sdm630")
     meter.ramp(5.0, time.time, from_kwh=500.0)
     readings: list[tuple[float, Reading]] = []
+    back = asyncio.Event()  # set by the first reading after the device came back
+    back_at = 0.0
+    away: list[tuple[float, float]] = []
+    normal: list[float] = []
+    away_cpu: list[float] = []
+    resumed: list[float] = []
 
     async def sink(name: str, batch: list[Reading]) -> None:
-        readings.extend((time.time(), r) for r in batch)
+        now = time.time()
+        readings.extend((now, r) for r in batch)
+        if back_at and now > back_at:
+            back.set()
+
+    async def cpu_over(window: float) -> float:
+        cpu0, wall0 = cpu_seconds(), time.monotonic()
+        await asyncio.sleep(window)
+        return (cpu_seconds() - cpu0) / (time.monotonic() - wall0)
 
     async with modbus_tcp_server({1: meter}) as server:
         config = modbus_config(
@@ -237,42 +316,60 @@ async def outage(seconds: float) -> None:
         adapter = ModbusAdapter("meter", config)
         async with AdapterRuntime({"meter": adapter}, sink):  # type: ignore[arg-type]
             await asyncio.sleep(3)
-            cpu0, wall0 = cpu_seconds(), time.monotonic()
-            await asyncio.sleep(seconds)
-            normal_cpu = (cpu_seconds() - cpu0) / (time.monotonic() - wall0)
-            await server.stop()
-            gone_at = time.time()
-            cpu0, wall0 = cpu_seconds(), time.monotonic()
-            await asyncio.sleep(seconds)
-            away_cpu = (cpu_seconds() - cpu0) / (time.monotonic() - wall0)
-            await server.start()
-            back_at = time.time()
-            while not any(t > back_at for t, _ in readings):
-                await asyncio.sleep(0.05)
-            resumed = min(t for t, _ in readings if t > back_at) - back_at
-    during = [r for t, r in readings if gone_at + 0.5 < t < back_at]
+            for index in range(pairs):
+                for side in order(index):
+                    if side == "baseline":
+                        normal.append(await cpu_over(seconds))
+                        continue
+                    await server.stop()
+                    gone_at = time.time()
+                    away_cpu.append(await cpu_over(seconds))
+                    await server.start()
+                    back.clear()
+                    back_at = time.time()
+                    away.append((gone_at, back_at))
+                    await back.wait()  # a signal from the sink, not a poll
+                    resumed.append(min(t for t, _ in readings if t > back_at) - back_at)
+    during = [r for t, r in readings if any(g + 0.5 < t < b for g, b in away)]
     zeros = [r for _, r in readings if r.channel == "energy" and r.value == 0]
-    print(f"Modbus device gone for {seconds:.0f} s (poll every 1 s, backoff cap 30 s)")
-    print(f"  CPU while polling normally   {normal_cpu * 100:5.2f} % of a core")
-    print(f"  CPU while the device is away {away_cpu * 100:5.2f} % of a core")
+    normal_pct, away_pct = [x * 100 for x in normal], [x * 100 for x in away_cpu]
+    print(
+        f"Modbus device gone for {seconds:.0f} s (poll every 1 s, backoff cap 30 s), "
+        f"{pairs} pairs of {seconds:.0f} s polling normally and {seconds:.0f} s away"
+    )
+    print(f"  CPU while polling normally   % of a core per run {listing(normal_pct, '.2f')}")
+    print(f"  CPU while the device is away % of a core per run {listing(away_pct, '.2f')}")
+    pair_ratios = [ratio(a, b) for a, b in zip(away_cpu, normal, strict=True)]
+    print("  " + ratio_line("ratio CPU away / normal", pair_ratios))
     print(f"  readings while away: {len(during)}; zero energy readings ever: {len(zeros)}")
-    print(f"  readings resumed {resumed:.1f} s after the device came back (cap + 1 s = 31 s)")
+    print(
+        f"  readings resumed after the device came back: "
+        f"{', '.join(f'{x:.1f}' for x in resumed)} s (at most the cap + 1 s = 31 s)"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", default="mqtt,modbus,rss,outage")
     parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="shorter runs, 2 pairs")
     args = parser.parse_args()
+    modbus_s, rss_s, outage_s = 5.0, 20.0, 30.0
+    if args.quick:
+        args.messages, args.pairs = 5000, 2
+        modbus_s, rss_s, outage_s = 2.0, 10.0, 10.0
+    print(f"{load_line(os.getloadavg())} at the start")
     parts = set(args.only.split(","))
     if "mqtt" in parts:
-        asyncio.run(mqtt(args.messages))
+        asyncio.run(mqtt(args.messages, args.pairs))
     if "modbus" in parts:
-        asyncio.run(modbus(50, 5.0))
+        modbus(50, modbus_s, args.pairs)
     if "rss" in parts:
-        rss(20.0)
+        rss(rss_s, args.pairs)
     if "outage" in parts:
-        asyncio.run(outage(30.0))
+        asyncio.run(outage(outage_s, args.pairs))
+    print(f"{load_line(os.getloadavg())} at the end")
 
 
 if __name__ == "__main__":

@@ -9,13 +9,15 @@ Timed (automatic WAL checkpoints off, on both, so that the bytes each phase
 writes can be counted), on each: ``enqueue`` of N new reports (one commit each, as the scheduler
 does), then delivering them with ``settle`` rounds of 32 (as the deliverer's
 keeper does), plus the keeper's idle-time queries (``next_due``, the deadline
-check). Rounds alternate between the two databases.
+check). Rounds go in pairs (empty, then history; history, then empty; ...), each
+pair giving one ratio history / empty per figure.
 
     python bench/history.py [--history 100000] [--reports 300] [--rounds 3] [--quick]
 
-Prints, for each, the median wall time per call (dominated by the fsync of each
-commit, which is noisy on a shared disk), and the noise-free parts: process CPU
-and WAL bytes per report; the change with history (target: at most +20 %); and
+``--rounds`` is the number of pairs. Prints, for each, the median wall time per
+call (dominated by the fsync of each commit, which is noisy on a shared disk), and
+the noise-free parts: process CPU and WAL bytes per report; every pair's ratio
+history / empty with the median and spread (target: at most 1.20, i.e. +20 %); and
 SQLite's query plans for the statements on the hot path.
 """
 
@@ -33,6 +35,7 @@ from pathlib import Path
 
 from delivery import bodies
 from outbox_vs_persistqueue import event_id, outbox_drain, outbox_enqueue
+from pairs import interleave, load_line, ratio_line, ratios
 
 HOT_PATH = {
     "claim (settle)": (
@@ -139,10 +142,10 @@ def main() -> None:
     parser.add_argument("--history", type=int, default=100_000)
     parser.add_argument("--reports", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="10,000 history, 100 reports")
+    parser.add_argument("--quick", action="store_true", help="10,000 history, 100 reports, 3 pairs")
     args = parser.parse_args()
     if args.quick:
-        args.history, args.reports, args.rounds = 10_000, 100, 1
+        args.history, args.reports, args.rounds = 10_000, 100, 3
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
         empty, kept = Path(tmp) / "empty.sqlite3", Path(tmp) / "kept.sqlite3"
         for path in (empty, kept):
@@ -151,21 +154,23 @@ def main() -> None:
         fill_history(kept, args.history)
         fill = time.perf_counter() - start
         size_mb = kept.stat().st_size / 1e6
-        runs: dict[str, list[dict[str, list[float]]]] = {"empty": [], "kept": []}
-        for r in range(args.rounds):
-            order = (("empty", empty), ("kept", kept))
-            for name, path in order if r % 2 == 0 else reversed(order):
-                first = 10_000_000 + r * args.reports
-                runs[name].append(asyncio.run(timed(path, args.reports, first)))
+
+        def first(r: int) -> int:
+            return 10_000_000 + r * args.reports
+
+        runs = interleave(
+            args.rounds,
+            lambda r: asyncio.run(timed(empty, args.reports, first(r))),
+            lambda r: asyncio.run(timed(kept, args.reports, first(r))),
+        )
         plan = plans(kept)
     print(
         f"history: {args.history} delivered rows ({size_mb:.0f} MB, written in {fill:.1f} s); "
-        f"{args.reports} reports per round; rounds: {args.rounds}; "
-        f"load average: {os.getloadavg()[0]:.2f}"
+        f"{args.reports} reports per round; pairs: {args.rounds}; {load_line(os.getloadavg())}"
     )
 
-    def median(kind: str, phase: str) -> float:
-        return statistics.median(t for x in runs[kind] for t in x[phase])
+    def median(sample: dict[str, list[float]], phase: str) -> float:
+        return statistics.median(sample[phase])
 
     for phase, label, scale, unit in (
         ("enqueue", "enqueue, wall per call (1 commit)", 1e6, "us"),
@@ -176,10 +181,11 @@ def main() -> None:
         ("enqueue_wal", "enqueue, WAL bytes per report    ", 1, " B"),
         ("deliver_wal", "deliver, WAL bytes per report    ", 1, " B"),
     ):
-        a, b = median("empty", phase) * scale, median("kept", phase) * scale
-        change = f"{b / a - 1:+6.1%}" if a else "n/a"
-        print(f"{label}: empty {a:7.0f}{unit}  history {b:7.0f}{unit}  change {change}")
-    print("target: enqueue and deliver change <= +20 %")
+        a = statistics.median(median(p.baseline, phase) for p in runs) * scale
+        b = statistics.median(median(p.subject, phase) for p in runs) * scale
+        print(f"{label}: empty {a:7.0f}{unit}  history {b:7.0f}{unit} (medians)")
+        print("  " + ratio_line("ratio history / empty", ratios(runs, lambda x: median(x, phase))))  # noqa: B023
+    print("target: enqueue and deliver ratio <= 1.20 (+20 %)")
     for name, text in plan.items():
         print(f"plan {name:15s}: {text}")
 

@@ -4,12 +4,15 @@ The gateway runs as ``ecgw run`` in its own process with the sandbox (its own
 process, not counted), the webhook listening and two simulated adapters read
 every second (so "idle" includes metering: two reads and a commit per second).
 The baseline, in the same run, is a bare aiohttp server process (Python, aiohttp
-imported, one route) left idle for as long.
+imported, one route) left idle for as long. They run in pairs, one after the
+other, the order alternating (bare first, then the gateway first, ...).
 
-    python bench/idle.py [--seconds 60] [--quick]
+    python bench/idle.py [--seconds 60] [--pairs 2] [--quick]
 
 Prints RSS (at the start and end of the window, and the peak the kernel saw) and
-CPU (% of one core, and CPU seconds per minute) for each, and the ratios.
+CPU (% of one core, and CPU seconds per minute) of every run, and every pair's
+ratio gateway / bare with the median and spread (the CPU ratio is not finite
+when the bare server used no measurable CPU; the gateway's CPU is then the figure).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from pairs import interleave, load_line, ratio_line, ratios
 from webhook import cpu_seconds, server
 
 
@@ -50,28 +54,28 @@ def watch(kind: str, seconds: float) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--quick", action="store_true", help="4 seconds")
+    parser.add_argument("--pairs", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="4 seconds, 3 pairs")
     args = parser.parse_args()
     if args.quick:
-        args.seconds = 4
-    result = {kind: watch(kind, args.seconds) for kind in ("bare", "gateway")}
+        args.seconds, args.pairs = 4, 3
+    runs = interleave(
+        args.pairs, lambda _: watch("bare", args.seconds), lambda _: watch("gateway", args.seconds)
+    )
     print(
-        f"idle for {args.seconds:.0f} s; load average: {os.getloadavg()[0]:.2f}; "
+        f"idle for {args.seconds:.0f} s per run; pairs: {args.pairs}; "
+        f"{load_line(os.getloadavg())}; "
         "gateway = ecgw run with the webhook and two simulated adapters read every second"
     )
-    for kind, r in result.items():
-        print(
-            f"{kind:8s}: RSS {r['start_rss']:6.1f} -> {r['end_rss']:6.1f} MB "
-            f"(peak {r['peak_rss']:6.1f} MB), CPU {r['cpu_pct']:5.2f} % of a core "
-            f"({r['cpu_pct'] * 0.6:5.2f} CPU s per minute)"
-        )
-    bare, gw = result["bare"], result["gateway"]
-    cpu = (
-        f"{gw['cpu_pct'] / bare['cpu_pct']:.1f}"
-        if bare["cpu_pct"] >= 0.01
-        else "n/a (the bare server used no measurable CPU)"
-    )
-    print(f"ratio gateway/bare: RSS {gw['end_rss'] / bare['end_rss']:.2f}, CPU {cpu}")
+    for i, pair in enumerate(runs):
+        for kind, r in (("bare", pair.baseline), ("gateway", pair.subject)):
+            print(
+                f"pair {i} {kind:8s}: RSS {r['start_rss']:6.1f} -> {r['end_rss']:6.1f} MB "
+                f"(peak {r['peak_rss']:6.1f} MB), CPU {r['cpu_pct']:5.2f} % of a core "
+                f"({r['cpu_pct'] * 0.6:5.2f} CPU s per minute)"
+            )
+    print(ratio_line("ratio gateway / bare, RSS at the end", ratios(runs, lambda r: r["end_rss"])))
+    print(ratio_line("ratio gateway / bare, CPU", ratios(runs, lambda r: r["cpu_pct"]), digits=1))
 
 
 if __name__ == "__main__":

@@ -10,16 +10,31 @@ shared machine fsync latency changes from second to second; both see the same):
   acknowledge all of them.
 
 Each side uses its own API as it is meant to be used. The outbox: ``enqueue`` per
-report, then ``settle`` rounds as the deliverer's keeper runs them (record the
-previous round's outcomes and claim the next 32 in one transaction; 32 = the
-default 4 workers x 8 claimed ahead). persist-queue (single-threaded, its fastest
-use; ``auto_commit=True``, which its ack queue enforces): ``put`` per report,
-then ``get`` and ``ack`` per report, each its own commit. Bodies are stored as
-raw bytes by both (persist-queue gets a pass-through serializer). Acknowledged
-rows stay in both tables (the outbox keeps delivered rows by design;
-persist-queue keeps acked rows until ``clear_acked_data`` is called).
+report (one statement in autocommit: one commit each), then ``settle`` rounds as
+the deliverer's keeper runs them (record the previous round's outcomes and claim
+the next 32 in one transaction; 32 = the default 4 workers x 8 claimed ahead).
+persist-queue (single-threaded, its fastest use; ``auto_commit=True``, which its
+ack queue enforces): ``put`` per report, then ``get`` and ``ack`` per report, each
+its own commit. Bodies are stored as raw bytes by both (persist-queue gets a
+pass-through serializer). Acknowledged rows stay in both tables (the outbox keeps
+delivered rows by design; persist-queue keeps acked rows until
+``clear_acked_data`` is called).
 
-    python bench/outbox_vs_persistqueue.py [--reports 1000] [--backlog 10000] [--rounds 1] [--quick]
+Beside them, on a database of its own, **outbox batched**: the same reports queued
+``--batch`` at a time in one transaction (``Outbox.enqueue_in`` inside
+``Database.write``, as a pass of the scheduler does when it builds reports for
+several events at once), then delivered as above. Printed on lines of its own; it
+never replaces the per-report figures.
+
+Commits are counted from SQLite's statement trace: a ``COMMIT``, or a write
+statement outside ``BEGIN`` ... ``COMMIT`` (it commits by itself).
+
+Each round is one pair: the sides take turns slice by slice (the order alternating
+from slice to slice), and the round gives one ratio per phase. Every round's ratio
+is printed with the median and spread.
+
+    python bench/outbox_vs_persistqueue.py [--reports 1000] [--backlog 10000] [--rounds 3]
+        [--batch 32] [--quick]
 
 Prints reports/s for each and the ratio outbox / persist-queue (target >= 2).
 Needs ``pip install -e '.[bench]'`` (persist-queue).
@@ -36,15 +51,16 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 from delivery import bodies  # the report bodies bench/delivery.py posts
+from pairs import load_line, order, ratio, ratio_line
 
 CLAIM = 32  # the deliverer's default: 4 workers x CLAIM_PER_WORKER (8)
-KINDS = ("outbox", "persist-queue")
+KINDS = ("outbox", "outbox batched", "persist-queue")
+PHASES = ("enqueue", "deliver", "drain")
 PASS_THROUGH = SimpleNamespace(dumps=lambda b: b, loads=lambda b: b)  # bytes in, bytes out
 
 
@@ -98,6 +114,24 @@ class OutboxSide:
 
     async def put(self, payloads: list[bytes], first: int) -> float:
         return sum(await outbox_enqueue(self.outbox, payloads, first))
+
+    async def put_batched(self, payloads: list[bytes], first: int, batch: int) -> float:
+        """Queue ``batch`` reports per transaction, as a scheduler pass does."""
+        from gateway.store.outbox import Outbox
+
+        start = time.perf_counter()
+        for offset in range(0, len(payloads), batch):
+            async with self.db.write() as conn:
+                for i, body in enumerate(payloads[offset : offset + batch], first + offset):
+                    await Outbox.enqueue_in(
+                        conn,
+                        event_id=event_id(i),
+                        kind="EnergyUsage",
+                        body=body,
+                        source="bench",
+                        now=0.0,
+                    )
+        return time.perf_counter() - start
 
     async def deliver(self, count: int) -> tuple[float, int]:
         """Settle rounds (record the last claim, claim the next) until ``count`` reports
@@ -168,39 +202,70 @@ def pq_deliver(queue: Any, count: int) -> tuple[float, int]:
 # --- the run ---------------------------------------------------------------------------
 
 
-async def one_round(state: Path, n: int, backlog: int) -> dict[str, dict[str, float]]:
-    """Both queues side by side, alternating in slices of ``CLAIM`` reports so that both
-    see the same disk (on a shared machine fsync latency changes from second to second)."""
+class CommitCounter:
+    """Commits in a connection's statement trace: each ``COMMIT``, and each write
+    statement run outside ``BEGIN`` ... ``COMMIT`` (autocommit: it commits by itself)."""
+
+    WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+
+    def __init__(self) -> None:
+        self.commits = 0
+        self.open = False
+
+    def __call__(self, sql: str) -> None:
+        word = sql.lstrip()[:8].upper()
+        if word.startswith("BEGIN"):
+            self.open = True
+        elif word.startswith(("COMMIT", "END")):
+            self.commits, self.open = self.commits + 1, False
+        elif word.startswith("ROLLBACK"):
+            self.open = False
+        elif word.startswith(self.WRITES) and not self.open:
+            self.commits += 1
+
+
+async def one_round(state: Path, n: int, backlog: int, batch: int) -> dict[str, dict[str, float]]:
+    """All sides, taking turns in slices of ``CLAIM`` reports (the order alternating from
+    slice to slice) so that all see the same disk: on a shared machine fsync latency
+    changes from second to second."""
     from gateway.store.database import open_database
 
-    took = {kind: dict.fromkeys(("enqueue", "deliver", "drain"), 0.0) for kind in KINDS}
-    commits = dict.fromkeys(KINDS, 0)  # COMMITs, as SQLite's statement trace shows them
-
-    def counter(kind: str) -> Callable[[str], None]:
-        def count(sql: str) -> None:
-            commits[kind] += sql.lstrip().upper().startswith("COMMIT")
-
-        return count
+    took = {kind: dict.fromkeys(PHASES, 0.0) for kind in KINDS}
+    counters = {kind: CommitCounter() for kind in KINDS}
 
     def phase_commits(phase: str, before: dict[str, int]) -> None:
         for kind in KINDS:
-            took[kind][f"{phase} commits"] = commits[kind] - before[kind]
+            took[kind][f"{phase} commits"] = counters[kind].commits - before[kind]
+
+    def now_commits() -> dict[str, int]:
+        return {kind: counters[kind].commits for kind in KINDS}
 
     queue = pq_open(state / "pq")
-    queue._putter.set_trace_callback(counter("persist-queue"))  # its only connection
-    async with open_database(state / "ecgw.sqlite3") as db:
-        ours = OutboxSide(db)
-        await ours.synchronous("FULL")
-        await db.conn.set_trace_callback(counter("outbox"))
+    queue._putter.set_trace_callback(counters["persist-queue"])  # its only connection
+    async with (
+        open_database(state / "ecgw.sqlite3") as db,
+        open_database(state / "batched.sqlite3") as db_batched,
+    ):
+        sides = {"outbox": OutboxSide(db), "outbox batched": OutboxSide(db_batched)}
+        for kind, side in sides.items():
+            await side.synchronous("FULL")
+            await side.db.conn.set_trace_callback(counters[kind])
+        ours, batched = sides["outbox"], sides["outbox batched"]
         payloads = bodies(n + backlog)
-        before = dict(commits)
-        for first in range(0, n, CLAIM):  # end to end: enqueue...
+        before = now_commits()
+        for k, first in enumerate(range(0, n, CLAIM)):  # end to end: enqueue...
             chunk = payloads[first : min(first + CLAIM, n)]
-            took["outbox"]["enqueue"] += await ours.put(chunk, first)
-            took["persist-queue"]["enqueue"] += pq_put(queue, chunk)
+            for side in order(k):
+                if side == "subject":
+                    took["outbox"]["enqueue"] += await ours.put(chunk, first)
+                    took["outbox batched"]["enqueue"] += await batched.put_batched(
+                        chunk, first, batch
+                    )
+                else:
+                    took["persist-queue"]["enqueue"] += pq_put(queue, chunk)
         phase_commits("enqueue", before)
-        before = dict(commits)
-        await _deliver_all(ours, queue, n, took, "deliver")  # ...then deliver
+        before = now_commits()
+        await _deliver_all(sides, queue, n, took, "deliver")  # ...then deliver
         phase_commits("deliver", before)
         await ours.synchronous("OFF")  # the backlog is written untimed
         pq_synchronous(queue, "OFF")
@@ -208,72 +273,110 @@ async def one_round(state: Path, n: int, backlog: int) -> dict[str, dict[str, fl
         pq_put(queue, payloads[n:])
         await ours.synchronous("FULL")
         pq_synchronous(queue, "FULL")
-        before = dict(commits)
-        await _deliver_all(ours, queue, backlog, took, "drain")
+        before = now_commits()
+        await _deliver_all({"outbox": ours}, queue, backlog, took, "drain")
         phase_commits("drain", before)
     queue.close()
     return took
 
 
 async def _deliver_all(
-    ours: OutboxSide, queue: Any, n: int, took: dict[str, dict[str, float]], phase: str
+    sides: dict[str, OutboxSide],
+    queue: Any,
+    n: int,
+    took: dict[str, dict[str, float]],
+    phase: str,
 ) -> None:
-    done = dict.fromkeys(KINDS, 0)
+    done = dict.fromkeys([*sides, "persist-queue"], 0)
+    k = 0
     while min(done.values()) < n:
-        seconds, count = await ours.deliver(CLAIM)
-        took["outbox"][phase] += seconds
-        done["outbox"] += count
-        seconds, count = pq_deliver(queue, CLAIM)
-        took["persist-queue"][phase] += seconds
-        done["persist-queue"] += count
-    assert done == dict.fromkeys(KINDS, n), done
+        for side in order(k):
+            if side == "subject":
+                for kind, ours in sides.items():
+                    seconds, count = await ours.deliver(CLAIM)
+                    took[kind][phase] += seconds
+                    done[kind] += count
+            else:
+                seconds, count = pq_deliver(queue, CLAIM)
+                took["persist-queue"][phase] += seconds
+                done["persist-queue"] += count
+        k += 1
+    assert done == dict.fromkeys(done, n), done
+
+
+LINES = (
+    # (label, side, phase, count: "reports" or "backlog")
+    ("enqueue, one commit per report (Outbox.enqueue)", "outbox", "enqueue", "reports"),
+    ("deliver + acknowledge", "outbox", "deliver", "reports"),
+    ("end to end (enqueue per report, then deliver)", "outbox", "end to end", "reports"),
+    ("drain the backlog", "outbox", "drain", "backlog"),
+    (
+        "BATCHED enqueue, {batch} reports per commit (enqueue_in)",
+        "outbox batched",
+        "enqueue",
+        "reports",
+    ),
+    (
+        "BATCHED end to end (enqueue in batches, then deliver)",
+        "outbox batched",
+        "end to end",
+        "reports",
+    ),
+)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--reports", type=int, default=1000)
     parser.add_argument("--backlog", type=int, default=10000)
-    parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="300 reports, 2,000 backlog, 1 round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, each one pair")
+    parser.add_argument(
+        "--batch", type=int, default=CLAIM, help=f"outbox batched: reports per commit (1-{CLAIM})"
+    )
+    parser.add_argument("--quick", action="store_true", help="300 reports, 2,000 backlog, 3 rounds")
     args = parser.parse_args()
+    if not 1 <= args.batch <= CLAIM:
+        parser.error(f"--batch: {args.batch} is not between 1 and {CLAIM} (a slice)")
     if args.quick:
-        args.reports, args.backlog, args.rounds = 300, 2000, 1
-    runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in KINDS}
+        args.reports, args.backlog, args.rounds = 300, 2000, 3
+    runs: list[dict[str, dict[str, float]]] = []
     for _ in range(args.rounds):
         with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
-            for kind, took in asyncio.run(one_round(Path(tmp), args.reports, args.backlog)).items():
-                runs[kind].append(took)
-    n, b = args.reports, args.backlog
+            runs.append(asyncio.run(one_round(Path(tmp), args.reports, args.backlog, args.batch)))
     print(
-        f"reports: {n} end to end, {b} backlog; rounds: {args.rounds}; synchronous=FULL; "
-        f"load average: {os.getloadavg()[0]:.2f}; sqlite {sqlite3.sqlite_version}; "
-        f"python {sys.version.split()[0]}"
+        f"reports: {args.reports} end to end, {args.backlog} backlog; rounds (pairs): "
+        f"{args.rounds}; synchronous=FULL; {load_line(os.getloadavg())}; "
+        f"sqlite {sqlite3.sqlite_version}; python {sys.version.split()[0]}"
     )
+    counts = {"reports": args.reports, "backlog": args.backlog}
 
-    def rate(kind: str, phase: str, count: int) -> float:
+    def seconds(run: dict[str, dict[str, float]], kind: str, phase: str) -> float:
         if phase == "end to end":
-            return statistics.median(count / (x["enqueue"] + x["deliver"]) for x in runs[kind])
-        return statistics.median(count / x[phase] for x in runs[kind])
+            return run[kind]["enqueue"] + run[kind]["deliver"]
+        return run[kind][phase]
 
-    def per_report(kind: str, phase: str, count: int) -> float:
+    def commits(run: dict[str, dict[str, float]], kind: str, phase: str) -> float:
         if phase == "end to end":
-            return per_report(kind, "enqueue", count) + per_report(kind, "deliver", count)
-        return statistics.median(x[f"{phase} commits"] for x in runs[kind]) / count
+            return run[kind]["enqueue commits"] + run[kind]["deliver commits"]
+        return run[kind][f"{phase} commits"]
 
-    for phase, count in (("enqueue", n), ("deliver", n), ("end to end", n), ("drain", b)):
-        ours, theirs = rate("outbox", phase, count), rate("persist-queue", phase, count)
-        c_ours, c_theirs = (
-            per_report("outbox", phase, count),
-            per_report("persist-queue", phase, count),
-        )
+    for label, kind, phase, count in LINES:
+        n = counts[count]
+        ours = [n / seconds(run, kind, phase) for run in runs]
+        theirs = [n / seconds(run, "persist-queue", phase) for run in runs]
+        c_ours = statistics.median(commits(run, kind, phase) for run in runs) / n
+        c_theirs = statistics.median(commits(run, "persist-queue", phase) for run in runs) / n
         print(
-            f"{phase:10s}: outbox {ours:7.0f}/s  persist-queue {theirs:7.0f}/s  "
-            f"ratio {ours / theirs:5.2f}   commits (fsyncs) per report: "
-            f"outbox {c_ours:.2f}, persist-queue {c_theirs:.2f}"
+            f"{label.format(batch=args.batch)}: {kind} /s per round "
+            f"[{', '.join(f'{x:.0f}' for x in ours)}], persist-queue /s "
+            f"[{', '.join(f'{x:.0f}' for x in theirs)}]; commits per report: "
+            f"{kind} {c_ours:.2f}, persist-queue {c_theirs:.2f}"
         )
+        pairs = [ratio(a, b) for a, b in zip(ours, theirs, strict=True)]
+        print("  " + ratio_line(f"ratio {kind} / persist-queue", pairs))
     print(
-        "target: end to end and drain ratio >= 2 (when fsync dominates, the ratio tends to "
-        "the ratio of commits per report)"
+        "target: end to end and drain ratio >= 2 (per-report enqueue; when fsync dominates, "
+        "the ratio tends to the ratio of commits per report)"
     )
 
 

@@ -13,10 +13,16 @@ requests outstanding, one per connection):
 
 Every answer must be 200; afterwards the inbox must hold every event once.
 
-    python bench/webhook.py [--requests 4000] [--rounds 3] [--in-flight 64] [--quick]
+Each subject (``webhook``, ``gateway``) runs in pairs with ``bare``, the order
+alternating (bare first, then the subject first, ...), ``--rounds`` pairs each;
+every pair gives one ratio subject / bare.
 
-Prints notifications/s per server, the ratios to ``bare`` (target >= 0.5), the
-commits the webhook needed, and the cost of the signature check and decode.
+    python bench/webhook.py [--requests 4000] [--rounds 3] [--in-flight 64] [--quick]
+        [--kinds webhook,gateway]
+
+Prints notifications/s of every run, every pair's ratio to ``bare`` with the
+median and spread (target >= 0.5), the commits the webhook needed, and the cost
+of the signature check and decode.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ import timeit
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+
+from pairs import Pair, interleave, load_line, ratio_line, ratios
 
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = ROOT / "tests" / "fixtures" / "volue"
@@ -298,13 +306,15 @@ def one_run(kind: str, n: int, in_flight: int, tag: str) -> dict[str, float]:
 
 
 def wait_planned(state: Path, timeout: float = 300) -> None:
-    """Until the scheduler has looked at every event (none left ``new``)."""
+    """Until the scheduler has looked at every event (none left ``new``). The gateway is
+    another process that signals nothing, so this polls the file every 10 ms: after the
+    timed part of the run (the answers), for a figure of its own, never for the ratio."""
     deadline = time.monotonic() + timeout
     with contextlib.closing(sqlite3.connect(state / "ecgw.sqlite3")) as conn:
         while conn.execute("SELECT 1 FROM events WHERE plan_state = 'new' LIMIT 1").fetchone():
             if time.monotonic() > deadline:
                 raise RuntimeError("the scheduler did not plan every event in time")
-            time.sleep(0.05)
+            time.sleep(0.01)
 
 
 def costs() -> dict[str, float]:
@@ -325,13 +335,24 @@ def costs() -> dict[str, float]:
     }
 
 
+def paired(kind: str, pairs: int, n: int, in_flight: int) -> list[Pair[dict[str, float]]]:
+    """``pairs`` pairs of runs, bare and ``kind``, the order alternating."""
+    return interleave(
+        pairs,
+        lambda i: one_run("bare", n, in_flight, f"bare-{i}"),
+        lambda i: one_run(kind, n, in_flight, f"{kind}-{i}"),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=4000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="pairs per subject")
     parser.add_argument("--in-flight", type=int, default=64)
-    parser.add_argument("--kinds", default=",".join(KINDS))
-    parser.add_argument("--quick", action="store_true", help="500 requests, 1 round")
+    parser.add_argument(
+        "--kinds", default=",".join(KINDS), help="the subjects (bare is always the baseline)"
+    )
+    parser.add_argument("--quick", action="store_true", help="500 requests, 3 pairs")
     parser.add_argument("--serve", choices=("bare", "webhook"))
     parser.add_argument("--state", type=Path)
     args = parser.parse_args()
@@ -342,50 +363,42 @@ def main() -> None:
         asyncio.run(serve_webhook_only(args.state))
         return
     if args.quick:
-        args.requests, args.rounds = 500, 1
-    kinds = args.kinds.split(",")
-    rates: dict[str, list[float]] = {kind: [] for kind in kinds}
-    cpus: dict[str, list[float]] = {kind: [] for kind in kinds}
-    commits: list[int] = []
-    planned: list[tuple[float, float]] = []
+        args.requests, args.rounds = 500, 3
+    subjects = [kind for kind in args.kinds.split(",") if kind and kind != "bare"]
+    unknown = set(subjects) - set(KINDS)
+    if unknown:
+        parser.error(f"--kinds: unknown {', '.join(sorted(unknown))} (known: {', '.join(KINDS)})")
     one_run("bare", min(args.requests, 500), args.in_flight, "warm")  # warm-up, not counted
-    for r in range(args.rounds):
-        for kind in kinds if r % 2 == 0 else reversed(kinds):
-            result = one_run(kind, args.requests, args.in_flight, f"{r}")
-            rates[kind].append(result["rate"])
-            cpus[kind].append(result["cpu_us"])
-            if "commits" in result:
-                commits.append(int(result["commits"]))
-            if "planned" in result:
-                planned.append((result["planned"], result["planned_cpu_us"]))
+    runs = {kind: paired(kind, args.rounds, args.requests, args.in_flight) for kind in subjects}
     print(
-        f"requests per round: {args.requests}, rounds: {args.rounds}, "
-        f"in flight: {args.in_flight}, load average: {os.getloadavg()[0]:.2f}"
+        f"requests per run: {args.requests}, pairs per subject: {args.rounds}, "
+        f"in flight: {args.in_flight}; {load_line(os.getloadavg())}"
     )
-    median = {kind: statistics.median(rates[kind]) for kind in kinds}
-    for kind in kinds:
-        rounds = ", ".join(f"{x:.0f}" for x in rates[kind])
-        ratio = ""
-        if "bare" in median:  # the median of each round's ratio: neighbours share the load
-            pairs = [x / bare for x, bare in zip(rates[kind], rates["bare"], strict=True)]
-            ratio = f"  ratio {statistics.median(pairs):.2f}"
-        cpu = statistics.median(cpus[kind])
-        print(
-            f"{kind:8s}: {median[kind]:7.0f} notifications/s (rounds: {rounds}){ratio}; "
-            f"server CPU {cpu:.0f} us per notification"
-        )
-    if commits:
-        print(
-            f"webhook commits per round: {', '.join(map(str, commits))} "
-            f"for {args.requests} notifications (transactions, from SQLite's statement trace)"
-        )
-    if planned:
-        rate = statistics.median(p for p, _ in planned)
-        cpu = statistics.median(c for _, c in planned)
-        print(
-            f"gateway, until every event is also planned by the scheduler: {rate:.0f} "
-            f"notifications/s, CPU {cpu:.0f} us per notification"
-        )
+    for kind, pairs in runs.items():
+        for side, results in (
+            ("bare", [p.baseline for p in pairs]),
+            (kind, [p.subject for p in pairs]),
+        ):
+            each = ", ".join(f"{r['rate']:.0f}" for r in results)
+            cpu = statistics.median(r["cpu_us"] for r in results)
+            print(
+                f"{side:8s}: notifications/s per run [{each}]; "
+                f"server CPU {cpu:.0f} us per notification (median)"
+            )
+        print("  " + ratio_line(f"ratio {kind} / bare", ratios(pairs, lambda r: r["rate"])))
+        if kind == "webhook":
+            commits = ", ".join(str(int(p.subject["commits"])) for p in pairs)
+            print(
+                f"  webhook commits per run: {commits} for {args.requests} notifications "
+                "(transactions, from SQLite's statement trace)"
+            )
+        if kind == "gateway":
+            rate = statistics.median(p.subject["planned"] for p in pairs)
+            cpu = statistics.median(p.subject["planned_cpu_us"] for p in pairs)
+            print(
+                f"  gateway, until every event is also planned by the scheduler: {rate:.0f} "
+                f"notifications/s, CPU {cpu:.0f} us per notification (medians)"
+            )
     cost = costs()
     print(
         f"per notification: signature check {cost['verify_us']:.1f} us, "

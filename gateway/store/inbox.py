@@ -25,7 +25,7 @@ from gateway.store.database import Database
 
 __all__ = ["Inbox", "InboxEvent", "NewEvent"]
 
-Via = Literal["webhook", "poll"]
+Via = Literal["webhook", "poll", "hub"]
 
 
 @dataclass(frozen=True, slots=True)

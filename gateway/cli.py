@@ -36,6 +36,7 @@ from gateway.errors import (
     WireError,
     describe,
 )
+from gateway.hub_app import HubGateway
 from gateway.lifecycle import log_stopped, version
 from gateway.logs import configure_logging, register_secrets
 from gateway.onboarding.banner import sandbox_banner
@@ -137,8 +138,19 @@ async def cmd_run(args: argparse.Namespace, config: Config) -> int:
     gateway ends it with one line on stderr and its exit code, never a traceback; the
     traceback of an error that is not ours (a bug) goes to the log as ``gateway.crashed``."""
     require_runnable(config)
+    return await _serve(Gateway(config).run())
+
+
+async def cmd_hub_run(args: argparse.Namespace, config: Config) -> int:
+    """``ecgw hub run``: the fleet's hub (docs/fleet.md), stopped as ``run`` is."""
+    hub = HubGateway(config)  # ConfigError without a [hub] table
+    require_runnable(config)
+    return await _serve(hub.run())
+
+
+async def _serve(main: Coroutine[Any, Any, None]) -> int:
     try:
-        signalled = await run_until_signalled(Gateway(config).run())
+        signalled = await run_until_signalled(main)
     except GatewayError as exc:
         if not isinstance(exc, ConfigError):  # a config error is the one line, nothing else
             log_stopped(type(exc).__name__, exc)
@@ -498,6 +510,9 @@ def _parser() -> argparse.ArgumentParser:
 
     add("run", cmd_run, "run the gateway until SIGTERM/SIGINT")
     add("check", cmd_check, "validate the config")
+    hub = sub.add_parser("hub", help="the fleet's hub: one Spark account, many sites")
+    hubsub = hub.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add("run", cmd_hub_run, "run the hub until SIGTERM/SIGINT", into=hubsub)
     status = add("status", cmd_status, "show what the gateway is doing")
     status.add_argument("--json", action="store_true")
 

@@ -1,0 +1,299 @@
+"""The hub (``ecgw hub run``) end to end: a real Mosquitto, the sandbox API, real SQLite.
+
+The sites here are bare MQTT clients (what a site's link would publish and read), so each
+test checks the hub alone: which topics an event reaches, cut to which targets; which
+reports reach the sandbox, and what each site is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import aiomqtt
+import msgspec
+import pytest
+
+from gateway.fleet.messages import HubAck, SiteReport, decode_ack, encode_message
+from gateway.fleet.topics import Topics
+from gateway.hub_app import HubGateway
+from gateway.sandbox import Sandbox, run_sandbox
+from gateway.sandbox.client import api_post
+from tests.kit.gateway import make_config, sandbox_config, wait_until
+from tests.kit.mosquitto import Mosquitto, free_port
+
+pytestmark = pytest.mark.slow
+
+SECRET = "hub-webhook-secret"
+TOPICS = Topics()
+USERS = {"ecgw-hub": "hub-pw", "site-a": "a-pw", "site-b": "b-pw", "site-c": "c-pw"}
+SITES = [
+    {"site_id": "site-a", "resources": ["r-a1", "r-a2"], "locations": ["loc-a"]},
+    {"site_id": "site-b", "resources": ["r-b1"], "locations": ["loc-b"]},
+    {"site_id": "site-c", "resources": ["r-c1"], "locations": ["loc-c"]},
+]
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[Sandbox]:
+    async with run_sandbox() as sb:
+        yield sb
+
+
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[Mosquitto]:
+    async with Mosquitto.running(tmp_path / "broker", users=USERS) as mosquitto:
+        yield mosquitto
+
+
+def hub_config(sandbox: Sandbox, broker: Mosquitto, tmp_path: Path) -> dict[str, Any]:
+    password = tmp_path / "hub-broker-password"
+    password.write_text(USERS["ecgw-hub"] + "\n")
+    return sandbox_config(
+        sandbox,
+        tmp_path / "hub",
+        extra={
+            "webhook": {
+                "listen": f"127.0.0.1:{free_port()}",
+                "path": "/notify",
+                "secret": SECRET,
+            },
+            "hub": {
+                "url": broker.url,
+                "username": "ecgw-hub",
+                "password_file": str(password),
+                "client_id": "hub-test",
+                "sites": SITES,
+            },
+        },
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_hub(data: dict[str, Any]) -> AsyncIterator[HubGateway]:
+    hub = HubGateway(make_config(data))
+    task = asyncio.create_task(hub.run(), name="hub-under-test")
+    ready = asyncio.create_task(hub.ready.wait())
+    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        ready.cancel()
+        task.result()
+    try:
+        yield hub
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+class FakeSite:
+    """A site's side of the broker: what arrives on its events and acks topics."""
+
+    def __init__(self, client: aiomqtt.Client, site_id: str) -> None:
+        self.client = client
+        self.site_id = site_id
+        self.events: list[dict[str, Any]] = []
+        self.acks: list[HubAck] = []
+
+    async def listen(self) -> None:
+        async for message in self.client.messages:
+            assert isinstance(message.payload, bytes)
+            if str(message.topic).endswith("/events"):
+                self.events.append(json.loads(message.payload))
+            else:
+                self.acks.append(decode_ack(message.payload))
+
+    async def report(self, event_id: str, body: dict[str, Any], kind: str = "EnergyUsage") -> None:
+        raw = json.dumps(body, separators=(",", ":")).encode()
+        report = SiteReport(event_id, kind, msgspec.Raw(raw))
+        await self.client.publish(TOPICS.reports(self.site_id), encode_message(report), qos=1)
+
+
+@contextlib.asynccontextmanager
+async def sites(broker: Mosquitto) -> AsyncIterator[dict[str, FakeSite]]:
+    async with contextlib.AsyncExitStack() as stack:
+        found: dict[str, FakeSite] = {}
+        tasks = []
+        for entry in SITES:
+            site_id = entry["site_id"]
+            assert isinstance(site_id, str)
+            client = await stack.enter_async_context(
+                aiomqtt.Client(
+                    broker.host,
+                    broker.port,
+                    identifier=site_id,
+                    username=site_id,
+                    password=USERS[site_id],
+                )
+            )
+            await client.subscribe([(TOPICS.events(site_id), 1), (TOPICS.acks(site_id), 1)])
+            found[site_id] = site = FakeSite(client, site_id)
+            tasks.append(asyncio.create_task(site.listen()))
+        try:
+            yield found
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def register_webhook(sandbox: Sandbox, url: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        await api_post(
+            session, sandbox, "/webhooks", {"webhookUrl": url, "webhookSecret": SECRET, "name": "h"}
+        )
+
+
+def price_curve(*resources: str) -> dict[str, Any]:
+    return {
+        "payloadType": "PriceCurve",
+        "priceArea": "NO5",
+        "targets": [{"resourceId": r, "locationId": f"loc-{r[2]}"} for r in resources],
+        "priceCurveDelta": {
+            "points": [{"timestamp": "2026-11-26T10:00:00Z", "price": 0.5}],
+            "energyUnit": "kWh",
+            "currency": "NOK",
+            "resolution": "01:00:00",
+        },
+    }
+
+
+def usage(event_id: str, resource: str, location: str) -> dict[str, Any]:
+    return {
+        "eventId": event_id,
+        "payloads": [
+            {
+                "payloadType": "EnergyUsage",
+                "resourceId": resource,
+                "locationId": location,
+                "resolution": "01:00:00",
+                "points": [{"timestamp": "2026-11-26T10:00:00Z", "kiloWattHours": 1.5}],
+            }
+        ],
+    }
+
+
+def plan_state(db: Path, event_id: str) -> tuple[str, str | None] | None:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        row = conn.execute(
+            "SELECT plan_state, plan_note FROM events WHERE event_id = ?", (event_id,)
+        ).fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+def rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return list(conn.execute(sql).fetchall())
+
+
+async def settled(db: Path, event_id: str) -> tuple[str, str | None]:
+    async def done() -> bool:
+        state = plan_state(db, event_id)
+        return state is not None and state[0] != "new"
+
+    await wait_until(done, timeout=15)
+    state = plan_state(db, event_id)
+    assert state is not None
+    return state
+
+
+async def test_events_reach_exactly_the_owning_sites(
+    sandbox: Sandbox, broker: Mosquitto, tmp_path: Path
+) -> None:
+    data = hub_config(sandbox, broker, tmp_path)
+    async with sites(broker) as fleet, running_hub(data) as hub:
+        assert hub.webhook_url is not None
+        await register_webhook(sandbox, hub.webhook_url)
+        db = hub.config.db_path
+        shared = await sandbox.create_event(price_curve("r-a1", "r-b1", "r-x9", "r-a2"))
+        lonely = await sandbox.create_event(price_curve("r-x8"))
+
+        assert await settled(db, shared["id"]) == ("routed", "to site-a, site-b")
+        assert await settled(db, lonely["id"]) == (
+            "unrouted",
+            "no site owns any of its targets: kept, not sent",
+        )
+        await wait_until(
+            lambda: _true(fleet["site-a"].events and fleet["site-b"].events), timeout=10
+        )
+        await asyncio.sleep(0.5)  # nothing more may follow
+    assert [e["id"] for e in fleet["site-a"].events] == [shared["id"]]
+    assert [e["id"] for e in fleet["site-b"].events] == [shared["id"]]
+    assert fleet["site-c"].events == []
+    mine_a = [t["resourceId"] for t in fleet["site-a"].events[0]["payload"]["targets"]]
+    mine_b = [t["resourceId"] for t in fleet["site-b"].events[0]["payload"]["targets"]]
+    assert mine_a == ["r-a1", "r-a2"]
+    assert mine_b == ["r-b1"]
+    sent_at = fleet["site-a"].events[0]["createdAt"]
+    assert dt.datetime.fromisoformat(sent_at) == dt.datetime.fromisoformat(shared["createdAt"])
+    assert (
+        fleet["site-a"].events[0]["payload"]["priceCurveDelta"]
+        == (shared["payload"]["priceCurveDelta"])
+    )
+    routes = rows(db, "SELECT event_id, site_id FROM fleet_routes ORDER BY site_id")
+    assert routes == [(shared["id"], "site-a"), (shared["id"], "site-b")]
+
+
+async def _true(value: object) -> bool:
+    return bool(value)
+
+
+async def test_site_reports_reach_spark_once_and_are_answered(
+    sandbox: Sandbox, broker: Mosquitto, tmp_path: Path
+) -> None:
+    data = hub_config(sandbox, broker, tmp_path)
+    async with sites(broker) as fleet, running_hub(data) as hub:
+        assert hub.webhook_url is not None
+        await register_webhook(sandbox, hub.webhook_url)
+        db = hub.config.db_path
+        event = await sandbox.create_event(price_curve("r-a1", "r-b1"))
+        await settled(db, event["id"])
+        a, b = fleet["site-a"], fleet["site-b"]
+
+        # a good report: queued, posted once, answered with Spark's report id
+        await a.report(event["id"], usage(event["id"], "r-a1", "loc-a"))
+        await wait_until(lambda: _true(a.acks), timeout=15)
+        assert len(sandbox.reports) == 1
+        assert a.acks == [
+            HubAck(event["id"], "EnergyUsage", "delivered", report_id=sandbox.reports[0].id)
+        ]
+        assert sandbox.reports[0].body == usage(event["id"], "r-a1", "loc-a")
+
+        # site-b names site-a's resource: rejected at once, never posted
+        await b.report(event["id"], usage(event["id"], "r-a1", "loc-a"))
+        await wait_until(lambda: _true(b.acks), timeout=10)
+        assert b.acks[0].outcome == "rejected"
+        assert b.acks[0].status == 403
+        assert "resource 'r-a1' is not this site's" in (b.acks[0].reason or "")
+
+        # site-c reports for an event never routed to it: rejected
+        c = fleet["site-c"]
+        await c.report(event["id"], usage(event["id"], "r-c1", "loc-c"))
+        await wait_until(lambda: _true(c.acks), timeout=10)
+        assert (c.acks[0].outcome, c.acks[0].status) == ("rejected", 403)
+        assert "was not routed to site 'site-c'" in (c.acks[0].reason or "")
+
+        # the delivered report again: answered again, not posted again
+        await a.report(event["id"], usage(event["id"], "r-a1", "loc-a"))
+        await wait_until(lambda: _true(len(a.acks) == 2), timeout=10)
+        assert a.acks[1] == a.acks[0]
+
+        # site-b's own report: its own row (same event, same kind as site-a's)
+        await b.report(event["id"], usage(event["id"], "r-b1", "loc-b"))
+        await wait_until(lambda: _true(len(b.acks) == 2), timeout=15)
+        assert b.acks[1].outcome == "delivered"
+        await asyncio.sleep(0.5)
+    assert len(sandbox.reports) == 2
+    assert b.acks[1].report_id == sandbox.reports[1].id
+    assert not any(r.duplicate for r in sandbox.reports)
+    sources = rows(db, "SELECT source, state FROM outbox ORDER BY id")
+    assert sources == [("site:site-a", "delivered"), ("site:site-b", "delivered")]
+    owed = rows(db, "SELECT COUNT(*) FROM fleet_answers WHERE answered_at IS NULL")
+    assert owed == [(0,)]

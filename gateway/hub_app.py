@@ -193,15 +193,19 @@ class HubGateway:
         async with hub_client(self.config.hub, self.config.hub_password) as client:
             yield client
 
+    @property
+    def _broker_url(self) -> str:
+        assert self.config.hub is not None
+        return self.config.hub.url
+
     async def _broker(self, hub: Hub) -> None:
         """One connection: the hub's loops run on it until it fails (then the supervisor
         connects again, with backoff)."""
         try:
             async with self._connected() as client:
                 await hub.serve(client)
-        except* aiomqtt.MqttError as grouped:
-            first = grouped.exceptions[0]
-            raise BrokerError(f"broker connection lost: {describe(first)}") from None
+        except aiomqtt.MqttError as exc:
+            raise BrokerError(f"broker {self._broker_url}: {describe(exc)}") from None
 
     async def _heartbeat(self, meta: Meta) -> None:
         every = min(HEARTBEAT_EVERY, self.notifier.watchdog_interval or HEARTBEAT_EVERY)

@@ -98,6 +98,11 @@ class NotifyingOutbox(Outbox):
         return unrecorded
 
 
+def _first(grouped: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = grouped.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first
+
+
 def _keys(raw: bytes) -> tuple[str, str] | None:
     """``eventId`` and ``kind`` of a report that does not decode, if it names them."""
 
@@ -167,10 +172,13 @@ class Hub:
         connection: the caller connects again)."""
         await client.subscribe([(topic, 1) for topic in self.subscriptions])
         log.info("hub.connected", subscriptions=self.subscriptions)
-        async with asyncio.TaskGroup() as loops:
-            loops.create_task(self._loop(self._route, client, self._route_kick, ROUTER_FLOOR))
-            loops.create_task(self._loop(self._answer, client, self._answer_kick, ACKER_FLOOR))
-            loops.create_task(self._take_reports(client))
+        try:
+            async with asyncio.TaskGroup() as loops:
+                loops.create_task(self._loop(self._route, client, self._route_kick, ROUTER_FLOOR))
+                loops.create_task(self._loop(self._answer, client, self._answer_kick, ACKER_FLOOR))
+                loops.create_task(self._take_reports(client))
+        except BaseExceptionGroup as grouped:  # the first failure, as itself: a StoreCorrupt
+            raise _first(grouped) from None  # stays fatal, a lost connection an MqttError
 
     async def _loop(
         self,

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import signal
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,8 +27,10 @@ from gateway.fleet.topics import Topics
 from gateway.hub_app import HubGateway
 from gateway.sandbox import Sandbox, run_sandbox
 from gateway.sandbox.client import api_post
-from tests.kit.gateway import make_config, sandbox_config, wait_until
+from gateway.sandbox.faults import Fault
+from tests.kit.gateway import make_config, sandbox_config, toml, wait_until
 from tests.kit.mosquitto import Mosquitto, free_port
+from tests.kit.proc import start_ecgw
 
 pytestmark = pytest.mark.slow
 
@@ -59,6 +62,7 @@ def hub_config(sandbox: Sandbox, broker: Mosquitto, tmp_path: Path) -> dict[str,
     return sandbox_config(
         sandbox,
         tmp_path / "hub",
+        delivery={"timeout": "2s"},
         extra={
             "webhook": {
                 "listen": f"127.0.0.1:{free_port()}",
@@ -96,19 +100,25 @@ async def running_hub(data: dict[str, Any]) -> AsyncIterator[HubGateway]:
 class FakeSite:
     """A site's side of the broker: what arrives on its events and acks topics."""
 
-    def __init__(self, client: aiomqtt.Client, site_id: str) -> None:
+    def __init__(self, client: aiomqtt.Client, site_id: str, *, answer: bool) -> None:
         self.client = client
         self.site_id = site_id
+        self.answer = answer
         self.events: list[dict[str, Any]] = []
         self.acks: list[HubAck] = []
 
     async def listen(self) -> None:
         async for message in self.client.messages:
             assert isinstance(message.payload, bytes)
-            if str(message.topic).endswith("/events"):
-                self.events.append(json.loads(message.payload))
-            else:
+            if not str(message.topic).endswith("/events"):
                 self.acks.append(decode_ack(message.payload))
+                continue
+            event = json.loads(message.payload)
+            self.events.append(event)
+            if self.answer:  # a report for each of its targets' resources
+                targets = event["payload"]["targets"]
+                body = usage(event["id"], targets[0]["resourceId"], targets[0]["locationId"])
+                await self.report(event["id"], body)
 
     async def report(self, event_id: str, body: dict[str, Any], kind: str = "EnergyUsage") -> None:
         raw = json.dumps(body, separators=(",", ":")).encode()
@@ -117,7 +127,7 @@ class FakeSite:
 
 
 @contextlib.asynccontextmanager
-async def sites(broker: Mosquitto) -> AsyncIterator[dict[str, FakeSite]]:
+async def sites(broker: Mosquitto, *, answer: bool = False) -> AsyncIterator[dict[str, FakeSite]]:
     async with contextlib.AsyncExitStack() as stack:
         found: dict[str, FakeSite] = {}
         tasks = []
@@ -129,12 +139,13 @@ async def sites(broker: Mosquitto) -> AsyncIterator[dict[str, FakeSite]]:
                     broker.host,
                     broker.port,
                     identifier=site_id,
+                    clean_session=False,
                     username=site_id,
                     password=USERS[site_id],
                 )
             )
             await client.subscribe([(TOPICS.events(site_id), 1), (TOPICS.acks(site_id), 1)])
-            found[site_id] = site = FakeSite(client, site_id)
+            found[site_id] = site = FakeSite(client, site_id, answer=answer)
             tasks.append(asyncio.create_task(site.listen()))
         try:
             yield found
@@ -297,3 +308,89 @@ async def test_site_reports_reach_spark_once_and_are_answered(
     assert sources == [("site:site-a", "delivered"), ("site:site-b", "delivered")]
     owed = rows(db, "SELECT COUNT(*) FROM fleet_answers WHERE answered_at IS NULL")
     assert owed == [(0,)]
+
+
+def hub_toml(data: dict[str, Any]) -> str:
+    """``data`` as TOML: tests.kit's writer for the plain tables, ``[hub]`` by hand."""
+    hub = dict(data["hub"])
+    plain = toml({k: v for k, v in data.items() if k != "hub"})
+    sites_ = hub.pop("sites")
+    text = plain + "[hub]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in hub.items())
+    for site in sites_:
+        text += "[[hub.sites]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in site.items())
+    return text
+
+
+async def test_hub_killed_while_reports_flow(
+    sandbox: Sandbox, broker: Mosquitto, tmp_path: Path
+) -> None:
+    """kill -9 of ``ecgw hub run`` while sites' reports flow: after a restart every report
+    reaches the sandbox once (repeats carry the same Idempotency-Key) and every site is
+    answered with Spark's report id."""
+    data = hub_config(sandbox, broker, tmp_path)
+    path = tmp_path / "hub.toml"
+    path.write_text(hub_toml(data))
+    config = make_config(data)
+    assert config.webhook is not None
+    db = config.db_path
+    count = 12
+    sandbox.add_faults(Fault(delay=0.15, count=2 * count))  # slow: the kill lands mid-flow
+    async with sites(broker, answer=True) as fleet:
+        proc = await start_ecgw("hub", "run", config=path, log=tmp_path / "hub.log")
+        try:
+            await wait_until(lambda: _true(_count(db, "fleet_sites") == 3), timeout=30)
+            hook = f"http://{config.webhook.listen}{config.webhook.path}"
+            await register_webhook(sandbox, hook)
+            events = [await sandbox.create_event(price_curve("r-a1", "r-b1")) for _ in range(count)]
+            await wait_until(lambda: _true(_count(db, "outbox") >= 4), timeout=30)
+            await wait_until(lambda: _true(_acks(fleet) >= 2), timeout=30)
+        finally:
+            await kill9(proc)
+        answered_before = _acks(fleet)
+        proc = await start_ecgw("hub", "run", config=path, log=tmp_path / "hub.log")
+        try:
+            await wait_until(lambda: _true(_answered_all(fleet, count)), timeout=60)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), timeout=15) == 0
+    assert answered_before < 2 * count  # the kill came while reports were flowing
+    outbox = rows(db, "SELECT idempotency_key, state FROM outbox")
+    assert len(outbox) == 2 * count
+    assert {state for _, state in outbox} == {"delivered"}
+    fresh = [r.idempotency_key for r in sandbox.reports if not r.duplicate]
+    assert sorted(fresh) == sorted(key for key, _ in outbox)  # each accepted once
+    spark_ids = {
+        (r.event_id, r.body["payloads"][0]["resourceId"]): r.id
+        for r in sandbox.reports
+        if not r.duplicate
+    }
+    for site_id, resource in (("site-a", "r-a1"), ("site-b", "r-b1")):
+        for ack in fleet[site_id].acks:
+            assert ack.outcome == "delivered"
+            assert ack.report_id == spark_ids[(ack.event_id, resource)]
+        assert {a.event_id for a in fleet[site_id].acks} == {e["id"] for e in events}
+    assert fleet["site-c"].events == []
+    assert rows(db, "PRAGMA integrity_check") == [("ok",)]
+
+
+def _count(db: Path, table: str) -> int:
+    if not db.exists():
+        return 0
+    try:
+        return int(rows(db, f"SELECT COUNT(*) FROM {table}")[0][0])
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
+def _acks(fleet: dict[str, FakeSite]) -> int:
+    return sum(len(site.acks) for site in fleet.values())
+
+
+def _answered_all(fleet: dict[str, FakeSite], count: int) -> bool:
+    return all(len({a.event_id for a in fleet[s].acks}) == count for s in ("site-a", "site-b"))
+
+
+async def kill9(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGKILL)
+    await proc.wait()

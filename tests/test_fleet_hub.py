@@ -267,6 +267,7 @@ async def test_site_reports_reach_spark_once_and_are_answered(
         event = await sandbox.create_event(price_curve("r-a1", "r-b1"))
         await settled(db, event["id"])
         a, b = fleet["site-a"], fleet["site-b"]
+        await a.client.publish(TOPICS.status("site-a"), b"online", qos=1, retain=True)
 
         # a good report: queued, posted once, answered with Spark's report id
         await a.report(event["id"], usage(event["id"], "r-a1", "loc-a"))
@@ -308,6 +309,8 @@ async def test_site_reports_reach_spark_once_and_are_answered(
     assert sources == [("site:site-a", "delivered"), ("site:site-b", "delivered")]
     owed = rows(db, "SELECT COUNT(*) FROM fleet_answers WHERE answered_at IS NULL")
     assert owed == [(0,)]
+    seen = rows(db, "SELECT site_id, online FROM fleet_seen ORDER BY site_id")
+    assert seen == [("site-a", 1), ("site-b", None), ("site-c", None)]  # status; reports
 
 
 def hub_toml(data: dict[str, Any]) -> str:

@@ -37,7 +37,7 @@ from gateway import wire
 from gateway.errors import WireError
 from gateway.fleet.messages import HubAck, decode_site_report, encode_message, event_message
 from gateway.fleet.sites import SiteTable
-from gateway.fleet.topics import Topics
+from gateway.fleet.topics import OFFLINE, ONLINE, Topics
 from gateway.store.database import Database
 from gateway.store.fleet import FleetStore
 from gateway.store.inbox import Inbox, InboxEvent
@@ -56,6 +56,8 @@ SITES_FRESH = 5.0
 """Seconds a read of the sites table is used before it is read again (``ecgw hub sites
 import`` on a running hub takes effect within this)."""
 
+SEEN_EVERY = 5.0
+"""Seconds between writes of a site's last seen from its reports."""
 UNKNOWN_REPORT_ID = "unknown"
 """The report id a ``delivered`` answer carries when Spark's 2xx named none."""
 
@@ -140,6 +142,7 @@ class Hub:
         self._answer_kick = asyncio.Event()
         self._table: SiteTable | None = None
         self._table_at = 0.0
+        self._seen_at: dict[str, float] = {}
         self.counts = HubCounts()
 
     # --- wake-ups ----------------------------------------------------------------------
@@ -155,7 +158,7 @@ class Hub:
 
     @property
     def subscriptions(self) -> list[str]:
-        return [self._topics.shared_reports, f"{self._topics.prefix}/sites/+/status"]
+        return [self._topics.shared_reports, self._topics.all_status]
 
     async def sites(self) -> SiteTable:
         """The sites table, read again when older than SITES_FRESH."""
@@ -236,7 +239,7 @@ class Hub:
     async def _take_reports(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
             topic = str(message.topic)
-            if topic.endswith("/status"):
+            if self._topics.site_of_status(topic) is not None:
                 await self._status(topic, message)
             else:
                 await self._report(client, topic, message)
@@ -244,15 +247,23 @@ class Hub:
                 self._ack(client, message)  # only now: what it said is committed
 
     async def _status(self, topic: str, message: aiomqtt.Message) -> None:
-        head = f"{self._topics.prefix}/sites/"
-        site_id = topic[len(head) : -len("/status")]
+        site_id = self._topics.site_of_status(topic)
         raw = bytes(message.payload) if isinstance(message.payload, bytes | bytearray) else b""
-        state = raw.decode("utf-8", "replace").strip()
-        if state not in ("online", "offline") or await self._unknown(site_id):
-            log.warning("hub.status_ignored", topic=topic, status=state[:40])
+        if raw not in (ONLINE, OFFLINE) or site_id is None or await self._unknown(site_id):
+            log.warning("hub.status_ignored", topic=topic, status=repr(raw[:40]))
             return
-        await self._store.saw(site_id, online=state == "online", now=self._clock())
-        self.counts.status[site_id] = state
+        await self._store.saw(site_id, online=raw == ONLINE, now=self._clock())
+        self.counts.status[site_id] = raw.decode()
+
+    async def _heard(self, site_id: str) -> None:
+        """A report from the site, whatever it is worth: its last seen, written at most
+        every SEEN_EVERY seconds (not one more commit per report)."""
+        now = self._clock()
+        if now - self._seen_at.get(site_id, -SEEN_EVERY) < SEEN_EVERY:
+            return
+        if not await self._unknown(site_id):
+            await self._store.saw(site_id, online=None, now=now)
+            self._seen_at[site_id] = now
 
     async def _unknown(self, site_id: str) -> bool:
         return (await self.sites()).get(site_id) is None
@@ -264,6 +275,7 @@ class Hub:
             log.error("hub.report_ignored", topic=topic, reason="not a site's reports topic")
             return
         with structlog.contextvars.bound_contextvars(site=site_id):
+            await self._heard(site_id)
             await self._check_and_accept(client, site_id, raw)
 
     async def _check_and_accept(self, client: aiomqtt.Client, site_id: str, raw: bytes) -> None:
@@ -291,7 +303,6 @@ class Hub:
             return
         now = self._clock()
         accepted = await self._store.accept_report(site_id, report, now=now)  # committed
-        await self._store.saw(site_id, online=None, now=now)
         if accepted.new:
             self.counts.accepted += 1
             log.info("hub.report_accepted", event_id=report.event_id, kind=report.kind)

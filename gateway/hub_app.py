@@ -41,6 +41,7 @@ from gateway.health import Health, HealthRules
 from gateway.intake.poller import Poller
 from gateway.intake.webhook import serve_webhook
 from gateway.lifecycle import version
+from gateway.metrics import hub_metrics
 from gateway.reports.clock import ServerClock
 from gateway.sdnotify import Notifier
 from gateway.store.database import hold_state_dir, open_database
@@ -152,6 +153,7 @@ class HubGateway:
                         rules=rules,
                         observed=Observed(db),
                         clock=self.clock,
+                        extra=lambda: hub_metrics(hub.counts),
                     )
                 )
             await meta.started(pid=os.getpid(), now=started_at, webhook_url=self.webhook_url)

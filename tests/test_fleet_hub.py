@@ -260,6 +260,7 @@ async def test_site_reports_reach_spark_once_and_are_answered(
     sandbox: Sandbox, broker: Mosquitto, tmp_path: Path
 ) -> None:
     data = hub_config(sandbox, broker, tmp_path)
+    data["admin"] = {"listen": "127.0.0.1:0"}
     async with sites(broker) as fleet, running_hub(data) as hub:
         assert hub.webhook_url is not None
         await register_webhook(sandbox, hub.webhook_url)
@@ -302,6 +303,17 @@ async def test_site_reports_reach_spark_once_and_are_answered(
         await wait_until(lambda: _true(len(b.acks) == 2), timeout=15)
         assert b.acks[1].outcome == "delivered"
         await asyncio.sleep(0.5)
+        url = f"{hub.admin_url}/metrics"
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            metrics = await response.text()
+    for line in (
+        "ecgw_hub_sites_online 1.0",
+        'ecgw_hub_events_total{outcome="routed"} 1.0',
+        'ecgw_hub_site_reports_total{outcome="accepted"} 2.0',
+        'ecgw_hub_site_reports_total{outcome="rejected"} 2.0',
+        "ecgw_hub_answers_owed 0.0",
+    ):
+        assert line in metrics.splitlines(), line
     assert len(sandbox.reports) == 2
     assert b.acks[1].report_id == sandbox.reports[1].id
     assert not any(r.duplicate for r in sandbox.reports)

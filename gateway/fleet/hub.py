@@ -74,7 +74,10 @@ class HubCounts:
     accepted: int = 0
     rejected: int = 0
     answered: int = 0
+    owed: int = 0
+    """Answers owed at the acker's last look (delivered or dead, not yet published)."""
     status: dict[str, str] = field(default_factory=dict)
+    """Each site's last status: ``online`` or ``offline``."""
 
 
 class NotifyingOutbox(Outbox):
@@ -342,6 +345,7 @@ class Hub:
 
     async def _answer(self, client: aiomqtt.Client) -> None:
         while owed := await self._store.owed_answers():
+            self.counts.owed = len(owed)
             for row in owed:
                 if row.state == "delivered":  # Spark's 2xx without an id: say so, not rejected
                     rid = row.report_id or UNKNOWN_REPORT_ID
@@ -357,6 +361,7 @@ class Hub:
                 await client.publish(self._topics.acks(row.site_id), encode_message(answer), qos=1)
                 await self._store.answered([row.outbox_id], now=self._clock())
                 self.counts.answered += 1
+                self.counts.owed -= 1
                 log.info(
                     "hub.report_answered",
                     site=row.site_id,
@@ -364,3 +369,4 @@ class Hub:
                     kind=row.kind,
                     outcome=answer.outcome,
                 )
+        self.counts.owed = 0

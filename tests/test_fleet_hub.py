@@ -30,7 +30,7 @@ from gateway.sandbox.client import api_post
 from gateway.sandbox.faults import Fault
 from tests.kit.gateway import make_config, sandbox_config, toml, wait_until
 from tests.kit.mosquitto import Mosquitto, free_port
-from tests.kit.proc import start_ecgw
+from tests.kit.proc import ecgw, offline_config, start_ecgw
 
 pytestmark = pytest.mark.slow
 
@@ -293,6 +293,14 @@ async def test_site_reports_reach_spark_once_and_are_answered(
         assert (c.acks[0].outcome, c.acks[0].status) == ("rejected", 403)
         assert "was not routed to site 'site-c'" in (c.acks[0].reason or "")
 
+        # a report that does not decode: answered 400 naming the problem, never posted
+        broken = json.dumps({"eventId": event["id"], "kind": "EnergyUsage", "body": {}})
+        await b.client.publish(TOPICS.reports("site-b"), broken.encode(), qos=1)
+        await wait_until(lambda: _true(len(b.acks) == 2), timeout=10)
+        assert (b.acks[1].outcome, b.acks[1].status) == ("rejected", 400)
+        assert b.acks[1].reason == "report request: required key missing at eventId"
+        del b.acks[1]
+
         # the delivered report again: answered again, not posted again
         await a.report(event["id"], usage(event["id"], "r-a1", "loc-a"))
         await wait_until(lambda: _true(len(a.acks) == 2), timeout=10)
@@ -310,7 +318,7 @@ async def test_site_reports_reach_spark_once_and_are_answered(
         "ecgw_hub_sites_online 1.0",
         'ecgw_hub_events_total{outcome="routed"} 1.0',
         'ecgw_hub_site_reports_total{outcome="accepted"} 2.0',
-        'ecgw_hub_site_reports_total{outcome="rejected"} 2.0',
+        'ecgw_hub_site_reports_total{outcome="rejected"} 3.0',
         "ecgw_hub_answers_owed 0.0",
     ):
         assert line in metrics.splitlines(), line
@@ -409,3 +417,9 @@ async def kill9(proc: asyncio.subprocess.Process) -> None:
     if proc.returncode is None:
         proc.send_signal(signal.SIGKILL)
     await proc.wait()
+
+
+def test_hub_run_without_a_hub_table_is_one_line(tmp_path: Path) -> None:
+    done = ecgw("hub", "run", config=offline_config(tmp_path))
+    assert done.returncode == 2
+    assert done.stderr == "ecgw: error: hub: ecgw hub needs a [hub] table (docs/fleet.md)\n"

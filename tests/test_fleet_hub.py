@@ -423,3 +423,25 @@ def test_hub_run_without_a_hub_table_is_one_line(tmp_path: Path) -> None:
     done = ecgw("hub", "run", config=offline_config(tmp_path))
     assert done.returncode == 2
     assert done.stderr == "ecgw: error: hub: ecgw hub needs a [hub] table (docs/fleet.md)\n"
+
+
+async def test_hub_connects_again_after_the_broker_restarts(
+    sandbox: Sandbox, broker: Mosquitto, tmp_path: Path
+) -> None:
+    """The broker goes away (and comes back with no memory): events that arrive meanwhile
+    wait in the inbox, and are routed once the hub has connected again."""
+    data = hub_config(sandbox, broker, tmp_path)
+    async with running_hub(data) as hub:
+        assert hub.webhook_url is not None
+        await register_webhook(sandbox, hub.webhook_url)
+        db = hub.config.db_path
+        await broker.stop()
+        event = await sandbox.create_event(price_curve("r-a1"))
+        await wait_until(lambda: _true(plan_state(db, event["id"]) is not None), timeout=10)
+        await asyncio.sleep(0.5)
+        assert plan_state(db, event["id"]) == ("new", None)  # not routed: no broker
+        await broker.start()
+        assert await settled(db, event["id"]) == ("routed", "to site-a")
+    # published and PUBACKed by the new broker (whether an offline site gets it depends on
+    # the broker keeping its session: this one has no persistence)
+    assert rows(db, "SELECT event_id, site_id FROM fleet_routes") == [(event["id"], "site-a")]

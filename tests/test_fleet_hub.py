@@ -306,6 +306,26 @@ async def test_site_reports_reach_spark_once_and_are_answered(
         await wait_until(lambda: _true(len(a.acks) == 2), timeout=10)
         assert a.acks[1] == a.acks[0]
 
+        # Spark refuses a report: the site is answered with Spark's status and error
+        sandbox.add_faults(Fault(status=422, body='"meterPointId: unknown"'))
+        location_usage = {
+            "eventId": event["id"],
+            "payloads": [
+                {
+                    "payloadType": "LocationEnergyUsage",
+                    "locationId": "loc-a",
+                    "meterPointId": "mp-a",
+                    "resolution": "01:00:00",
+                    "points": [{"timestamp": "2026-11-26T10:00:00Z", "kiloWattHours": 2.0}],
+                }
+            ],
+        }
+        await a.report(event["id"], location_usage, kind="LocationEnergyUsage")
+        await wait_until(lambda: _true(len(a.acks) == 3), timeout=15)
+        assert (a.acks[2].event_id, a.acks[2].kind) == (event["id"], "LocationEnergyUsage")
+        assert (a.acks[2].outcome, a.acks[2].status) == ("rejected", 422)
+        assert "meterPointId: unknown" in (a.acks[2].reason or "")
+
         # site-b's own report: its own row (same event, same kind as site-a's)
         await b.report(event["id"], usage(event["id"], "r-b1", "loc-b"))
         await wait_until(lambda: _true(len(b.acks) == 2), timeout=15)
@@ -317,7 +337,7 @@ async def test_site_reports_reach_spark_once_and_are_answered(
     for line in (
         "ecgw_hub_sites_online 1.0",
         'ecgw_hub_events_total{outcome="routed"} 1.0',
-        'ecgw_hub_site_reports_total{outcome="accepted"} 2.0',
+        'ecgw_hub_site_reports_total{outcome="accepted"} 3.0',
         'ecgw_hub_site_reports_total{outcome="rejected"} 3.0',
         "ecgw_hub_answers_owed 0.0",
     ):
@@ -326,7 +346,11 @@ async def test_site_reports_reach_spark_once_and_are_answered(
     assert b.acks[1].report_id == sandbox.reports[1].id
     assert not any(r.duplicate for r in sandbox.reports)
     sources = rows(db, "SELECT source, state FROM outbox ORDER BY id")
-    assert sources == [("site:site-a", "delivered"), ("site:site-b", "delivered")]
+    assert sources == [
+        ("site:site-a", "delivered"),
+        ("site:site-a", "dead"),
+        ("site:site-b", "delivered"),
+    ]
     owed = rows(db, "SELECT COUNT(*) FROM fleet_answers WHERE answered_at IS NULL")
     assert owed == [(0,)]
     seen = rows(db, "SELECT site_id, online FROM fleet_seen ORDER BY site_id")

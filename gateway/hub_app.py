@@ -20,10 +20,9 @@ import contextlib
 import functools
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import aiohttp
-import aiomqtt
 import structlog
 
 from gateway.admin import serve_admin
@@ -32,8 +31,8 @@ from gateway.backoff import Backoff
 from gateway.config import Config, parse_listen
 from gateway.delivery.api import ApiClient, TokenSource
 from gateway.delivery.deliverer import Deliverer
-from gateway.errors import ConfigError, describe
-from gateway.fleet.broker import BrokerError, hub_client, manual_ack
+from gateway.errors import ConfigError
+from gateway.fleet.broker import BrokerSettings, ack, connect, hub_settings
 from gateway.fleet.hub import Hub, NotifyingOutbox
 from gateway.fleet.sites import SiteEntry, parse_sites
 from gateway.fleet.topics import Topics
@@ -80,6 +79,7 @@ class HubGateway:
         api_config = config.require_api()
         assert config.client_secret is not None
         topics = Topics(prefix=hub_config.prefix, share_group=hub_config.share_group)
+        broker = hub_settings(config)  # a TLS file that does not load: ConfigError now
         try:
             config_sites = parse_sites(
                 SiteEntry(s.site_id, s.resources, s.locations, s.meter_points)
@@ -128,7 +128,7 @@ class HubGateway:
                 inbox=inbox,
                 store=store,
                 topics=topics,
-                ack=manual_ack,
+                ack=ack,
                 on_queued=deliverer.wake,
                 clock=self.clock,
             )
@@ -172,7 +172,7 @@ class HubGateway:
                 loops.start("delivery", deliverer.run)
                 loops.start(
                     "broker",
-                    functools.partial(self._broker, hub),
+                    functools.partial(self._broker, hub, broker),
                     backoff=Backoff(*BROKER_BACKOFF),
                 )
                 loops.start("heartbeat", functools.partial(self._heartbeat, meta))
@@ -189,25 +189,11 @@ class HubGateway:
                     loops.start("poller", poller.run)
                 self.ready.set()
 
-    @contextlib.asynccontextmanager
-    async def _connected(self) -> AsyncIterator[aiomqtt.Client]:
-        assert self.config.hub is not None
-        async with hub_client(self.config.hub, self.config.hub_password) as client:
-            yield client
-
-    @property
-    def _broker_url(self) -> str:
-        assert self.config.hub is not None
-        return self.config.hub.url
-
-    async def _broker(self, hub: Hub) -> None:
-        """One connection: the hub's loops run on it until it fails (then the supervisor
-        connects again, with backoff)."""
-        try:
-            async with self._connected() as client:
-                await hub.serve(client)
-        except aiomqtt.MqttError as exc:
-            raise BrokerError(f"broker {self._broker_url}: {describe(exc)}") from None
+    async def _broker(self, hub: Hub, settings: BrokerSettings) -> None:
+        """One connection: the hub's loops run on it until it fails (a BrokerError; then
+        the supervisor connects again, with backoff)."""
+        async with connect(settings) as client:
+            await hub.serve(client)
 
     async def _heartbeat(self, meta: Meta) -> None:
         every = min(HEARTBEAT_EVERY, self.notifier.watchdog_interval or HEARTBEAT_EVERY)

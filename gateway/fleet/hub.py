@@ -61,8 +61,9 @@ SEEN_EVERY = 5.0
 UNKNOWN_REPORT_ID = "unknown"
 """The report id a ``delivered`` answer carries when Spark's 2xx named none."""
 
-Ack = Callable[[aiomqtt.Client, aiomqtt.Message], None]
-"""Sends the PUBACK of a message received with manual acknowledgement."""
+Ack = Callable[[aiomqtt.Client, aiomqtt.Message], bool]
+"""Sends the PUBACK of a message received with manual acknowledgement (False: the
+connection is gone, and the broker delivers the message again)."""
 
 
 @dataclass

@@ -34,7 +34,7 @@ from gateway.delivery.deliverer import Deliverer
 from gateway.errors import ConfigError
 from gateway.fleet.broker import BrokerSettings, ack, connect, hub_settings
 from gateway.fleet.hub import Hub, NotifyingOutbox
-from gateway.fleet.sites import SiteEntry, parse_sites
+from gateway.fleet.sites import SiteEntry, SiteTable, parse_sites
 from gateway.fleet.topics import Topics
 from gateway.health import Health, HealthRules
 from gateway.intake.poller import Poller
@@ -92,7 +92,11 @@ class HubGateway:
             await stack.enter_async_context(hold_state_dir(config.state_path))
             db = await stack.enter_async_context(open_database(config.db_path))
             inbox, meta, store = Inbox(db), Meta(db), FleetStore(db)
-            await store.replace_sites(config_sites, source="config", now=self.clock())
+            try:  # a site both configured and imported, or an id claimed by two: say which
+                await store.replace_sites(config_sites, "config", self.clock())
+                SiteTable(await store.sites())
+            except ValueError as exc:
+                raise ConfigError(str(exc), key="hub.sites") from None
             session = await stack.enter_async_context(
                 aiohttp.ClientSession(headers={"User-Agent": "ecgw"})
             )

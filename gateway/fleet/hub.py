@@ -39,7 +39,7 @@ from gateway.fleet.messages import HubAck, decode_site_report, encode_message, e
 from gateway.fleet.sites import SiteTable
 from gateway.fleet.topics import OFFLINE, ONLINE, Topics
 from gateway.store.database import Database
-from gateway.store.fleet import FleetStore
+from gateway.store.fleet import UNROUTED, FleetStore
 from gateway.store.inbox import Inbox, InboxEvent
 from gateway.store.outbox import Outbox, Round
 from gateway.store.outbox_states import Outcome
@@ -56,6 +56,8 @@ SITES_FRESH = 5.0
 """Seconds a read of the sites table is used before it is read again (``ecgw hub sites
 import`` on a running hub takes effect within this)."""
 
+ANSWERS_PER_LOOK = 500
+"""Answers the acker reads from the store at a time."""
 SEEN_EVERY = 5.0
 """Seconds between writes of a site's last seen from its reports."""
 UNKNOWN_REPORT_ID = "unknown"
@@ -222,17 +224,17 @@ class Hub:
         routes = table.route(payload, event.payload)
         if not routes:
             note = "no site owns any of its targets: kept, not sent"
-            await self._inbox.set_plan(event.event_id, "unrouted", note)
+            await self._inbox.set_plan(event.event_id, UNROUTED, note)
             self.counts.unrouted += 1
             log.warning("hub.event_unrouted", payload_type=event.payload_type)
             return
-        done = await self._store.routes_for(event.event_id)
+        done = set(await self._store.routes_for(event.event_id))
         for site_id, cut in routes.items():
             if site_id in done:
                 continue
             message = event_message(event.event_id, event.created_at, cut)
             await client.publish(self._topics.events(site_id), message, qos=1)  # after PUBACK
-            await self._store.record_route(event.event_id, site_id, now=self._clock())
+            await self._store.record_route(event.event_id, site_id, self._clock())
         sites = sorted(routes)
         await self._inbox.set_plan(event.event_id, "routed", "to " + ", ".join(sites))
         self.counts.routed += 1
@@ -256,7 +258,7 @@ class Hub:
         if raw not in (ONLINE, OFFLINE) or site_id is None or await self._unknown(site_id):
             log.warning("hub.status_ignored", topic=topic, status=repr(raw[:40]))
             return
-        await self._store.saw(site_id, online=raw == ONLINE, now=self._clock())
+        await self._store.saw(site_id, raw == ONLINE, self._clock())
         self.counts.status[site_id] = raw.decode()
 
     async def _heard(self, site_id: str) -> None:
@@ -266,7 +268,7 @@ class Hub:
         if now - self._seen_at.get(site_id, -SEEN_EVERY) < SEEN_EVERY:
             return
         if not await self._unknown(site_id):
-            await self._store.saw(site_id, online=None, now=now)
+            await self._store.saw(site_id, None, now)
             self._seen_at[site_id] = now
 
     async def _unknown(self, site_id: str) -> bool:
@@ -306,7 +308,9 @@ class Hub:
                 )
             return
         now = self._clock()
-        accepted = await self._store.accept_report(site_id, report, now=now)  # committed
+        accepted = await self._store.accept_report(
+            site_id, report.event_id, report.kind, bytes(report.body), now
+        )  # committed
         if accepted.new:
             self.counts.accepted += 1
             log.info("hub.report_accepted", event_id=report.event_id, kind=report.kind)
@@ -345,7 +349,7 @@ class Hub:
     # --- acker -------------------------------------------------------------------------
 
     async def _answer(self, client: aiomqtt.Client) -> None:
-        while owed := await self._store.owed_answers():
+        while owed := await self._store.owed_answers(ANSWERS_PER_LOOK):
             self.counts.owed = len(owed)
             for row in owed:
                 if row.state == "delivered":  # Spark's 2xx without an id: say so, not rejected
@@ -360,7 +364,7 @@ class Hub:
                         reason=(row.last_error or "rejected by the API")[:2000],
                     )
                 await client.publish(self._topics.acks(row.site_id), encode_message(answer), qos=1)
-                await self._store.answered([row.outbox_id], now=self._clock())
+                await self._store.mark_answered([row.outbox_id], self._clock())
                 self.counts.answered += 1
                 self.counts.owed -= 1
                 log.info(

@@ -22,6 +22,7 @@ import aiomqtt
 import msgspec
 import pytest
 
+from gateway.fleet.acl import acl_file
 from gateway.fleet.messages import HubAck, SiteReport, decode_ack, encode_message
 from gateway.fleet.topics import Topics
 from gateway.hub_app import HubGateway
@@ -52,7 +53,9 @@ async def sandbox() -> AsyncIterator[Sandbox]:
 
 @pytest.fixture
 async def broker(tmp_path: Path) -> AsyncIterator[Mosquitto]:
-    async with Mosquitto.running(tmp_path / "broker", users=USERS) as mosquitto:
+    sites_ = [s["site_id"] for s in SITES]
+    rules = acl_file(TOPICS, sites_, hub_user="ecgw-hub")  # what `ecgw hub acl` prints
+    async with Mosquitto.running(tmp_path / "broker", users=USERS, acl=rules) as mosquitto:
         yield mosquitto
 
 
@@ -219,7 +222,16 @@ async def test_events_reach_exactly_the_owning_sites(
     sandbox: Sandbox, broker: Mosquitto, tmp_path: Path
 ) -> None:
     data = hub_config(sandbox, broker, tmp_path)
-    async with sites(broker) as fleet, running_hub(data) as hub:
+    snooped: list[aiomqtt.Message] = []
+    async with (
+        sites(broker) as fleet,
+        running_hub(data) as hub,
+        aiomqtt.Client(
+            broker.host, broker.port, identifier="snoop", username="site-c", password="c-pw"
+        ) as snoop,
+    ):
+        await snoop.subscribe(TOPICS.events("site-a"), qos=1)  # the ACL refuses it
+        snooping = asyncio.create_task(_collect(snoop, snooped))
         assert hub.webhook_url is not None
         await register_webhook(sandbox, hub.webhook_url)
         db = hub.config.db_path
@@ -235,6 +247,8 @@ async def test_events_reach_exactly_the_owning_sites(
             lambda: _true(fleet["site-a"].events and fleet["site-b"].events), timeout=10
         )
         await asyncio.sleep(0.5)  # nothing more may follow
+        snooping.cancel()
+    assert snooped == []  # site-c could not read site-a's events
     assert [e["id"] for e in fleet["site-a"].events] == [shared["id"]]
     assert [e["id"] for e in fleet["site-b"].events] == [shared["id"]]
     assert fleet["site-c"].events == []
@@ -250,6 +264,11 @@ async def test_events_reach_exactly_the_owning_sites(
     )
     routes = rows(db, "SELECT event_id, site_id FROM fleet_routes ORDER BY site_id")
     assert routes == [(shared["id"], "site-a"), (shared["id"], "site-b")]
+
+
+async def _collect(client: aiomqtt.Client, into: list[aiomqtt.Message]) -> None:
+    async for message in client.messages:
+        into.append(message)
 
 
 async def _true(value: object) -> bool:

@@ -439,6 +439,43 @@ async def test_hub_killed_while_reports_flow(
     assert rows(db, "PRAGMA integrity_check") == [("ok",)]
 
 
+async def test_hub_killed_between_publish_and_route_record(
+    sandbox: Sandbox, broker: Mosquitto, tmp_path: Path
+) -> None:
+    """The hub dies after the broker took an event for a site and before it recorded the
+    route; the site answers meanwhile. After the restart its report is accepted (the site
+    owns the event's target), not rejected as unrouted, and reaches the sandbox once."""
+    data = hub_config(sandbox, broker, tmp_path)
+    path = tmp_path / "hub.toml"
+    path.write_text(hub_toml(data))
+    config = make_config(data)
+    assert config.webhook is not None
+    db = config.db_path
+    async with sites(broker, answer=True) as fleet:
+        crash = {"ECGW_CRASH_AT": "hub.published"}
+        proc = await start_ecgw("hub", "run", config=path, env=crash, log=tmp_path / "hub.log")
+        try:
+            await wait_until(lambda: _true(_count(db, "fleet_sites") == 3), timeout=30)
+            hook = f"http://{config.webhook.listen}{config.webhook.path}"
+            await register_webhook(sandbox, hook)
+            event = await sandbox.create_event(price_curve("r-a1"))
+            assert await asyncio.wait_for(proc.wait(), timeout=30) == -signal.SIGKILL
+        finally:
+            await kill9(proc)
+        assert _count(db, "fleet_routes") == 0
+        await wait_until(lambda: _true(fleet["site-a"].events), timeout=10)  # it answers
+        proc = await start_ecgw("hub", "run", config=path, log=tmp_path / "hub.log")
+        try:
+            await wait_until(lambda: _true(fleet["site-a"].acks), timeout=30)
+            await asyncio.sleep(0.5)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), timeout=15) == 0
+    assert {(a.event_id, a.outcome) for a in fleet["site-a"].acks} == {(event["id"], "delivered")}
+    assert [r.event_id for r in sandbox.reports if not r.duplicate] == [event["id"]]
+    assert plan_state(db, event["id"]) == ("routed", "to site-a")
+
+
 def _count(db: Path, table: str) -> int:
     if not db.exists():
         return 0

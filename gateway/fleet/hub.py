@@ -34,6 +34,7 @@ import msgspec
 import structlog
 
 from gateway import wire
+from gateway.crashpoints import crashpoint
 from gateway.errors import WireError
 from gateway.fleet.messages import HubAck, decode_site_report, encode_message, event_message
 from gateway.fleet.sites import SiteTable
@@ -234,6 +235,7 @@ class Hub:
                 continue
             message = event_message(event.event_id, event.created_at, cut)
             await client.publish(self._topics.events(site_id), message, qos=1)  # after PUBACK
+            crashpoint("hub.published")
             await self._store.record_route(event.event_id, site_id, self._clock())
         sites = sorted(routes)
         await self._inbox.set_plan(event.event_id, "routed", "to " + ", ".join(sites))
@@ -296,7 +298,7 @@ class Hub:
             return
         table = await self.sites()
         problems = table.foreign(site_id, request)
-        if not problems and site_id not in await self._store.routes_for(report.event_id):
+        if not problems and not await self._routed(table, report.event_id, site_id):
             problems = [f"event {report.event_id!r} was not routed to site {site_id!r}"]
         if problems:
             reason = "; ".join(problems)
@@ -332,6 +334,22 @@ class Hub:
                 status=accepted.last_status,
                 reason=accepted.last_error or "rejected",
             )
+
+    async def _routed(self, table: SiteTable, event_id: str, site_id: str) -> bool:
+        """Whether the event went to the site: its route is recorded or, if not yet (the
+        hub stopped between the broker's PUBACK and the record, and the router has not
+        published it again), the event is in the inbox and the site owns one of its
+        targets."""
+        if site_id in await self._store.routes_for(event_id):
+            return True
+        event = await self._inbox.get(event_id)
+        if event is None or event.plan_state != "new":
+            return False
+        try:
+            payload = wire.decode_event_payload(event.payload)
+        except WireError:
+            return False
+        return site_id in table.route(payload, event.payload)
 
     async def _reject(
         self,

@@ -36,6 +36,7 @@ from gateway.errors import (
     WireError,
     describe,
 )
+from gateway.fleet.cli import add_hub_commands
 from gateway.hub_app import HubGateway
 from gateway.lifecycle import log_stopped, version
 from gateway.logs import configure_logging, register_secrets
@@ -514,9 +515,6 @@ def _parser() -> argparse.ArgumentParser:
 
     add("run", cmd_run, "run the gateway until SIGTERM/SIGINT")
     add("check", cmd_check, "validate the config")
-    hub = sub.add_parser("hub", help="the fleet's hub: one Spark account, many sites")
-    hubsub = hub.add_subparsers(dest="action", required=True, metavar="ACTION")
-    add("run", cmd_hub_run, "run the hub until SIGTERM/SIGINT", into=hubsub)
     status = add("status", cmd_status, "show what the gateway is doing")
     status.add_argument("--json", action="store_true")
 
@@ -585,6 +583,8 @@ def _parser() -> argparse.ArgumentParser:
     schema = add("schema", cmd_config_schema, "print the config's JSON Schema", into=csub)
     schema.add_argument("--markdown", action="store_true", help="docs/configuration.md instead")
     _add_onboarding(sub, sandbox, add)
+    hub = add_hub_commands(sub, add)
+    add("run", cmd_hub_run, "run the hub until SIGTERM/SIGINT", into=hub)
     return parser
 
 

@@ -165,6 +165,10 @@ async def cmd_check(args: argparse.Namespace, config: Config) -> int:
         f"resources={len(config.resources)}",
         f"locations={len(config.locations)}",
     ]
+    if config.hub is not None:
+        parts.append(f"hub={config.hub.url} sites={len(config.hub.sites)}")
+    if config.upstream is not None:
+        parts.append(f"upstream={config.upstream.url} site={config.upstream.site_id}")
     _out(f"config OK: {config.source} ({', '.join(parts)})")
     return EXIT_OK
 
@@ -674,7 +678,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.handler not in NO_CONFIG:
             config = load_config(getattr(args, "config", None))
             register_secrets(
-                s.reveal() for s in (config.client_secret, config.webhook_secret) if s is not None
+                s.reveal()
+                for s in (
+                    config.client_secret,
+                    config.webhook_secret,
+                    config.hub_password,
+                    config.upstream_password,
+                )
+                if s is not None
             )
         configure_logging(level=_log_level("warning" if args.handler in QUIET else "info"))
         handler: Handler = args.handler

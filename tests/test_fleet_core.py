@@ -209,11 +209,13 @@ def test_the_acl_file_gives_each_site_its_own_topics_only() -> None:
         "topic read fleet/eu/sites/a/events",
         "topic read fleet/eu/sites/a/acks",
         "topic write fleet/eu/sites/a/reports",
+        "topic write fleet/eu/sites/a/status",
         "",
         "user b",
         "topic read fleet/eu/sites/b/events",
         "topic read fleet/eu/sites/b/acks",
         "topic write fleet/eu/sites/b/reports",
+        "topic write fleet/eu/sites/b/status",
     ]
     with pytest.raises(ValueError, match="hub's own"):
         acl_file(Topics(), ["hub"], hub_user="hub")
@@ -231,6 +233,7 @@ def test_dynamic_security_has_a_role_per_site_and_no_password() -> None:
         ("subscribePattern", "ecgw/sites/a/acks"),
         ("publishClientReceive", "ecgw/sites/a/acks"),
         ("publishClientSend", "ecgw/sites/a/reports"),
+        ("publishClientSend", "ecgw/sites/a/status"),
     }
 
 
@@ -240,6 +243,12 @@ def test_topics() -> None:
     assert topics.site_of_report("ecgw/sites/a-1/reports") == "a-1"
     assert topics.site_of_report("ecgw/sites/a/b/reports") is None
     assert topics.site_of_report("ecgw/sites/a/events") is None
+    assert (topics.status("a-1"), topics.all_status) == (
+        "ecgw/sites/a-1/status",
+        "ecgw/sites/+/status",
+    )
+    assert topics.site_of_status("ecgw/sites/a-1/status") == "a-1"
+    assert topics.site_of_status("ecgw/sites/a-1/reports") is None
     for bad in ("", "a//b", "a/+", "#", "$SYS"):
         with pytest.raises(ValueError, match="prefix"):
             Topics(bad)

@@ -1,5 +1,6 @@
 """The broker's access rules for a fleet (pure): each site may read only its own events and
-acks and write only its own reports; the hub reads and writes every site's topics.
+acks and write only its own reports and status (``online``, and its will ``offline``); the
+hub reads and writes every site's topics.
 
 Two forms, for the two ways Mosquitto controls access:
 
@@ -26,6 +27,7 @@ def site_rules(topics: Topics, site_id: str) -> list[tuple[str, str]]:
         ("read", topics.events(site_id)),
         ("read", topics.acks(site_id)),
         ("write", topics.reports(site_id)),
+        ("write", topics.status(site_id)),
     ]
 
 

@@ -1,10 +1,11 @@
 """MQTT topic names shared by the hub and its sites (pure).
 
-Every site has three topics under ``<prefix>/sites/<site>/``:
+Every site has four topics under ``<prefix>/sites/<site>/``:
 
 * ``events``: the hub publishes each event the site owns (QoS 1, retained: no);
 * ``reports``: the site publishes its reports;
-* ``acks``: the hub answers each report (Spark's report id, or why it was rejected).
+* ``acks``: the hub answers each report (Spark's report id, or why it was rejected);
+* ``status``: the site's ``online`` (retained, on connect) and ``offline`` (its will).
 
 Hubs read every site's reports through one shared subscription
 (``$share/<group>/<prefix>/sites/+/reports``), so that several hubs share the load
@@ -16,7 +17,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["Topics", "check_site_id", "check_prefix"]
+__all__ = ["OFFLINE", "ONLINE", "Topics", "check_prefix", "check_site_id"]
+
+ONLINE = b"online"
+OFFLINE = b"offline"
+"""The payloads of a site's ``status`` topic (retained): ``offline`` is its will."""
 
 _SITE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 """A site id is one topic level and a broker user name: no ``/``, ``+``, ``#``, ``$``,
@@ -69,6 +74,18 @@ class Topics:
     def acks(self, site_id: str) -> str:
         return f"{self.site_root(site_id)}/acks"
 
+    def status(self, site_id: str) -> str:
+        return f"{self.site_root(site_id)}/status"
+
+    @property
+    def all_status(self) -> str:
+        """Every site's status (the hub's subscription, not shared: every hub keeps it)."""
+        return f"{self.prefix}/sites/+/status"
+
+    def site_of_status(self, topic: str) -> str | None:
+        """The site a ``.../sites/<site>/status`` topic belongs to; None for another topic."""
+        return self._site_of(topic, "/status")
+
     @property
     def all_reports(self) -> str:
         """Every site's reports (the filter a hub's shared subscription uses)."""
@@ -80,8 +97,11 @@ class Topics:
 
     def site_of_report(self, topic: str) -> str | None:
         """The site a ``.../sites/<site>/reports`` topic belongs to; None for another topic."""
+        return self._site_of(topic, "/reports")
+
+    def _site_of(self, topic: str, tail: str) -> str | None:
         head = f"{self.prefix}/sites/"
-        if not topic.startswith(head) or not topic.endswith("/reports"):
+        if not topic.startswith(head) or not topic.endswith(tail):
             return None
-        site = topic[len(head) : -len("/reports")]
+        site = topic[len(head) : -len(tail)]
         return site if _SITE_ID.fullmatch(site) else None

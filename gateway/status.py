@@ -78,6 +78,7 @@ async def status_record(config: Config, *, now: float) -> dict[str, Any]:
         "heartbeat": render.iso(heartbeat),
         "heartbeat_stale": running and (heartbeat is None or now - heartbeat > HEARTBEAT_STALE),
         "webhook_url": facts.get("gateway.webhook_url"),
+        "upstream": _upstream(config),
         "database": str(config.db_path),
         "api": _api(health),
         "events": events,
@@ -87,6 +88,13 @@ async def status_record(config: Config, *, now: float) -> dict[str, Any]:
         "next_report_due": render.iso(_num(health.get("next_report_due"))) if running else None,
         "adapters": _adapters(facts, channels, now, running=running),
     }
+
+
+def _upstream(config: Config) -> str:
+    """Where reports go: Spark's API, or (a site of a fleet) the hub through its broker."""
+    if config.upstream is not None:
+        return f"hub via {config.upstream.url} (site {config.upstream.site_id})"
+    return f"api {config.api.base_url}" if config.api is not None else "none configured"
 
 
 def _api(health: Mapping[str, Any]) -> dict[str, Any]:
@@ -158,6 +166,7 @@ def status_text(record: Mapping[str, Any]) -> list[str]:
         f"version:  {record['version']}",
         f"database: {record['database']}",
         f"webhook:  {record['webhook_url'] or 'off'}",
+        f"upstream: {record['upstream']}",
     ]
     lines += _api_text(record["api"])
     lines.append(f"events:   {record['events']}")

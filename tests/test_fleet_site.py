@@ -85,8 +85,16 @@ class FakeHub:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def running(cls, broker: Mosquitto) -> AsyncIterator[FakeHub]:
-        async with aiomqtt.Client(broker.host, broker.port, identifier="fake-hub") as client:
+    async def running(
+        cls, broker: Mosquitto, password: str | None = None
+    ) -> AsyncIterator[FakeHub]:
+        async with aiomqtt.Client(
+            broker.host,
+            broker.port,
+            identifier="fake-hub",
+            username="fake-hub" if password else None,
+            password=password,
+        ) as client:
             hub = cls(client)
             await client.subscribe(TOPICS.all_reports, qos=1)
             task = asyncio.create_task(hub._collect())

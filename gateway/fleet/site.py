@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -39,20 +40,22 @@ import structlog
 
 from gateway import wire
 from gateway.backoff import Backoff
+from gateway.config import Config, Secret, UpstreamConfig
+from gateway.config_rules import parse_broker_url
 from gateway.delivery.api import PostResult
 from gateway.errors import StoreError, UpstreamUnavailable, WireError, describe
 from gateway.fleet.messages import HubAck, SiteReport, decode_ack, encode_message
-from gateway.fleet.topics import Topics
+from gateway.fleet.topics import OFFLINE, ONLINE, Topics
 from gateway.intake.poller import QUARANTINED, to_new_event
 from gateway.store.inbox import Inbox
 
 __all__ = [
     "KEPT_ANSWERS",
-    "ONLINE",
-    "OFFLINE",
     "HubUpstream",
     "SiteLink",
+    "hub_upstream",
     "result_of",
+    "site_link",
     "site_will",
 ]
 
@@ -60,8 +63,6 @@ log = structlog.get_logger("gateway.fleet.site")
 
 KEPT_ANSWERS = 1024
 """Answers kept for reports nobody is waiting for (the oldest is dropped first)."""
-ONLINE = b"online"
-OFFLINE = b"offline"
 GOODBYE_TIMEOUT = 2.0  # seconds for the ``offline`` publish at a clean stop
 DEFAULT_REJECTION = 422  # a rejection that names no 4xx status
 RECONNECT_INITIAL, RECONNECT_MAX = 1.0, 30.0  # seconds between connection attempts
@@ -79,7 +80,7 @@ Ack = Callable[[aiomqtt.Client, aiomqtt.Message], None]
 
 def site_will(topics: Topics, site_id: str) -> aiomqtt.Will:
     """The site's last will: ``offline``, retained, on its status topic."""
-    return aiomqtt.Will(f"{topics.site_root(site_id)}/status", OFFLINE, qos=1, retain=True)
+    return aiomqtt.Will(topics.status(site_id), OFFLINE, qos=1, retain=True)
 
 
 def result_of(ack: HubAck) -> PostResult:
@@ -190,10 +191,9 @@ class SiteLink:
         backoff: Backoff | None = None,
     ) -> None:
         self._site_id = site_id
-        root = topics.site_root(site_id)
-        self._events = f"{root}/events"
-        self._acks = f"{root}/acks"
-        self._status = f"{root}/status"
+        self._events = topics.events(site_id)
+        self._acks = topics.acks(site_id)
+        self._status = topics.status(site_id)
         self._connect = connect
         self._ack = ack
         self._inbox = inbox
@@ -234,6 +234,8 @@ class SiteLink:
                 log.warning("site_link.disconnected", error=describe(exc))
             except StoreError as exc:  # not acknowledged: the broker hands it again
                 log.error("site_link.store_failed", error=str(exc))
+            except Exception:  # a bug: logged, and the link tries again (as a supervisor would)
+                log.exception("site_link.failed")
             await asyncio.sleep(self._backoff.next())
 
     async def _session(self) -> None:
@@ -308,3 +310,68 @@ def _publisher(client: aiomqtt.Client) -> Publish:
             raise UpstreamUnavailable(f"publish to the hub's broker: {describe(exc)}") from exc
 
     return publish
+
+
+# --- from the config (the composition root's entry) ---------------------------------------
+
+
+def hub_upstream(upstream: UpstreamConfig) -> HubUpstream:
+    topics = Topics(prefix=upstream.prefix)
+    return HubUpstream(
+        topic=topics.reports(upstream.site_id), answer_timeout=float(upstream.answer_timeout)
+    )
+
+
+def site_link(
+    config: Config,
+    *,
+    inbox: Inbox,
+    on_event: Callable[[str], None],
+    upstream: HubUpstream,
+    clock: Callable[[], float] = time.time,
+) -> SiteLink:
+    """The link ``[upstream]`` describes (``config.upstream`` must be set)."""
+    table = config.upstream
+    assert table is not None  # the caller runs a site only with [upstream]
+    topics = Topics(prefix=table.prefix)
+    will = site_will(topics, table.site_id)
+
+    def connect() -> contextlib.AbstractAsyncContextManager[aiomqtt.Client]:
+        return _client(table, config.upstream_password, will)
+
+    return SiteLink(
+        site_id=table.site_id,
+        topics=topics,
+        connect=connect,
+        ack=_manual_ack,
+        inbox=inbox,
+        on_event=on_event,
+        upstream=upstream,
+        clock=clock,
+    )
+
+
+def _client(table: UpstreamConfig, password: Secret | None, will: aiomqtt.Will) -> aiomqtt.Client:
+    """PROVISIONAL until gateway/fleet/broker.py (h11-store) lands: one connection."""
+    host, port, tls = parse_broker_url(table.url)
+    context = None
+    if tls:
+        context = ssl.create_default_context(cafile=table.ca_file)
+        if table.client_cert_file is not None:
+            context.load_cert_chain(table.client_cert_file, table.client_key_file)
+    client = aiomqtt.Client(
+        host,
+        port,
+        username=table.site_id if password is not None else None,
+        password=password.reveal() if password is not None else None,
+        identifier=table.site_id,
+        clean_session=False,
+        will=will,
+        tls_context=context,
+    )
+    client._client.manual_ack_set(True)
+    return client
+
+
+def _manual_ack(client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+    client._client.ack(message.mid, message.qos)

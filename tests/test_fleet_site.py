@@ -367,6 +367,24 @@ async def test_with_the_broker_down_a_report_is_retried_later(
             await site.link.connected.wait()
 
 
+async def retained_status(broker: Mosquitto) -> bytes:
+    async with aiomqtt.Client(broker.host, broker.port, identifier="status-reader") as client:
+        await client.subscribe(TOPICS.status(SITE), qos=1)
+        async with asyncio.timeout(5):
+            async for message in client.messages:
+                assert message.retain and isinstance(message.payload, bytes)
+                return message.payload
+    raise AssertionError("no retained status")
+
+
+async def test_the_site_says_online_and_at_a_clean_stop_offline(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    async with Site.running(broker, tmp_path / "s.db"):
+        assert await retained_status(broker) == b"online"
+    assert await retained_status(broker) == b"offline"
+
+
 # --- HubUpstream without a broker: the publish is a list ----------------------------------
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -22,8 +23,10 @@ from gateway.backoff import Backoff
 from gateway.delivery.api import PostResult
 from gateway.delivery.deliverer import Deliverer
 from gateway.errors import StoreError, UpstreamUnavailable
+from gateway.fleet.broker import BrokerSettings, connect, site_will
+from gateway.fleet.broker import ack as puback
 from gateway.fleet.messages import HubAck, SiteReport, decode_site_report, encode_message
-from gateway.fleet.site import HubUpstream, SiteLink, result_of, site_will
+from gateway.fleet.site import HubUpstream, SiteLink, result_of
 from gateway.fleet.topics import Topics
 from gateway.store.database import open_database
 from gateway.store.inbox import Inbox, NewEvent, Via
@@ -54,26 +57,11 @@ def polled(event_id: str, resource: str = "r1") -> bytes:
     ).encode()
 
 
-def manual_ack(client: aiomqtt.Client, message: aiomqtt.Message) -> None:
-    client._client.ack(message.mid, message.qos)
-
-
 def connect_to(
     broker: Mosquitto,
 ) -> Callable[[], contextlib.AbstractAsyncContextManager[aiomqtt.Client]]:
-    def connect() -> contextlib.AbstractAsyncContextManager[aiomqtt.Client]:
-        client = aiomqtt.Client(
-            broker.host,
-            broker.port,
-            identifier=SITE,
-            clean_session=False,
-            will=site_will(TOPICS, SITE),
-            timeout=5,
-        )
-        client._client.manual_ack_set(True)
-        return client
-
-    return connect
+    settings = BrokerSettings(broker.host, broker.port, None, None, None, SITE, timeout=5)
+    return functools.partial(connect, settings, will=site_will(TOPICS, SITE))
 
 
 class FakeHub:
@@ -82,6 +70,7 @@ class FakeHub:
     def __init__(self, client: aiomqtt.Client) -> None:
         self.client = client
         self.reports: asyncio.Queue[SiteReport] = asyncio.Queue()
+        self.status: asyncio.Queue[bytes] = asyncio.Queue()
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -97,6 +86,7 @@ class FakeHub:
         ) as client:
             hub = cls(client)
             await client.subscribe(TOPICS.all_reports, qos=1)
+            await client.subscribe(TOPICS.all_status, qos=1)
             task = asyncio.create_task(hub._collect())
             try:
                 yield hub
@@ -108,8 +98,17 @@ class FakeHub:
     async def _collect(self) -> None:
         async for message in self.client.messages:
             assert isinstance(message.payload, bytes)
+            if message.topic.value == TOPICS.status(SITE):
+                self.status.put_nowait(message.payload)
+                continue
             report, _ = decode_site_report(message.payload)
             self.reports.put_nowait(report)
+
+    async def online(self, timeout: float = 15.0) -> None:
+        """Until the site says it is online (subscribed: events sent now reach it)."""
+        async with asyncio.timeout(timeout):
+            while await self.status.get() != b"online":
+                pass
 
     async def event(self, raw: bytes) -> None:
         await self.client.publish(TOPICS.events(SITE), raw, qos=1)
@@ -141,7 +140,7 @@ class Site:
         db_path: Path,
         *,
         answer_timeout: float = 5.0,
-        ack: Callable[[aiomqtt.Client, aiomqtt.Message], None] = manual_ack,
+        ack: Callable[[aiomqtt.Client, aiomqtt.Message], object] = puback,
         inbox: type[Inbox] = Inbox,
     ) -> AsyncIterator[Site]:
         async with open_database(db_path) as db:
@@ -242,7 +241,7 @@ async def test_an_event_never_acknowledged_is_handed_again_and_stored_once(
 
     def counting_ack(client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         acked.append(message.topic.value)
-        manual_ack(client, message)
+        puback(client, message)
 
     db_path = tmp_path / "s.db"
     async with FakeHub.running(broker) as hub:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -40,10 +39,10 @@ import structlog
 
 from gateway import wire
 from gateway.backoff import Backoff
-from gateway.config import Config, Secret, UpstreamConfig
-from gateway.config_rules import parse_broker_url
+from gateway.config import Config, UpstreamConfig
 from gateway.delivery.api import PostResult
-from gateway.errors import StoreError, UpstreamUnavailable, WireError, describe
+from gateway.errors import BrokerError, StoreError, UpstreamUnavailable, WireError, describe
+from gateway.fleet import broker
 from gateway.fleet.messages import HubAck, SiteReport, decode_ack, encode_message
 from gateway.fleet.topics import OFFLINE, ONLINE, Topics
 from gateway.intake.poller import QUARANTINED, to_new_event
@@ -56,7 +55,6 @@ __all__ = [
     "hub_upstream",
     "result_of",
     "site_link",
-    "site_will",
 ]
 
 log = structlog.get_logger("gateway.fleet.site")
@@ -72,15 +70,11 @@ Publish = Callable[[str, bytes], Awaitable[None]]
 
 Connect = Callable[[], contextlib.AbstractAsyncContextManager[aiomqtt.Client]]
 """Opens one broker connection: persistent session, client id = site id, manual PUBACK,
-the site's will set (see :func:`site_will`)."""
+the site's will set (:func:`gateway.fleet.broker.connect`)."""
 
-Ack = Callable[[aiomqtt.Client, aiomqtt.Message], None]
-"""Sends the PUBACK of one message received with manual acknowledgement."""
-
-
-def site_will(topics: Topics, site_id: str) -> aiomqtt.Will:
-    """The site's last will: ``offline``, retained, on its status topic."""
-    return aiomqtt.Will(topics.status(site_id), OFFLINE, qos=1, retain=True)
+Ack = Callable[[aiomqtt.Client, aiomqtt.Message], object]
+"""Sends the PUBACK of one message received with manual acknowledgement
+(:func:`gateway.fleet.broker.ack`)."""
 
 
 def result_of(ack: HubAck) -> PostResult:
@@ -230,8 +224,8 @@ class SiteLink:
         while True:
             try:
                 await self._session()
-            except aiomqtt.MqttError as exc:
-                log.warning("site_link.disconnected", error=describe(exc))
+            except BrokerError as exc:
+                log.warning("site_link.disconnected", error=str(exc), reason=exc.reason)
             except StoreError as exc:  # not acknowledged: the broker hands it again
                 log.error("site_link.store_failed", error=str(exc))
             except Exception:  # a bug: logged, and the link tries again (as a supervisor would)
@@ -334,44 +328,19 @@ def site_link(
     table = config.upstream
     assert table is not None  # the caller runs a site only with [upstream]
     topics = Topics(prefix=table.prefix)
-    will = site_will(topics, table.site_id)
+    settings = broker.site_settings(config)  # a TLS file that does not load: ConfigError now
+    will = broker.site_will(topics, table.site_id)
 
     def connect() -> contextlib.AbstractAsyncContextManager[aiomqtt.Client]:
-        return _client(table, config.upstream_password, will)
+        return broker.connect(settings, will=will)
 
     return SiteLink(
         site_id=table.site_id,
         topics=topics,
         connect=connect,
-        ack=_manual_ack,
+        ack=broker.ack,
         inbox=inbox,
         on_event=on_event,
         upstream=upstream,
         clock=clock,
     )
-
-
-def _client(table: UpstreamConfig, password: Secret | None, will: aiomqtt.Will) -> aiomqtt.Client:
-    """PROVISIONAL until gateway/fleet/broker.py (h11-store) lands: one connection."""
-    host, port, tls = parse_broker_url(table.url)
-    context = None
-    if tls:
-        context = ssl.create_default_context(cafile=table.ca_file)
-        if table.client_cert_file is not None:
-            context.load_cert_chain(table.client_cert_file, table.client_key_file)
-    client = aiomqtt.Client(
-        host,
-        port,
-        username=table.site_id if password is not None else None,
-        password=password.reveal() if password is not None else None,
-        identifier=table.site_id,
-        clean_session=False,
-        will=will,
-        tls_context=context,
-    )
-    client._client.manual_ack_set(True)
-    return client
-
-
-def _manual_ack(client: aiomqtt.Client, message: aiomqtt.Message) -> None:
-    client._client.ack(message.mid, message.qos)

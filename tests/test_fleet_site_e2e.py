@@ -114,5 +114,6 @@ async def test_a_site_takes_its_event_from_the_hub_and_reports_through_it(
             )
             shown = (await status.communicate())[0].decode()
             assert f"upstream: hub via {broker.url} (site {SITE})" in shown, shown
+            assert "api token" not in shown and "api poll" not in shown, shown
         finally:
             assert await site.terminate() == 0, site.tail()

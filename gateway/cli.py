@@ -36,6 +36,7 @@ from gateway.errors import (
     WireError,
     describe,
 )
+from gateway.fleet.cli import add_hub_commands
 from gateway.lifecycle import log_stopped, version
 from gateway.logs import configure_logging, register_secrets
 from gateway.onboarding.banner import sandbox_banner
@@ -570,6 +571,7 @@ def _parser() -> argparse.ArgumentParser:
     schema = add("schema", cmd_config_schema, "print the config's JSON Schema", into=csub)
     schema.add_argument("--markdown", action="store_true", help="docs/configuration.md instead")
     _add_onboarding(sub, sandbox, add)
+    add_hub_commands(sub, add)
     return parser
 
 

@@ -242,7 +242,12 @@ class Gateway:
             if hub is not None:  # instead of the webhook and the poller
                 await stack.enter_async_context(
                     site_link(
-                        config, inbox=inbox, on_event=scheduler.wake, upstream=hub, clock=self.clock
+                        config,
+                        inbox=inbox,
+                        on_event=scheduler.wake,
+                        upstream=hub,
+                        clock=self.clock,
+                        on_fatal=loops.stop,
                     )
                 )
             runtime = await stack.enter_async_context(

@@ -22,7 +22,7 @@ import pytest
 from gateway.backoff import Backoff
 from gateway.delivery.api import PostResult
 from gateway.delivery.deliverer import Deliverer
-from gateway.errors import StoreError, UpstreamUnavailable
+from gateway.errors import StoreCorrupt, StoreError, UpstreamUnavailable
 from gateway.fleet.broker import BrokerSettings, connect, site_will
 from gateway.fleet.broker import ack as puback
 from gateway.fleet.messages import HubAck, SiteReport, decode_site_report, encode_message
@@ -280,6 +280,38 @@ async def test_an_event_not_stored_is_not_acknowledged_and_comes_again(
         await until(lambda: site.woken == ["e1"])
         assert FailsOnce.failed
         assert site.events() == [("e1", "hub", "new")]
+
+
+class Corrupt(Inbox):
+    async def add(self, event: NewEvent, *, via: Via, at: float) -> bool:
+        raise StoreCorrupt("database disk image is malformed")
+
+
+async def test_a_broken_database_stops_the_link_and_goes_to_on_fatal(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    fatal: list[BaseException] = []
+    async with FakeHub.running(broker) as hub, open_database(tmp_path / "s.db") as db:
+        link = SiteLink(
+            site_id=SITE,
+            topics=TOPICS,
+            connect=connect_to(broker),
+            ack=puback,
+            inbox=Corrupt(db),
+            on_event=lambda event_id: None,
+            upstream=HubUpstream(topic=TOPICS.reports(SITE), answer_timeout=1.0),
+            backoff=Backoff(0.05, 0.2),
+            on_fatal=fatal.append,
+        )
+        async with link:
+            async with asyncio.timeout(10):
+                await link.connected.wait()
+            await hub.event(polled("e1"))
+            await until(lambda: bool(fatal))
+            await until(lambda: not link.connected.is_set())
+            assert isinstance(fatal[0], StoreCorrupt)
+            await asyncio.sleep(0.3)  # it does not come back
+            assert not link.connected.is_set() and len(fatal) == 1
 
 
 async def test_a_report_is_delivered_only_when_the_hub_answers(

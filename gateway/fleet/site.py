@@ -11,7 +11,8 @@ replace the webhook, the poller and the API client:
   nothing. A store failure drops the connection without the PUBACK, so the broker hands
   the event again after the reconnect. Each message on ``.../acks`` goes to the
   :class:`HubUpstream`. A lost connection is retried with backoff for as long as the
-  link lives.
+  link lives; a fatal error (:data:`gateway.supervise.FATAL`: a broken database) ends
+  the link and goes to ``on_fatal``.
 * :class:`HubUpstream` is the deliverer's transport: ``post_report`` publishes a
   :class:`~gateway.fleet.messages.SiteReport` (QoS 1, after the broker's PUBACK) and waits
   up to ``answer_timeout`` (the whole attempt) for the hub's
@@ -47,6 +48,7 @@ from gateway.fleet.messages import HubAck, SiteReport, decode_ack, encode_messag
 from gateway.fleet.topics import OFFLINE, ONLINE, Topics
 from gateway.intake.poller import QUARANTINED, to_new_event
 from gateway.store.inbox import Inbox
+from gateway.supervise import FATAL
 
 __all__ = [
     "KEPT_ANSWERS",
@@ -64,6 +66,7 @@ KEPT_ANSWERS = 1024
 GOODBYE_TIMEOUT = 2.0  # seconds for the ``offline`` publish at a clean stop
 DEFAULT_REJECTION = 422  # a rejection that names no 4xx status
 RECONNECT_INITIAL, RECONNECT_MAX = 1.0, 30.0  # seconds between connection attempts
+_FATAL = tuple(kind for kind, _ in FATAL)
 
 Publish = Callable[[str, bytes], Awaitable[None]]
 """Publish ``payload`` to ``topic`` at QoS 1 and return after the broker's PUBACK."""
@@ -183,8 +186,10 @@ class SiteLink:
         upstream: HubUpstream,
         clock: Callable[[], float] = time.time,
         backoff: Backoff | None = None,
+        on_fatal: Callable[[BaseException], None] | None = None,
     ) -> None:
         self._site_id = site_id
+        self._on_fatal = on_fatal
         self._events = topics.events(site_id)
         self._acks = topics.acks(site_id)
         self._status = topics.status(site_id)
@@ -224,6 +229,12 @@ class SiteLink:
         while True:
             try:
                 await self._session()
+            except _FATAL as exc:  # a broken database: the gateway stops (gateway.supervise)
+                log.error("site_link.fatal", error=describe(exc))
+                if self._on_fatal is None:
+                    raise
+                self._on_fatal(exc)
+                return
             except BrokerError as exc:
                 log.warning("site_link.disconnected", error=str(exc), reason=exc.reason)
             except StoreError as exc:  # not acknowledged: the broker hands it again
@@ -323,6 +334,7 @@ def site_link(
     on_event: Callable[[str], None],
     upstream: HubUpstream,
     clock: Callable[[], float] = time.time,
+    on_fatal: Callable[[BaseException], None] | None = None,
 ) -> SiteLink:
     """The link ``[upstream]`` describes (``config.upstream`` must be set)."""
     table = config.upstream
@@ -343,4 +355,5 @@ def site_link(
         on_event=on_event,
         upstream=upstream,
         clock=clock,
+        on_fatal=on_fatal,
     )

@@ -13,6 +13,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.slow
 
 HUB_PASSWORD = "hub-broker-password"
 SITE_PASSWORD = "site-broker-password"
+METER_POINT = "707057500012345678"
 
 
 def iso(t: float) -> str:
@@ -47,8 +49,12 @@ def site_config(tmp_path: Path, broker: Mosquitto) -> Path:
         },
         "delivery": {"timeout": "2s", "backoff_initial": "100ms", "backoff_max": "1s"},
         "reporting": {"grace": "1s"},
-        "adapters": {"boiler": {"type": "simulated", "power_kw": 36.0, "poll_interval": "1s"}},
+        "adapters": {
+            "boiler": {"type": "simulated", "power_kw": 36.0, "poll_interval": "1s"},
+            "main": {"type": "simulated", "power_kw": 40.0, "poll_interval": "1s"},
+        },
         "resources": [{"resource_id": "r1", "location_id": "loc-a", "adapter": "boiler"}],
+        "locations": [{"location_id": "loc-a", "meter_point_id": METER_POINT, "adapter": "main"}],
     }
     path = tmp_path / "site.toml"
     path.write_text(toml(data))
@@ -76,6 +82,30 @@ def price_curve(event_id: str, start: float) -> bytes:
     ).encode()
 
 
+def location_lpc(event_id: str) -> bytes:
+    start = math.ceil(time.time() / 3600) * 3600 + 86400  # tomorrow: no usage due today
+    points = [{"timestamp": iso(start), "maxPowerInKiloWatts": 60.0}]
+    target = {"locationId": "loc-a", "meterPointId": METER_POINT, "resolution": "01:00:00"}
+    return json.dumps(
+        {
+            "id": event_id,
+            "createdAt": iso(time.time()),
+            "payload": {"payloadType": "LocationLPC", "targets": [{**target, "points": points}]},
+        }
+    ).encode()
+
+
+async def answered(hub: FakeHub, event_id: str, kind: str, report_id: str) -> Any:
+    """The next report, checked against the contract and answered as delivered."""
+    report = await hub.next_report(timeout=60)
+    assert (report.event_id, report.kind) == (event_id, kind)
+    body = json.loads(bytes(report.body))
+    contract.check("PostReportRequest", body)
+    ack = HubAck(event_id=event_id, kind=kind, outcome="delivered", report_id=report_id)
+    await hub.answer(ack)
+    return body
+
+
 async def test_a_site_takes_its_event_from_the_hub_and_reports_through_it(
     tmp_path: Path,
 ) -> None:
@@ -89,26 +119,20 @@ async def test_a_site_takes_its_event_from_the_hub_and_reports_through_it(
             async with FakeHub.running(broker, password=HUB_PASSWORD) as hub:
                 await hub.online()  # its first session: what is sent before it is not kept
                 start = math.ceil(time.time()) + 4  # intervals that begin after it arrives
+                await hub.event(location_lpc("lpc-1"))  # acknowledged at once
+                await answered(hub, "lpc-1", "LocationLPCAcknowledgement", "rep-0")
                 await hub.event(price_curve("ev-1", start))
-                report = await hub.next_report(timeout=60)
-                body = json.loads(bytes(report.body))
-                contract.check("PostReportRequest", body)
-                assert (report.event_id, report.kind) == ("ev-1", "EnergyUsage")
-                (payload,) = body["payloads"]
-                assert payload["resourceId"] == "r1"
-                await hub.answer(
-                    HubAck(
-                        event_id="ev-1", kind="EnergyUsage", outcome="delivered", report_id="rep-1"
-                    )
-                )
+                body = await answered(hub, "ev-1", "EnergyUsage", "rep-1")
+                assert [p["resourceId"] for p in body["payloads"]] == ["r1"]
                 db = tmp_path / "state" / "ecgw.sqlite3"
 
                 async def delivered() -> bool:
-                    return bool(query(db, "SELECT 1 FROM outbox WHERE state = 'delivered'"))
+                    rows = query(db, "SELECT 1 FROM outbox WHERE state = 'delivered'")
+                    return len(rows) == 2
 
                 await wait_until(delivered, timeout=20)
-            assert query(db, "SELECT received_via FROM events") == [("hub",)]
-            assert query(db, "SELECT report_id FROM outbox") == [("rep-1",)]
+            assert query(db, "SELECT received_via FROM events") == [("hub",), ("hub",)]
+            assert query(db, "SELECT report_id FROM outbox ORDER BY id") == [("rep-0",), ("rep-1",)]
             status = await asyncio.create_subprocess_exec(
                 *ECGW, "status", "-c", str(config), stdout=asyncio.subprocess.PIPE
             )
@@ -117,3 +141,6 @@ async def test_a_site_takes_its_event_from_the_hub_and_reports_through_it(
             assert "api token" not in shown and "api poll" not in shown, shown
         finally:
             assert await site.terminate() == 0, site.tail()
+        log = (tmp_path / "site.log").read_text()
+        assert SITE_PASSWORD not in log
+        assert '"gateway.stopped"' in log and "token" not in log

@@ -36,6 +36,7 @@ from gateway.errors import (
     WireError,
     describe,
 )
+from gateway.fleet.broker import hub_settings, site_settings
 from gateway.fleet.cli import add_hub_commands
 from gateway.lifecycle import log_stopped, version
 from gateway.logs import configure_logging, register_secrets
@@ -119,12 +120,17 @@ def check_config(config: Config) -> Config:
 
     Beyond parsing (ranges, names, URLs, secrets): the API table and a usable state
     directory (:func:`~gateway.config_probes.require_runnable`), the webhook's address,
-    and every adapter built from its table with the channels the config asks of it.
+    the broker's TLS files of ``[hub]`` / ``[upstream]``, and every adapter built from its
+    table with the channels the config asks of it.
     ``run`` keeps running beside an adapter whose plugin cannot be loaded; ``check``
     refuses it. Raises ConfigError naming the key.
     """
     require_runnable(config)
     webhook_settings(config)
+    if config.hub is not None:
+        hub_settings(config)  # its TLS files load
+    if config.upstream is not None:
+        site_settings(config)
     _, errors = load_adapters(config)
     if errors:
         names = sorted(errors)

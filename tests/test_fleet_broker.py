@@ -4,6 +4,7 @@ settings from the config, one-line errors, and the manual PUBACK a persistent se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import socket
 import ssl
@@ -28,6 +29,7 @@ from gateway.fleet.broker import (
 )
 from gateway.fleet.topics import OFFLINE, ONLINE, Topics
 from tests.kit.mosquitto import Mosquitto, TlsFiles, free_port, make_tls_files
+from tests.kit.proc import ecgw
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -212,3 +214,67 @@ async def test_the_will_says_offline_when_a_site_vanishes(
             sock.shutdown(socket.SHUT_RDWR)
             message = await next_payload(watcher)
             assert (message.topic.value, message.payload) == ("ecgw/sites/site-a/status", OFFLINE)
+
+
+class AclMosquitto(Mosquitto):
+    """The kit's broker with an ``acl_file`` (written by ``ecgw hub acl``)."""
+
+    acl: Path | None = None
+
+    def _config(self) -> str:
+        return super()._config() + (f"acl_file {self.acl}\n" if self.acl else "")
+
+
+async def test_the_printed_acl_keeps_each_site_to_its_own_topics(
+    tmp_path: Path, tls: TlsFiles
+) -> None:
+    (tmp_path / "hub-password").write_text("hub-password\n")
+    hub_toml = tmp_path / "hub.toml"
+    hub_toml.write_text(
+        f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n'
+        '[hub]\nurl = "mqtts://127.0.0.1"\nusername = "ecgw-hub"\n'
+        'password_file = "hub-password"\n'
+        '[[hub.sites]]\nsite_id = "site-a"\n[[hub.sites]]\nsite_id = "site-b"\n'
+    )
+    printed = ecgw("hub", "acl", config=hub_toml)
+    assert printed.returncode == 0, printed.stderr
+    (tmp_path / "acl").write_text(printed.stdout)
+    users = {"site-a": SITE_PASSWORD, "site-b": "site-b-password", "ecgw-hub": "hub-password"}
+    broker = AclMosquitto(tmp_path / "broker", users=users, tls=tls)
+    broker.acl = tmp_path / "acl"
+    topics = Topics()
+    await broker.start()
+    try:
+        site_a = site_settings(site_config(tmp_path, broker, tls, SITE_PASSWORD))
+        site_b = replace(site_a, username="site-b", client_id="site-b")
+        site_b = replace(site_b, password=Secret("site-b-password"))
+        hub = replace(hub_user(broker, tls, "hub"), clean_session=True)
+        async with connect(hub, manual_ack=False) as h:
+            await h.subscribe(topics.all_reports, qos=1)
+            async with (
+                connect(site_a, will=site_will(topics, "site-a")) as a,
+                connect(site_b) as b,
+            ):
+                await b.subscribe(topics.events("site-b"), qos=1)
+                await a.subscribe(topics.events("site-a"), qos=1)
+                await a.subscribe(topics.events("site-b"), qos=1)  # not its own
+                await h.publish(topics.events("site-b"), b"for b", qos=1)
+                got = await next_payload(b)
+                assert got.payload == b"for b"
+                ack(b, got)
+                with pytest.raises(TimeoutError):
+                    await next_payload(a, seconds=0.5)  # site-a never sees site-b's events
+                await a.publish(topics.status("site-a"), ONLINE, qos=1, retain=True)
+                await a.publish(topics.reports("site-a"), b"own", qos=1)
+                report = await next_payload(h)
+                assert (report.topic.value, report.payload) == ("ecgw/sites/site-a/reports", b"own")
+            # Mosquitto 2.0 answers a denied QoS 1 PUBLISH from an MQTT 3.1.1 client with a
+            # PUBACK carrying a reason code (an MQTT 5 field), which paho takes as a protocol
+            # error and drops the connection: either way the report goes nowhere.
+            with contextlib.suppress(BrokerError):
+                async with connect(site_a) as forger:
+                    await forger.publish(topics.reports("site-b"), b"forged", qos=1)
+            with pytest.raises(TimeoutError):
+                await next_payload(h, seconds=0.5)
+    finally:
+        await broker.stop()

@@ -11,6 +11,7 @@ from gateway.config import Config, parse_config
 from gateway.config_probes import require_runnable
 from gateway.config_rules import parse_broker_url
 from gateway.errors import ConfigError
+from tests.kit.mosquitto import make_tls_files
 from tests.kit.proc import ecgw
 
 PASSWORD = "broker-pass-0123456789"
@@ -207,13 +208,23 @@ def test_upstream_prefix_and_timeout(files: Path) -> None:
 # --- through `ecgw check` ----------------------------------------------------------------------
 
 
+def check_refuses(config: Path) -> str:
+    result = ecgw("check", config=config)
+    assert result.returncode == 2, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and PASSWORD not in result.stderr, result.stderr
+    return lines[0]
+
+
 def test_ecgw_check_passes_a_site_and_refuses_one_with_api_in_one_line(files: Path) -> None:
+    tls = make_tls_files(files / "tls")
     site = files / "site.toml"
-    site.write_text(
+    head = (
         f'[gateway]\nstate_dir = "{files / "state"}"\n'
         '[upstream]\nmode = "hub"\nurl = "mqtts://127.0.0.1:8883"\nsite_id = "site-a"\n'
-        'password_file = "pw"\nca_file = "ca.pem"\n'
+        'password_file = "pw"\n'
     )
+    site.write_text(head + f'ca_file = "{tls.ca_cert}"\n')
     result = ecgw("check", config=site)
     assert result.returncode == 0, result.stderr
     assert "upstream=mqtts://127.0.0.1:8883 site=site-a" in result.stdout
@@ -222,7 +233,7 @@ def test_ecgw_check_passes_a_site_and_refuses_one_with_api_in_one_line(files: Pa
         site.read_text()
         + '[api]\nbase_url = "https://x/v1"\ntoken_url = "https://x/t"\nclient_id = "c"\n'
     )
-    result = ecgw("check", config=site)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ecgw: error: api: a site with [upstream]")
+    line = check_refuses(site)
+    assert line.startswith("ecgw: error: api: a site with [upstream] must not have [api]")
+    site.write_text(head + 'ca_file = "ca.pem"\n')  # readable, but no certificate
+    assert check_refuses(site).startswith("ecgw: error: upstream.ca_file: cannot load")

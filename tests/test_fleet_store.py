@@ -11,7 +11,7 @@ import pytest
 
 from gateway.fleet.sites import Site
 from gateway.store.database import Database, open_database
-from gateway.store.fleet import UNROUTED, FleetStore, Pending, Seen, site_kind
+from gateway.store.fleet import UNROUTED, Accepted, FleetStore, Pending, Seen, site_kind
 from gateway.store.outbox import Outbox
 from gateway.store.outbox_states import Dead, Delivered
 from gateway.store.schema import MIGRATIONS
@@ -174,3 +174,26 @@ async def test_a_v4_database_migrates_to_v5_keeping_every_event(tmp_path: Path) 
         indexes = {r[0] for r in await db.fetchall("SELECT name FROM sqlite_master")}
         assert {"events_by_received", "events_by_plan", "fleet_answers_owed"} <= indexes
         assert await FleetStore(db).sites() == []
+
+
+async def test_a_burst_is_one_transaction_and_a_bad_report_fails_alone(db: Database) -> None:
+    store = FleetStore(db)
+    results = await store.accept_reports(
+        [
+            ("a", "ev-1", "EnergyUsage", BODY),
+            ("a", "ev-\ud800", "EnergyUsage", BODY),  # a lone surrogate: not storable text
+            ("b", "ev-1", "EnergyUsage", BODY),
+            ("a", "ev-1", "EnergyUsage", BODY),  # a repeat within the burst
+        ],
+        now=1.0,
+    )
+    first, bad, other, repeat = results
+    assert isinstance(first, Accepted) and isinstance(other, Accepted) and first.new and other.new
+    assert isinstance(bad, str) and bad.startswith("cannot be stored: UnicodeEncodeError")
+    assert isinstance(repeat, Accepted) and not repeat.new
+    assert repeat.outbox_id == first.outbox_id
+    assert len(await Outbox(db).items()) == 2
+    count = await db.fetchone("SELECT COUNT(*) FROM fleet_answers")
+    assert count is not None and count[0] == 2
+    with pytest.raises(ValueError, match="cannot be stored"):
+        await store.accept_report("a", "ev-\udfff", "EnergyUsage", BODY, now=2.0)

@@ -19,11 +19,15 @@ sqlite3 errors leave as :class:`~gateway.errors.StoreError` (``Database`` transl
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import aiosqlite
+
 from gateway.crashpoints import crashpoint
+from gateway.errors import describe
 from gateway.fleet.sites import Site
 from gateway.store.database import Database
 from gateway.store.outbox import Outbox
@@ -221,27 +225,24 @@ class FleetStore:
         self, site_id: str, event_id: str, kind: str, body: bytes, now: float
     ) -> Accepted:
         """Queue a site's report in the hub's outbox together with its answers row, in one
-        transaction; or, for a report already queued, its row as it is."""
-        stored_kind = hub_kind(kind, site_id)
+        transaction; or, for a report already queued, its row as it is. ValueError (nothing
+        written) for an id SQLite cannot store as text."""
+        (result,) = await self.accept_reports([(site_id, event_id, kind, body)], now)
+        if isinstance(result, Accepted):
+            return result
+        raise ValueError(result)
+
+    async def accept_reports(
+        self, reports: Sequence[tuple[str, str, str, bytes]], now: float
+    ) -> list[Accepted | str]:
+        """:meth:`accept_report` for ``(site_id, event_id, kind, body)`` each, in one
+        transaction (one commit for a burst). Each report fails alone: its place in the
+        result holds why, and the others are committed."""
         async with self._db.write() as conn:
-            new = await Outbox.enqueue_in(
-                conn,
-                event_id=event_id,
-                kind=stored_kind,
-                body=body,
-                source=site_source(site_id),
-                now=now,
-            )
-            rows = list(await conn.execute_fetchall(_ACCEPTED, (event_id, stored_kind)))
-            row = rows[0]
-            if new:
-                await conn.execute(
-                    "INSERT INTO fleet_answers (outbox_id, site_id) VALUES (?, ?)",
-                    (row[0], site_id),
-                )
-        if new:
+            results = [await _accept_one(conn, *report, now=now) for report in reports]
+        if any(isinstance(r, Accepted) and r.new for r in results):
             crashpoint("outbox.queued")
-        return Accepted(new, int(row[0]), row[1], row[2], row[3], row[4])
+        return results
 
     async def owed_answers(self, limit: int) -> list[OwedAnswer]:
         """Site reports whose outbox row is final and whose answer is not yet published,
@@ -278,11 +279,44 @@ class FleetStore:
     async def pending_by_site(self) -> dict[str, Pending]:
         """Per site, its reports in the hub's outbox that are not final yet."""
         rows = await self._db.fetchall(
-            "SELECT a.site_id, COUNT(*), MIN(o.created_at) FROM fleet_answers AS a "
-            "JOIN outbox AS o ON o.id = a.outbox_id "
+            # From the outbox's state index: only the open rows are read.
+            "SELECT a.site_id, COUNT(*), MIN(o.created_at) FROM outbox AS o "
+            "JOIN fleet_answers AS a ON a.outbox_id = o.id "
             "WHERE o.state IN ('pending', 'in_flight') GROUP BY a.site_id"
         )
         return {r[0]: Pending(int(r[1]), float(r[2])) for r in rows}
+
+
+async def _accept_one(
+    conn: aiosqlite.Connection, site_id: str, event_id: str, kind: str, body: bytes, *, now: float
+) -> Accepted | str:
+    """One report inside the caller's transaction, in a savepoint of its own; the reason
+    if it cannot be stored (the database's own trouble is raised)."""
+    stored_kind = hub_kind(kind, site_id)
+    await conn.execute("SAVEPOINT accept_report")
+    try:
+        new = await Outbox.enqueue_in(
+            conn,
+            event_id=event_id,
+            kind=stored_kind,
+            body=body,
+            source=site_source(site_id),
+            now=now,
+        )
+        rows = list(await conn.execute_fetchall(_ACCEPTED, (event_id, stored_kind)))
+        row = rows[0]
+        if new:
+            await conn.execute(
+                "INSERT INTO fleet_answers (outbox_id, site_id) VALUES (?, ?)", (row[0], site_id)
+            )
+    except sqlite3.OperationalError:  # locked, full, I/O: the database's, not the report's
+        raise
+    except (sqlite3.Error, ValueError) as exc:  # ValueError: text SQLite cannot take (UTF-8)
+        await conn.execute("ROLLBACK TO accept_report")
+        await conn.execute("RELEASE accept_report")
+        return f"cannot be stored: {describe(exc)}"
+    await conn.execute("RELEASE accept_report")
+    return Accepted(new, int(row[0]), row[1], row[2], row[3], row[4])
 
 
 def _id_columns(site: Site) -> tuple[str, str, str]:

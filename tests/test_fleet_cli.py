@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.config import load_config
 from gateway.errors import ConfigError
-from gateway.fleet.cli import read_sites_file
+from gateway.fleet.cli import add_hub_commands, cmd_hub_status, read_sites_file
 from gateway.store.database import open_database
 from gateway.store.fleet import FleetStore
 from gateway.store.outbox import Outbox
@@ -217,3 +219,20 @@ def test_hub_commands_need_the_hub_table(tmp_path: Path, command: tuple[str, ...
     path.write_text(f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n')
     line = refused(*command, config=path)
     assert line == "ecgw: error: hub: the [hub] table is required for `ecgw hub` commands"
+
+
+def test_a_bare_ecgw_hub_is_the_run_handler_when_one_is_given() -> None:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, handler: Any, help_: str, *_: Any, into: Any = sub) -> Any:
+        added = into.add_parser(name, help=help_)
+        added.set_defaults(handler=handler)
+        return added
+
+    async def run(args: argparse.Namespace, config: object) -> int:
+        return 0
+
+    add_hub_commands(sub, add, run=run)
+    assert parser.parse_args(["hub"]).handler is run
+    assert parser.parse_args(["hub", "status", "--json"]).handler is cmd_hub_status

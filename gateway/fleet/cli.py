@@ -260,11 +260,18 @@ async def cmd_hub_status(args: argparse.Namespace, config: Config) -> int:
 # --- the parser ----------------------------------------------------------------------------------
 
 
-def add_hub_commands(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> Any:
+def add_hub_commands(
+    sub: Any, add: Callable[..., argparse.ArgumentParser], *, run: Handler | None = None
+) -> Any:
     """``ecgw hub ...`` into the ``ecgw`` parser's subcommands; returns the ``hub`` parser's
-    own subcommands (for ``ecgw hub run``, added with the hub itself)."""
-    hub = sub.add_parser("hub", help="the fleet's hub: its sites, the broker's rules, status")
-    hsub = hub.add_subparsers(dest="hub_action", required=True, metavar="ACTION")
+    own subcommands. ``run``: the handler of a bare ``ecgw hub`` (running the hub, from
+    ``gateway/hub_app.py``); without it an action is required."""
+    help_ = "the fleet's hub: its sites, the broker's rules, status"
+    if run is None:
+        hub = sub.add_parser("hub", help=help_)
+    else:
+        hub = add("hub", run, "run the fleet's hub until SIGTERM/SIGINT; or: " + help_)
+    hsub = hub.add_subparsers(dest="hub_action", required=run is None, metavar="ACTION")
     sites = hsub.add_parser("sites", help="the sites the hub serves")
     ssub = sites.add_subparsers(dest="sites_action", required=True, metavar="ACTION")
     add(

@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 
 from gateway.errors import ConfigError, StoreError, describe
 from gateway.health import Health, HealthRules, problems
-from gateway.metrics import render_metrics
+from gateway.metrics import Extra, render_metrics
 from gateway.store.observed import Observed
 
 __all__ = ["DB_TIMEOUT", "serve_admin"]
@@ -32,8 +32,14 @@ DB_TIMEOUT = 5.0  # seconds a health or metrics read of the database may take
 
 class _Admin:
     def __init__(
-        self, health: Health, rules: HealthRules, observed: Observed, clock: Callable[[], float]
+        self,
+        health: Health,
+        rules: HealthRules,
+        observed: Observed,
+        clock: Callable[[], float],
+        extra: Extra | None,
     ) -> None:
+        self._extra = extra
         self._health = health
         self._rules = rules
         self._observed = observed
@@ -53,7 +59,9 @@ class _Admin:
     async def metrics(self, request: web.Request) -> web.Response:
         try:
             async with asyncio.timeout(DB_TIMEOUT):
-                body = await render_metrics(self._health, self._observed, now=self._clock())
+                body = await render_metrics(
+                    self._health, self._observed, now=self._clock(), extra=self._extra
+                )
         except (StoreError, TimeoutError) as exc:
             log.warning("admin.metrics_failed", error=describe(exc))
             return web.json_response({"error": f"database: {describe(exc)}"}, status=503)
@@ -69,9 +77,11 @@ async def serve_admin(
     rules: HealthRules,
     observed: Observed,
     clock: Callable[[], float],
+    extra: Extra | None = None,
 ) -> AsyncIterator[str]:
-    """Serve until the context exits; yields the base URL (port 0 picks a free port)."""
-    admin = _Admin(health, rules, observed, clock)
+    """Serve until the context exits; yields the base URL (port 0 picks a free port).
+    ``extra``: more metric families for ``/metrics`` (the hub's)."""
+    admin = _Admin(health, rules, observed, clock, extra)
     app = web.Application()
     app.router.add_get("/healthz", admin.healthz)
     app.router.add_get("/metrics", admin.metrics)

@@ -4,6 +4,10 @@
                                    ^
     adapters -> runtime -> readings store
 
+A site of a fleet (``[upstream] mode = "hub"``) has no API client, webhook or poller:
+its link to the hub (:mod:`gateway.fleet.site`) fills the inbox, and the deliverer
+sends through the hub.
+
 Resources are entered on one AsyncExitStack (the state directory's lock,
 database, readings writer, HTTP session, webhook server, adapter runtime) and
 closed in reverse; a second gateway on the same state directory stops at once
@@ -39,8 +43,9 @@ from gateway.control.participant import Participant
 from gateway.control.publish import PlanPublisher
 from gateway.control.strategies import load_strategies
 from gateway.delivery.api import ApiClient, TokenSource
-from gateway.delivery.deliverer import Deliverer
+from gateway.delivery.deliverer import Deliverer, ReportTransport
 from gateway.errors import AdapterError, AdapterLoadError, ConfigError
+from gateway.fleet.site import HubUpstream, hub_upstream, site_link
 from gateway.health import STALE_FLOOR, Health, HealthRules, stale_limit
 from gateway.intake.poller import Poller
 from gateway.intake.webhook import WebhookSettings, serve_webhook
@@ -172,8 +177,8 @@ class Gateway:
 
     async def run(self) -> None:
         config = self.config
-        api_config = config.require_api()
-        assert config.client_secret is not None
+        if config.upstream is None:  # standalone; a site of a fleet holds no API credentials
+            config.require_api()
         loops = Supervisor()
         async with contextlib.AsyncExitStack() as stack:
             # First: one gateway per state directory (before any plugin is built).
@@ -191,29 +196,18 @@ class Gateway:
             await stack.enter_async_context(readings.writer())
             latest = LatestReadings(clock=self.clock)
             sink = _ReadingsSink(readings, latest, self.health)
-            session = await stack.enter_async_context(
-                aiohttp.ClientSession(headers={"User-Agent": "ecgw"})
-            )
             server_clock = ServerClock(self.clock)
-            tokens = TokenSource(
-                session,
-                token_url=api_config.token_url,
-                client_id=api_config.client_id,
-                client_secret=config.client_secret,
-                timeout=config.delivery.timeout,
-                health=self.health,
-            )
-            api = ApiClient(
-                session,
-                base_url=api_config.base_url,
-                tokens=tokens,
-                timeout=config.delivery.timeout,
-                server_clock=server_clock,
-            )
+            api: ApiClient | None = None
+            hub: HubUpstream | None = None
+            transport: ReportTransport
+            if config.upstream is not None:  # a site: reports go to the hub (gateway.fleet)
+                transport = hub = hub_upstream(config.upstream)
+            else:
+                transport = api = await self._api_client(stack, server_clock)
             delivery = config.delivery
             deliverer = Deliverer(
                 outbox,
-                api,
+                transport,
                 concurrency=delivery.concurrency,
                 backoff_initial=delivery.backoff_initial,
                 backoff_max=delivery.backoff_max,
@@ -249,6 +243,17 @@ class Gateway:
             if settings is not None:
                 self.webhook_url = await stack.enter_async_context(
                     serve_webhook(settings, inbox, scheduler.wake, health=self.health)
+                )
+            if hub is not None:  # instead of the webhook and the poller
+                await stack.enter_async_context(
+                    site_link(
+                        config,
+                        inbox=inbox,
+                        on_event=scheduler.wake,
+                        upstream=hub,
+                        clock=self.clock,
+                        on_fatal=loops.stop,
+                    )
                 )
             runtime = await stack.enter_async_context(
                 AdapterRuntime(
@@ -290,6 +295,7 @@ class Gateway:
                 state_dir=config.gateway.state_dir,
                 webhook=self.webhook_url,
                 polling=config.poll is not None,
+                upstream="hub" if hub is not None else "api",
                 adapters=sorted(adapters),
                 failed_adapters=sorted(load_errors),
             )
@@ -314,7 +320,7 @@ class Gateway:
                     functools.partial(self._retain, Retention(db)),
                     backoff=Backoff(60.0, RETAIN_EVERY),
                 )
-                if config.poll is not None:
+                if config.poll is not None and api is not None:
                     poller = Poller(
                         api,
                         inbox,
@@ -326,6 +332,32 @@ class Gateway:
                     )
                     loops.start("poller", poller.run)
                 self.ready.set()
+
+    async def _api_client(
+        self, stack: contextlib.AsyncExitStack, server_clock: ServerClock
+    ) -> ApiClient:
+        """Spark's API client, on a session the stack closes."""
+        config = self.config
+        api_config = config.require_api()
+        assert config.client_secret is not None  # require_api guarantees it
+        session = await stack.enter_async_context(
+            aiohttp.ClientSession(headers={"User-Agent": "ecgw"})
+        )
+        tokens = TokenSource(
+            session,
+            token_url=api_config.token_url,
+            client_id=api_config.client_id,
+            client_secret=config.client_secret,
+            timeout=config.delivery.timeout,
+            health=self.health,
+        )
+        return ApiClient(
+            session,
+            base_url=api_config.base_url,
+            tokens=tokens,
+            timeout=config.delivery.timeout,
+            server_clock=server_clock,
+        )
 
     def _status_sink(self, meta: Meta) -> Callable[[AdapterStatus], Awaitable[None]]:
         async def put(status: AdapterStatus) -> None:

@@ -36,6 +36,9 @@ from gateway.errors import (
     WireError,
     describe,
 )
+from gateway.fleet.broker import hub_settings, site_settings
+from gateway.fleet.cli import add_hub_commands
+from gateway.hub_app import HubGateway
 from gateway.lifecycle import log_stopped, version
 from gateway.logs import configure_logging, register_secrets
 from gateway.onboarding.banner import sandbox_banner
@@ -119,12 +122,17 @@ def check_config(config: Config) -> Config:
 
     Beyond parsing (ranges, names, URLs, secrets): the API table and a usable state
     directory (:func:`~gateway.config_probes.require_runnable`), the webhook's address,
-    and every adapter built from its table with the channels the config asks of it.
+    the broker's TLS files of ``[hub]`` / ``[upstream]``, and every adapter built from its
+    table with the channels the config asks of it.
     ``run`` keeps running beside an adapter whose plugin cannot be loaded; ``check``
     refuses it. Raises ConfigError naming the key.
     """
     require_runnable(config)
     webhook_settings(config)
+    if config.hub is not None:
+        hub_settings(config)  # its TLS files load
+    if config.upstream is not None:
+        site_settings(config)
     _, errors = load_adapters(config)
     if errors:
         names = sorted(errors)
@@ -138,8 +146,19 @@ async def cmd_run(args: argparse.Namespace, config: Config) -> int:
     gateway ends it with one line on stderr and its exit code, never a traceback; the
     traceback of an error that is not ours (a bug) goes to the log as ``gateway.crashed``."""
     require_runnable(config)
+    return await _serve(Gateway(config).run())
+
+
+async def cmd_hub_run(args: argparse.Namespace, config: Config) -> int:
+    """``ecgw hub run``: the fleet's hub (docs/fleet.md), stopped as ``run`` is."""
+    hub = HubGateway(config)  # ConfigError without a [hub] table
+    require_runnable(config)
+    return await _serve(hub.run())
+
+
+async def _serve(main: Coroutine[Any, Any, None]) -> int:
     try:
-        signalled = await run_until_signalled(Gateway(config).run())
+        signalled = await run_until_signalled(main)
     except GatewayError as exc:
         if not isinstance(exc, ConfigError):  # a config error is the one line, nothing else
             log_stopped(type(exc).__name__, exc)
@@ -166,6 +185,10 @@ async def cmd_check(args: argparse.Namespace, config: Config) -> int:
         f"resources={len(config.resources)}",
         f"locations={len(config.locations)}",
     ]
+    if config.hub is not None:
+        parts.append(f"hub={config.hub.url} sites={len(config.hub.sites)}")
+    if config.upstream is not None:
+        parts.append(f"upstream={config.upstream.url} site={config.upstream.site_id}")
     _out(f"config OK: {config.source} ({', '.join(parts)})")
     return EXIT_OK
 
@@ -641,6 +664,8 @@ def _parser() -> argparse.ArgumentParser:
     schema = add("schema", cmd_config_schema, "print the config's JSON Schema", into=csub)
     schema.add_argument("--markdown", action="store_true", help="docs/configuration.md instead")
     _add_onboarding(sub, sandbox, add)
+    hub = add_hub_commands(sub, add)
+    add("run", cmd_hub_run, "run the hub until SIGTERM/SIGINT", into=hub)
     return parser
 
 
@@ -749,7 +774,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.handler not in NO_CONFIG:
             config = load_config(getattr(args, "config", None))
             register_secrets(
-                s.reveal() for s in (config.client_secret, config.webhook_secret) if s is not None
+                s.reveal()
+                for s in (
+                    config.client_secret,
+                    config.webhook_secret,
+                    config.hub_password,
+                    config.upstream_password,
+                )
+                if s is not None
             )
         configure_logging(level=_log_level("warning" if args.handler in QUIET else "info"))
         handler: Handler = args.handler

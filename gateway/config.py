@@ -24,6 +24,7 @@ from gateway.config_hints import with_hint
 from gateway.config_rules import (
     LIMITS,
     Limit,
+    check_fleet_tables,
     check_values,
     key_name,
     parse_listen,
@@ -40,7 +41,9 @@ __all__ = [
     "ControlConfig",
     "DeliveryConfig",
     "Direction",
+    "FleetSiteConfig",
     "GatewayConfig",
+    "HubConfig",
     "LIMITS",
     "Limit",
     "LocationConfig",
@@ -51,6 +54,7 @@ __all__ = [
     "ReportingConfig",
     "ResourceConfig",
     "Secret",
+    "UpstreamConfig",
     "WebhookConfig",
     "config_path",
     "convert",
@@ -237,6 +241,72 @@ class ControlConfig(Section, frozen=True):
     """Tries per command before it is recorded as failed."""
 
 
+class FleetSiteConfig(Section, frozen=True):
+    """One site of the fleet (``[[hub.sites]]``): what it owns. Each id belongs to at most
+    one site."""
+
+    site_id: NonEmpty
+    """The site's broker user name and topic level (``<prefix>/sites/<site_id>/...``)."""
+    resources: list[str] = []
+    """Resource ids: PriceCurve and ResourceLPC targets naming them go to this site."""
+    locations: list[str] = []
+    """Location ids: LocationLPC and LPCReservation targets naming them go to this site."""
+    meter_points: list[str] = []
+    """Meter point ids (an LPC target whose location no site lists goes by these)."""
+
+
+class HubConfig(Section, frozen=True):
+    """``ecgw hub``: the broker the hub connects to, and the sites it serves
+    (docs/fleet.md)."""
+
+    url: NonEmpty
+    """``mqtts://HOST[:PORT]`` (8883 by default) or ``mqtt://HOST[:PORT]`` (1883)."""
+    username: NonEmpty | None = None
+    """The hub's broker user (needed with ``password_file``; the ACL's hub user)."""
+    password_file: str | None = None
+    """A file holding the broker password; or give ``client_cert_file`` and
+    ``client_key_file``."""
+    client_cert_file: str | None = None
+    """A client certificate (PEM) the broker knows: over mqtts:// only."""
+    client_key_file: str | None = None
+    """The client certificate's private key (PEM)."""
+    ca_file: str | None = None
+    """The CA that signed the broker's certificate (default: the system's CAs)."""
+    client_id: NonEmpty = "ecgw-hub"
+    """The persistent session's id: unique per hub instance."""
+    prefix: NonEmpty = "ecgw"
+    """The topics' first levels: ``<prefix>/sites/<site>/...``; the same at hub and sites."""
+    share_group: NonEmpty = "ecgw-hubs"
+    """The shared subscription's group: hubs in one group share the sites' reports."""
+    sites: list[FleetSiteConfig] = []
+    """Sites from the config (``ecgw hub sites import FILE`` adds more)."""
+
+
+class UpstreamConfig(Section, frozen=True):
+    """A site of a fleet: events come from, and reports go to, the hub over a broker,
+    instead of ``[api]``, ``[webhook]`` and ``[poll]`` (docs/fleet.md)."""
+
+    mode: Literal["hub"]
+    """``hub``: the one mode so far."""
+    url: NonEmpty
+    """``mqtts://HOST[:PORT]`` (8883 by default) or ``mqtt://HOST[:PORT]`` (1883)."""
+    site_id: NonEmpty
+    """This site's id: its broker user name and client id."""
+    password_file: str | None = None
+    """A file holding the site's broker password; or give ``client_cert_file`` and
+    ``client_key_file``."""
+    client_cert_file: str | None = None
+    """A client certificate (PEM) the broker knows: over mqtts:// only."""
+    client_key_file: str | None = None
+    """The client certificate's private key (PEM)."""
+    ca_file: str | None = None
+    """The CA that signed the broker's certificate (default: the system's CAs)."""
+    prefix: NonEmpty = "ecgw"
+    """The topics' first levels: the hub's ``prefix``."""
+    answer_timeout: Duration = Duration(30.0)
+    """How long a published report waits for the hub's answer before it is retried."""
+
+
 class Config(Section, frozen=True):
     gateway: GatewayConfig = GatewayConfig()
     api: ApiConfig | None = None
@@ -251,9 +321,13 @@ class Config(Section, frozen=True):
     adapters: dict[str, dict[str, Any]] = {}
     resources: list[ResourceConfig] = []
     locations: list[LocationConfig] = []
+    hub: HubConfig | None = None
+    upstream: UpstreamConfig | None = None
     # Not TOML keys: filled in by the loader.
     client_secret: Secret | None = None
     webhook_secret: Secret | None = None
+    hub_password: Secret | None = None
+    upstream_password: Secret | None = None
     source: str = "<memory>"
 
     @property
@@ -280,7 +354,7 @@ class Config(Section, frozen=True):
 
 T = TypeVar("T")
 
-_LOADER_ONLY = {"client_secret", "webhook_secret", "source"}
+_LOADER_ONLY = {"client_secret", "webhook_secret", "hub_password", "upstream_password", "source"}
 
 
 def _dec_hook(type_: type, value: Any) -> Any:
@@ -322,18 +396,56 @@ def _read_secret(
         return Secret(value)
     if file is None:
         return None
-    path = base / file
+    return _secret_file(base / file, f"{key}_file")
+
+
+def _secret_file(path: Path, key: str) -> Secret:
+    """The secret in ``path`` (one trailing newline dropped); ConfigError naming ``key``."""
     try:
         return Secret(_read_bounded(path, MAX_SECRET_BYTES).decode().rstrip("\r\n"))
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise ConfigError(f"cannot read {_shown(str(path))}: {reason}", key=f"{key}_file") from None
+        raise ConfigError(f"cannot read {_shown(str(path))}: {reason}", key=key) from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"{_shown(str(path))} is not UTF-8 (byte {exc.start})", key=f"{key}_file"
-        ) from None
+        raise ConfigError(f"{_shown(str(path))} is not UTF-8 (byte {exc.start})", key=key) from None
     except ValueError as exc:
-        raise ConfigError(f"cannot read {_shown(str(path))}: {exc}", key=f"{key}_file") from None
+        raise ConfigError(f"cannot read {_shown(str(path))}: {exc}", key=key) from None
+
+
+BrokerTable = TypeVar("BrokerTable", HubConfig, UpstreamConfig)
+_BROKER_FILES = ("password_file", "client_cert_file", "client_key_file", "ca_file")
+
+
+def _broker_table(
+    table: BrokerTable | None, section: str, base: Path
+) -> tuple[BrokerTable | None, Secret | None]:
+    """``[hub]`` or ``[upstream]`` with its file paths made absolute and each file read
+    (a TLS file only to prove it readable), and the broker password, if it has one."""
+    if table is None:
+        return None, None
+    paths: dict[str, str] = {}
+    for name in _BROKER_FILES:
+        if (written := getattr(table, name)) is not None:
+            path = base / written
+            paths[name] = str(path)
+            if name != "password_file":
+                _readable(path, f"{section}.{name}")
+    password = None
+    if table.password_file is not None:
+        password = _secret_file(Path(paths["password_file"]), f"{section}.password_file")
+        if not password.reveal():
+            raise ConfigError("the password file is empty", key=f"{section}.password_file")
+    return msgspec.structs.replace(table, **paths), password
+
+
+def _readable(path: Path, key: str) -> None:
+    try:
+        _read_bounded(path, MAX_CONFIG_BYTES)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"cannot read {_shown(str(path))}: {reason}", key=key) from None
+    except ValueError as exc:
+        raise ConfigError(f"cannot read {_shown(str(path))}: {exc}", key=key) from None
 
 
 def _state_dir(written: str, base: Path) -> str:
@@ -353,6 +465,7 @@ def parse_config(data: Mapping[str, Any], *, base: Path, source: str = "<memory>
         if key in data:
             raise ConfigError("unknown key", key=key)
     cfg = convert(data, Config)
+    check_fleet_tables(cfg)
     state_dir = _state_dir(cfg.gateway.state_dir, base)
     client_secret = None
     if cfg.api is not None:
@@ -380,6 +493,8 @@ def parse_config(data: Mapping[str, Any], *, base: Path, source: str = "<memory>
                 f"{ENV_WEBHOOK_SECRET}",
                 key="webhook.secret",
             )
+    hub, hub_password = _broker_table(cfg.hub, "hub", base)
+    upstream, upstream_password = _broker_table(cfg.upstream, "upstream", base)
     # From here on the secrets live only in Secret wrappers.
     api = cfg.api and msgspec.structs.replace(cfg.api, client_secret=None)
     webhook = cfg.webhook and msgspec.structs.replace(cfg.webhook, secret=None)
@@ -387,9 +502,13 @@ def parse_config(data: Mapping[str, Any], *, base: Path, source: str = "<memory>
         cfg,
         api=api,
         webhook=webhook,
+        hub=hub,
+        upstream=upstream,
         gateway=GatewayConfig(state_dir=state_dir),
         client_secret=client_secret,
         webhook_secret=webhook_secret,
+        hub_password=hub_password,
+        upstream_password=upstream_password,
         source=source,
     )
     check_values(cfg)

@@ -19,10 +19,11 @@ from gateway.errors import ConfigError
 __all__ = ["listen_problem", "require_runnable", "state_dir_problem"]
 
 
-def require_runnable(config: Config) -> ApiConfig:
-    """The API table, a state directory ``run`` can create or open, and a webhook host
-    this machine can listen on. Raises ConfigError naming the key."""
-    api = config.require_api()
+def require_runnable(config: Config) -> ApiConfig | None:
+    """The API table (none for a site of a fleet: its ``[upstream]`` replaces it), a state
+    directory ``run`` can create or open, and a webhook host this machine can listen on.
+    Raises ConfigError naming the key."""
+    api = config.require_api() if config.upstream is None else None
     if problem := state_dir_problem(config.state_path):
         raise ConfigError(problem, key="gateway.state_dir")
     if config.webhook is not None:

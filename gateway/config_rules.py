@@ -19,17 +19,22 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from gateway.errors import ConfigError
+from gateway.fleet.sites import Site, SiteTable
+from gateway.fleet.topics import Topics, check_prefix, check_site_id
 from gateway.timeutil import MAX_DURATION, format_duration
 
 if TYPE_CHECKING:
-    from gateway.config import Config
+    from gateway.config import Config, HubConfig, UpstreamConfig
 
 __all__ = [
     "LIMITS",
     "MONTH",
     "Limit",
+    "check_broker_credentials",
+    "check_fleet_tables",
     "check_values",
     "key_name",
+    "parse_broker_url",
     "parse_listen",
     "parse_window",
     "shown",
@@ -124,6 +129,9 @@ LIMITS: dict[str, Limit] = {
     "lpc.lead": Limit(0.0, 3600.0, "loads go off this long before a capped interval"),
     "control.confirm_timeout": Limit(0.1, 600.0, "a device confirms a command within this"),
     "control.attempts": Limit(1, 20, "tries per command", "integer"),
+    "upstream.answer_timeout": Limit(
+        1.0, 3600.0, "a hub answers within seconds once Spark has; 0 would never wait"
+    ),
 }
 """The range of every numeric config key. Durations are also finite, not negative and at
 most 100 years (:func:`gateway.timeutil.parse_duration`)."""
@@ -171,6 +179,7 @@ def _check_rules(cfg: Config) -> None:
             key="metering.raw_retention",
         )
     _check_site(cfg)
+    _check_fleet(cfg)
     needed = MONTH + metering.max_gap + grace
     if metering.retention < needed:
         raise ConfigError(
@@ -351,6 +360,147 @@ def _check_endpoints(cfg: Config) -> None:
                 f"{shown(cfg.webhook.path)}",
                 key="webhook.path",
             )
+
+
+# --- the fleet: [hub] and [upstream] -------------------------------------------------------------
+
+MQTT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}", re.ASCII)
+
+
+def parse_broker_url(url: str) -> tuple[str, int, bool]:
+    """``mqtt(s)://HOST[:PORT]`` -> (host without brackets, port, TLS?); ValueError naming
+    what is wrong. The port defaults to 1883 (mqtt) or 8883 (mqtts)."""
+    if not url.isprintable() or any(c.isspace() for c in url):
+        raise ValueError(f"{shown(url)} contains spaces or control characters")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # ValueError when out of range
+    except ValueError as exc:
+        raise ValueError(f"{shown(url)} is not a URL: {exc}") from None
+    if parts.scheme not in MQTT_PORTS:
+        raise ValueError(f"{shown(url)} must start with mqtts:// (or mqtt://)")
+    if "@" in parts.netloc:
+        raise ValueError("must not carry credentials: give them in their own keys")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"{shown(url)} must be mqtts://HOST[:PORT]: the topic prefix is `prefix`")
+    host = parts.netloc
+    if port is not None or host.endswith(":"):
+        host = host.rpartition(":")[0]
+    if not host:
+        raise ValueError(f"{shown(url)} has no host")
+    if problem := _host_problem(host):
+        raise ValueError(problem)
+    return host.strip("[]"), port or MQTT_PORTS[parts.scheme], parts.scheme == "mqtts"
+
+
+def check_broker_credentials(table: HubConfig | UpstreamConfig, section: str) -> None:
+    """Exactly one credential form: ``password_file``, or ``client_cert_file`` with
+    ``client_key_file``; and a certificate or CA only over mqtts://."""
+    cert, key = table.client_cert_file, table.client_key_file
+    if table.password_file is not None and (cert is not None or key is not None):
+        raise ConfigError(
+            "give password_file or client_cert_file + client_key_file, not both",
+            key=f"{section}.password_file",
+        )
+    if cert is None and key is not None:
+        raise ConfigError(
+            "client_key_file needs client_cert_file", key=f"{section}.client_cert_file"
+        )
+    if cert is not None and key is None:
+        raise ConfigError(
+            "client_cert_file needs client_key_file", key=f"{section}.client_key_file"
+        )
+    if table.password_file is None and cert is None:
+        raise ConfigError(
+            "no credential: give password_file, or client_cert_file and client_key_file",
+            key=f"{section}.password_file",
+        )
+    try:
+        _, _, tls = parse_broker_url(table.url)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key=f"{section}.url") from None
+    for name in ("client_cert_file", "ca_file"):
+        if getattr(table, name) is not None and not tls:
+            raise ConfigError(f"{name} needs an mqtts:// url", key=f"{section}.{name}")
+
+
+def _check_fleet(cfg: Config) -> None:
+    if cfg.hub is not None:
+        _check_hub(cfg.hub)
+    if cfg.upstream is not None:
+        _check_upstream(cfg)
+
+
+def _check_hub(hub: HubConfig) -> None:
+    check_broker_credentials(hub, "hub")
+    if hub.password_file is not None and hub.username is None:
+        raise ConfigError("a password_file needs a username", key="hub.username")
+    if hub.username is not None and (
+        not hub.username.isprintable() or any(c.isspace() for c in hub.username)
+    ):
+        raise ConfigError(
+            f"{shown(hub.username)} has spaces or control characters", key="hub.username"
+        )
+    if not _CLIENT_ID.fullmatch(hub.client_id):
+        raise ConfigError(
+            f"must be 1-128 of A-Z a-z 0-9 . _ : -, got {shown(hub.client_id)}",
+            key="hub.client_id",
+        )
+    for name in ("prefix", "share_group"):
+        try:
+            Topics(prefix=hub.prefix) if name == "prefix" else Topics(share_group=hub.share_group)
+        except ValueError as exc:
+            raise ConfigError(str(exc), key=f"hub.{name}") from None
+    sites: list[Site] = []
+    for i, entry in enumerate(hub.sites):
+        try:
+            check_site_id(entry.site_id)
+            sites.append(
+                Site(
+                    entry.site_id,
+                    frozenset(entry.resources),
+                    frozenset(entry.locations),
+                    frozenset(entry.meter_points),
+                )
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc), key=f"hub.sites[{i}]") from None
+    try:
+        SiteTable(sites)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key="hub.sites") from None
+
+
+def check_fleet_tables(cfg: Config) -> None:
+    """What the loader checks before it reads any secret file: a site with ``[upstream]``
+    has no ``[api]``, ``[webhook]``, ``[poll]`` or ``[hub]``; each broker table has exactly
+    one credential form."""
+    if cfg.upstream is not None:
+        for name in ("api", "webhook", "poll", "hub"):
+            if getattr(cfg, name) is not None:
+                raise ConfigError(
+                    f"a site with [upstream] must not have [{name}]: no site holds Spark "
+                    "credentials; its hub alone does, receives the webhook and polls",
+                    key=name,
+                )
+        check_broker_credentials(cfg.upstream, "upstream")
+    if cfg.hub is not None:
+        check_broker_credentials(cfg.hub, "hub")
+
+
+def _check_upstream(cfg: Config) -> None:
+    upstream = cfg.upstream
+    assert upstream is not None
+    check_fleet_tables(cfg)
+    try:
+        check_site_id(upstream.site_id)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key="upstream.site_id") from None
+    try:
+        check_prefix(upstream.prefix)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key="upstream.prefix") from None
 
 
 def check_values(cfg: Config) -> None:

@@ -34,7 +34,9 @@ from gateway.timeutil import Duration, format_duration
 __all__ = ["adapter_configs", "cmd_config_schema", "config_schema", "markdown", "schema_json"]
 
 JsonSchema = dict[str, Any]
-LOADER_ONLY = frozenset({"client_secret", "webhook_secret", "source"})
+LOADER_ONLY = frozenset(
+    {"client_secret", "webhook_secret", "hub_password", "upstream_password", "source"}
+)
 """Config fields the loader fills in (typed Secret wrappers, the file name): not TOML keys."""
 DURATION_PATTERN = r"^\s*[0-9]+(\.[0-9]+)?\s*(ms|s|m|h|d)?\s*$"
 """A duration as written: ``"500ms"``, ``"10s"``, ``"5m"``, ``"1h"``, ``"2d"`` (or seconds)."""

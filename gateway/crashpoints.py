@@ -6,7 +6,8 @@ exact moment. Unset (always, in production) it is one dict lookup.
 
 Points: ``outbox.queued`` (a report was committed to the outbox),
 ``delivery.sent`` (the POST was answered, before the answer is looked at),
-``delivery.answered_2xx`` (a 2xx arrived, before it is recorded).
+``delivery.answered_2xx`` (a 2xx arrived, before it is recorded), ``hub.published``
+(the broker took an event for a site, before the route is recorded).
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ the module that talks to them, ``raise ... from exc``, and never leak upward.
     ├── UpstreamError          the Energy Coordination API did not do what we asked
     │   ├── UpstreamUnavailable  timeout, connection error, 408/425/429/5xx: try again later
     │   ├── UpstreamRejected     any other 4xx: the API will never accept this request
-    │   └── AuthError            the token endpoint refused our credentials
+    │   ├── AuthError            the token endpoint refused our credentials
+    │   └── BrokerError          the fleet's MQTT broker refused us, failed TLS or is unreachable
     ├── StoreError             the local SQLite database cannot be used
     │   └── StoreCorrupt         the file is damaged or not a database
     └── AdapterError           a device adapter plugin misbehaved (names the adapter)
@@ -34,6 +35,7 @@ __all__ = [
     "AdapterLoadError",
     "AdapterReadError",
     "AuthError",
+    "BrokerError",
     "ConfigError",
     "GatewayError",
     "ReportInvalid",
@@ -107,6 +109,18 @@ class UpstreamRejected(UpstreamError):
 
 class AuthError(UpstreamError):
     """The token endpoint refused our client credentials."""
+
+
+class BrokerError(UpstreamError):
+    """The fleet's MQTT broker (``[hub]`` or ``[upstream]``) cannot be used: one line
+    naming ``host:port`` and why. ``reason``: ``credentials`` (refused), ``tls`` (the
+    handshake failed), ``unreachable``, ``timeout`` or ``lost`` (the connection dropped)."""
+
+    def __init__(self, message: str, *, host: str, port: int, reason: str) -> None:
+        self.host = host
+        self.port = port
+        self.reason = reason
+        super().__init__(message)
 
 
 class StoreError(GatewayError):

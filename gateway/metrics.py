@@ -21,6 +21,12 @@ Every metric, with its labels:
 ``ecgw_token_failures_total``                                                counter
 ===============================================  ==========================  ===========
 
+The hub (``ecgw hub run``) adds, from :class:`gateway.fleet.hub.HubCounts`
+(:func:`hub_metrics`): ``ecgw_hub_sites_online`` (gauge: sites whose last status is
+``online``), ``ecgw_hub_events_total{outcome="routed"|"unrouted"}``,
+``ecgw_hub_site_reports_total{outcome="accepted"|"rejected"}`` (counters since start) and
+``ecgw_hub_answers_owed`` (gauge: site reports delivered or dead, not yet answered).
+
 A gauge with no value to give (no pending report, no delivery yet) is left out, not 0;
 the webhook outcomes and ``delivered``/``2xx`` are there from 0, so that a rate can be
 taken from the start.
@@ -29,8 +35,9 @@ Counters of the record count since the gateway started, as Prometheus expects.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -38,9 +45,46 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from gateway.health import Health
 from gateway.store.observed import ChannelLatest, Observed, OldestPending
 
-__all__ = ["WEBHOOK_OUTCOMES", "Scrape", "render_metrics"]
+__all__ = ["WEBHOOK_OUTCOMES", "Extra", "Scrape", "hub_metrics", "render_metrics"]
 
 WEBHOOK_OUTCOMES = ("stored", "duplicate", "rejected", "failed")  # shown from 0
+
+Extra = Callable[[], Iterable[Metric]]
+"""More metric families for a scrape (the hub's: :func:`hub_metrics`)."""
+
+
+class HubFacts(Protocol):
+    """What :func:`hub_metrics` reads (:class:`gateway.fleet.hub.HubCounts`)."""
+
+    routed: int
+    unrouted: int
+    accepted: int
+    rejected: int
+    owed: int
+    status: dict[str, str]
+
+
+def hub_metrics(counts: HubFacts) -> Iterator[Metric]:
+    online = GaugeMetricFamily("ecgw_hub_sites_online", "Sites whose last status is online")
+    online.add_metric([], sum(1 for state in counts.status.values() if state == "online"))
+    yield online
+    events = CounterMetricFamily(
+        "ecgw_hub_events", "Events routed to sites, or kept unrouted", labels=["outcome"]
+    )
+    events.add_metric(["routed"], counts.routed)
+    events.add_metric(["unrouted"], counts.unrouted)
+    yield events
+    reports = CounterMetricFamily(
+        "ecgw_hub_site_reports", "Site reports accepted or rejected", labels=["outcome"]
+    )
+    reports.add_metric(["accepted"], counts.accepted)
+    reports.add_metric(["rejected"], counts.rejected)
+    yield reports
+    yield GaugeMetricFamily(
+        "ecgw_hub_answers_owed",
+        "Site reports delivered or dead whose answer is not yet published",
+        value=counts.owed,
+    )
 
 
 @dataclass(frozen=True, eq=False)  # hashed by identity: the registry keys on collectors
@@ -53,12 +97,15 @@ class Scrape:
     oldest: OldestPending | None
     events: dict[str, int]
     channels: list[ChannelLatest]
+    extra: Extra | None = None
 
     def collect(self) -> Iterator[Metric]:
         yield from self._outbox()
         yield from self._deliveries()
         yield from self._intake()
         yield from self._readings()
+        if self.extra is not None:
+            yield from self.extra()
 
     def _outbox(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily(
@@ -141,9 +188,12 @@ class Scrape:
         yield restarts
 
 
-async def render_metrics(health: Health, observed: Observed, *, now: float) -> bytes:
+async def render_metrics(
+    health: Health, observed: Observed, *, now: float, extra: Extra | None = None
+) -> bytes:
     """The text exposition of one scrape (StoreError if the database cannot answer)."""
     scrape = Scrape(
+        extra=extra,
         health=health,
         now=now,
         outbox=await observed.outbox_by_state(),

@@ -77,6 +77,7 @@ async def status_record(config: Config, *, now: float) -> dict[str, Any]:
         "heartbeat": render.iso(heartbeat),
         "heartbeat_stale": running and (heartbeat is None or now - heartbeat > HEARTBEAT_STALE),
         "webhook_url": facts.get("gateway.webhook_url"),
+        "upstream": _upstream(config),
         "database": str(config.db_path),
         "api": _api(health),
         "events": events,
@@ -86,6 +87,19 @@ async def status_record(config: Config, *, now: float) -> dict[str, Any]:
         "next_report_due": render.iso(_num(health.get("next_report_due"))) if running else None,
         "adapters": _adapters(facts, channels, now, running=running),
     }
+
+
+def _upstream(config: Config) -> dict[str, Any]:
+    """Where reports go: Spark's API, or (a site of a fleet) the hub through its broker."""
+    if config.upstream is not None:
+        return {"via": "hub", "url": config.upstream.url, "site_id": config.upstream.site_id}
+    return {"via": "api", "url": config.api.base_url if config.api is not None else None}
+
+
+def _upstream_text(upstream: Mapping[str, Any]) -> str:
+    if upstream["via"] == "hub":
+        return f"upstream: hub via {upstream['url']} (site {upstream['site_id']})"
+    return f"upstream: api {upstream['url'] or 'not configured'}"
 
 
 def _api(health: Mapping[str, Any]) -> dict[str, Any]:
@@ -157,8 +171,9 @@ def status_text(record: Mapping[str, Any]) -> list[str]:
         f"version:  {record['version']}",
         f"database: {record['database']}",
         f"webhook:  {record['webhook_url'] or 'off'}",
+        _upstream_text(record["upstream"]),
     ]
-    lines += _api_text(record["api"])
+    lines += _api_text(record["api"], hub=record["upstream"]["via"] == "hub")
     lines.append(f"events:   {record['events']}")
     lines.append("outbox:   " + ", ".join(f"{k} {v}" for k, v in record["outbox"].items()))
     if (oldest := record["oldest_pending"]) is not None:
@@ -173,7 +188,10 @@ def status_text(record: Mapping[str, Any]) -> list[str]:
     return [render.printable(line) for line in lines]
 
 
-def _api_text(api: Mapping[str, Any]) -> list[str]:
+def _api_text(api: Mapping[str, Any], *, hub: bool = False) -> list[str]:
+    """The API's lines; a site of a fleet neither fetches tokens nor polls (its deliveries
+    are to the hub)."""
+
     def show(what: str, outcome: Mapping[str, Any] | None) -> str:
         if outcome is None:
             return f"api {what}: none yet"
@@ -181,7 +199,7 @@ def _api_text(api: Mapping[str, Any]) -> list[str]:
         detail = f": {outcome['detail']}" if outcome.get("detail") else ""
         return f"api {what}: {result} at {outcome['at']}{detail}"
 
-    lines = [show("token", api["token"]), show("poll", api["poll"])]
+    lines = [] if hub else [show("token", api["token"]), show("poll", api["poll"])]
     lines.append(show("delivery", api["delivery"]))
     if api["failing_since"] is not None and api["last_error"] is not None:
         lines.append(

@@ -355,6 +355,16 @@ def _config_with(tmp_path: Path, key: str, value: float) -> dict[str, Any]:
     if key == "resources[].rated_kw":  # its own range, not the rule that it is <= max_kw
         data["resources"][0]["max_kw"] = LIMITS["resources[].max_kw"].high
     section, _, name = key.replace("[]", "").partition(".")
+    if section == "upstream":  # a site of a fleet: its hub holds [api], [webhook] and [poll]
+        for other in ("api", "webhook", "poll"):
+            data.pop(other, None)
+        (tmp_path / "broker-password").write_text("p\n")
+        data["upstream"] = {
+            "mode": "hub",
+            "url": "mqtts://127.0.0.1",
+            "site_id": "site-a",
+            "password_file": "broker-password",
+        }
     table = (
         data[section][0] if section in ("resources", "locations") else data.setdefault(section, {})
     )

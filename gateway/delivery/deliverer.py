@@ -19,11 +19,12 @@ import contextlib
 import random
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import structlog
 
 from gateway.crashpoints import crashpoint
-from gateway.delivery.api import ApiClient
+from gateway.delivery.api import PostResult
 from gateway.delivery.policy import (
     Breaker,
     BreakerState,
@@ -39,7 +40,7 @@ from gateway.errors import StoreError, UpstreamError, UpstreamUnavailable, descr
 from gateway.health import Health
 from gateway.store.outbox import Outbox, OutboxItem
 
-__all__ = ["Deliverer"]
+__all__ = ["Deliverer", "ReportTransport"]
 
 log = structlog.get_logger("gateway.delivery")
 
@@ -53,11 +54,19 @@ DEADLINE_CHECK_EVERY = 600.0
 CLAIM_PER_WORKER = 8
 
 
+class ReportTransport(Protocol):
+    """What delivery needs of its upstream: Spark's API (:class:`~gateway.delivery.api.ApiClient`)
+    or, on a site in a fleet, the hub (:class:`~gateway.fleet.site.HubUpstream`). Any answer
+    is a PostResult; a transport failure raises UpstreamError."""
+
+    async def post_report(self, body: bytes, *, idempotency_key: str) -> PostResult: ...
+
+
 class Deliverer:
     def __init__(
         self,
         outbox: Outbox,
-        api: ApiClient,
+        api: ReportTransport,
         *,
         concurrency: int,
         backoff_initial: float,

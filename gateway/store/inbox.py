@@ -25,7 +25,7 @@ from gateway.store.database import Database
 
 __all__ = ["Inbox", "InboxEvent", "NewEvent"]
 
-Via = Literal["webhook", "poll"]
+Via = Literal["webhook", "poll", "hub"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +212,14 @@ class Inbox:
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (str(sweep),),
             )
+
+    async def set_plan(self, event_id: str, state: str, note: str | None) -> None:
+        """One event's plan state and note, in a transaction of its own (the scheduler writes
+        its batches' states through ``gateway.store.batch``; the hub's router one at a time)."""
+        await self._db.write_one(
+            "UPDATE events SET plan_state = ?, plan_note = ? WHERE event_id = ?",
+            (state, note, event_id),
+        )
 
     async def get(self, event_id: str) -> InboxEvent | None:
         row = await self._db.fetchone("SELECT * FROM events WHERE event_id = ?", (event_id,))

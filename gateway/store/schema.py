@@ -224,4 +224,71 @@ CREATE TRIGGER outbox_count_move AFTER UPDATE OF state ON outbox
     SET n = n + 1 WHERE name = 'outbox.' || NEW.state; END
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
+# The fleet (docs/fleet.md). ``events.received_via`` gains ``hub`` (a site's events come
+# from its hub over the broker): SQLite cannot change a CHECK in place, so the table is
+# copied once, with the indexes and row-count triggers of v5 and v6 made again (dropping
+# the old table drops them and fires no trigger, so the count stays right). The hub's
+# tables: the sites and what each owns (ids as JSON arrays), when each was last heard from,
+# every event's route to a site once the broker took it, and the answer owed to a site for
+# each of its reports in the hub's outbox.
+_V7 = """
+CREATE TABLE events_v7 (
+    event_id           TEXT PRIMARY KEY,
+    payload_type       TEXT NOT NULL,
+    created_at         TEXT,
+    received_via       TEXT NOT NULL CHECK (received_via IN ('webhook', 'poll', 'hub')),
+    received_at        REAL NOT NULL,
+    notification_id    TEXT,
+    notification_type  TEXT,
+    poll_sweep         INTEGER,
+    payload            BLOB NOT NULL,
+    plan_state         TEXT NOT NULL DEFAULT 'new',
+    plan_note          TEXT,
+    payload_dropped_at REAL
+);
+INSERT INTO events_v7 (event_id, payload_type, created_at, received_via, received_at,
+    notification_id, notification_type, poll_sweep, payload, plan_state, plan_note,
+    payload_dropped_at)
+SELECT event_id, payload_type, created_at, received_via, received_at,
+    notification_id, notification_type, poll_sweep, payload, plan_state, plan_note,
+    payload_dropped_at
+FROM events;
+DROP TABLE events;
+ALTER TABLE events_v7 RENAME TO events;
+CREATE INDEX events_by_received ON events (received_at);
+CREATE INDEX events_by_plan_received ON events (plan_state, received_at);
+CREATE INDEX events_with_payload ON events (plan_state, received_at)
+    WHERE payload_dropped_at IS NULL;
+CREATE TRIGGER events_count_insert AFTER INSERT ON events BEGIN
+    UPDATE row_counts SET n = n + 1 WHERE name = 'events'; END;
+CREATE TRIGGER events_count_delete AFTER DELETE ON events BEGIN
+    UPDATE row_counts SET n = n - 1 WHERE name = 'events'; END;
+CREATE TABLE fleet_sites (
+    site_id      TEXT PRIMARY KEY,
+    resources    TEXT NOT NULL DEFAULT '[]',
+    locations    TEXT NOT NULL DEFAULT '[]',
+    meter_points TEXT NOT NULL DEFAULT '[]',
+    source       TEXT NOT NULL CHECK (source IN ('config', 'import')),
+    updated_at   REAL NOT NULL
+);
+CREATE TABLE fleet_seen (
+    site_id   TEXT PRIMARY KEY,
+    online    INTEGER,
+    last_seen REAL NOT NULL
+);
+CREATE TABLE fleet_routes (
+    event_id     TEXT NOT NULL,
+    site_id      TEXT NOT NULL,
+    published_at REAL NOT NULL,
+    PRIMARY KEY (event_id, site_id)
+);
+CREATE INDEX fleet_routes_by_site ON fleet_routes (site_id, published_at);
+CREATE TABLE fleet_answers (
+    outbox_id   INTEGER PRIMARY KEY,
+    site_id     TEXT NOT NULL,
+    answered_at REAL
+);
+CREATE INDEX fleet_answers_owed ON fleet_answers (answered_at, outbox_id)
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)

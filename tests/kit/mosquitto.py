@@ -135,8 +135,11 @@ class Mosquitto:
         users: Mapping[str, str] | None = None,
         tls: TlsFiles | None = None,
         require_certificate: bool = False,
+        acl: str | None = None,
     ) -> None:
         self.workdir = workdir
+        self.acl = acl
+        """The text of an ``acl_file`` (``ecgw hub acl``), or None: every topic for all."""
         self.users = dict(users or {})
         self.tls = tls
         self.require_certificate = require_certificate
@@ -154,8 +157,11 @@ class Mosquitto:
         users: Mapping[str, str] | None = None,
         tls: TlsFiles | None = None,
         require_certificate: bool = False,
+        acl: str | None = None,
     ) -> AsyncIterator[Mosquitto]:
-        broker = cls(workdir, users=users, tls=tls, require_certificate=require_certificate)
+        broker = cls(
+            workdir, users=users, tls=tls, require_certificate=require_certificate, acl=acl
+        )
         await broker.start()
         try:
             yield broker
@@ -272,6 +278,10 @@ class Mosquitto:
             lines += ["allow_anonymous false", f"password_file {passwords}"]
         else:
             lines.append("allow_anonymous true")
+        if self.acl is not None:
+            acl_file = self.workdir / "acl"
+            acl_file.write_text(self.acl)
+            lines.append(f"acl_file {acl_file}")
         if self.tls is not None:
             lines += [
                 f"cafile {self.tls.ca_cert}",

@@ -1,0 +1,208 @@
+"""``ecgw hub run``: the fleet's hub (docs/fleet.md), composed like ``ecgw run``.
+
+    webhook / poller -> inbox -> router ----publish----> <prefix>/sites/<site>/events
+    <prefix>/sites/+/reports -> report intake -> outbox -> deliverer -> API
+                                   acker <- (delivered | dead) --publish--> .../acks
+
+The intake (webhook and poller), the outbox and its deliverer are ``ecgw run``'s own;
+the hub has no adapters, no scheduler and no controller: its sites do that. Resources
+are entered on one AsyncExitStack (the state directory's lock, the database, the HTTP
+session, the webhook server, the admin listener) and closed in reverse; every loop is
+supervised (:mod:`gateway.supervise`). The broker connection is one supervised loop: a
+lost connection ends it, and the supervisor connects again with backoff; the router,
+the report intake and the acker (:class:`gateway.fleet.hub.Hub`) run inside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import time
+from collections.abc import Callable
+
+import aiohttp
+import structlog
+
+from gateway.admin import serve_admin
+from gateway.app import webhook_settings
+from gateway.backoff import Backoff
+from gateway.config import Config, parse_listen
+from gateway.delivery.api import ApiClient, TokenSource
+from gateway.delivery.deliverer import Deliverer
+from gateway.errors import ConfigError
+from gateway.fleet.broker import BrokerSettings, ack, connect, hub_settings
+from gateway.fleet.hub import Hub, NotifyingOutbox
+from gateway.fleet.sites import SiteEntry, SiteTable, parse_sites
+from gateway.fleet.topics import Topics
+from gateway.health import Health, HealthRules
+from gateway.intake.poller import Poller
+from gateway.intake.webhook import serve_webhook
+from gateway.lifecycle import version
+from gateway.metrics import hub_metrics
+from gateway.reports.clock import ServerClock
+from gateway.sdnotify import Notifier
+from gateway.store.database import hold_state_dir, open_database
+from gateway.store.fleet import FleetStore
+from gateway.store.inbox import Inbox
+from gateway.store.meta import Meta
+from gateway.store.observed import Observed
+from gateway.supervise import Supervisor
+
+__all__ = ["HubGateway"]
+
+log = structlog.get_logger("gateway.hub_app")
+
+HEARTBEAT_EVERY = 15.0
+BROKER_BACKOFF = (0.5, 10.0)
+"""Seconds before connecting again after the broker connection failed: first, at most."""
+
+
+class HubGateway:
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time) -> None:
+        if config.hub is None:
+            raise ConfigError("ecgw hub needs a [hub] table (docs/fleet.md)", key="hub")
+        self.config = config
+        self.clock = clock
+        self.webhook_url: str | None = None
+        self.admin_url: str | None = None
+        self.health = Health(clock)
+        self.ready = asyncio.Event()
+        self.notifier = Notifier.from_env()
+        self.hub: Hub | None = None
+
+    async def run(self) -> None:
+        config = self.config
+        hub_config = config.hub
+        assert hub_config is not None
+        api_config = config.require_api()
+        assert config.client_secret is not None
+        topics = Topics(prefix=hub_config.prefix, share_group=hub_config.share_group)
+        broker = hub_settings(config)  # a TLS file that does not load: ConfigError now
+        try:
+            config_sites = parse_sites(
+                SiteEntry(s.site_id, s.resources, s.locations, s.meter_points)
+                for s in hub_config.sites
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc), key="hub.sites") from None
+        loops = Supervisor()
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(hold_state_dir(config.state_path))
+            db = await stack.enter_async_context(open_database(config.db_path))
+            inbox, meta, store = Inbox(db), Meta(db), FleetStore(db)
+            try:  # a site both configured and imported, or an id claimed by two: say which
+                await store.replace_sites(config_sites, "config", self.clock())
+                SiteTable(await store.sites())
+            except ValueError as exc:
+                raise ConfigError(str(exc), key="hub.sites") from None
+            session = await stack.enter_async_context(
+                aiohttp.ClientSession(headers={"User-Agent": "ecgw"})
+            )
+            server_clock = ServerClock(self.clock)
+            tokens = TokenSource(
+                session,
+                token_url=api_config.token_url,
+                client_id=api_config.client_id,
+                client_secret=config.client_secret,
+                timeout=config.delivery.timeout,
+                health=self.health,
+            )
+            api = ApiClient(
+                session,
+                base_url=api_config.base_url,
+                tokens=tokens,
+                timeout=config.delivery.timeout,
+                server_clock=server_clock,
+            )
+            outbox = NotifyingOutbox(db)
+            delivery = config.delivery
+            deliverer = Deliverer(
+                outbox,
+                api,
+                concurrency=delivery.concurrency,
+                backoff_initial=delivery.backoff_initial,
+                backoff_max=delivery.backoff_max,
+                retry_after_max=delivery.retry_after_max,
+                clock=self.clock,
+                health=self.health,
+            )
+            hub = Hub(
+                inbox=inbox,
+                store=store,
+                topics=topics,
+                ack=ack,
+                on_queued=deliverer.wake,
+                clock=self.clock,
+            )
+            outbox.on_settled = hub.settled  # each delivery round wakes the acker
+            self.hub = hub
+            settings = webhook_settings(config)
+            if settings is not None:
+                self.webhook_url = await stack.enter_async_context(
+                    serve_webhook(settings, inbox, hub.wake, health=self.health)
+                )
+            started_at = self.clock()
+            if config.admin is not None:
+                host, port = parse_listen(config.admin.listen)
+                rules = HealthRules(
+                    api_budget=delivery.backoff_max, stale_after={}, started_at=started_at
+                )
+                self.admin_url = await stack.enter_async_context(
+                    serve_admin(
+                        host,
+                        port,
+                        health=self.health,
+                        rules=rules,
+                        observed=Observed(db),
+                        clock=self.clock,
+                        extra=lambda: hub_metrics(hub.counts),
+                    )
+                )
+            await meta.started(pid=os.getpid(), now=started_at, webhook_url=self.webhook_url)
+            log.info(
+                "hub.started",
+                version=version(),
+                state_dir=config.gateway.state_dir,
+                webhook=self.webhook_url,
+                polling=config.poll is not None,
+                broker=hub_config.url,
+                sites=len(await store.sites()),
+            )
+            self.notifier.ready()
+            stack.callback(self.notifier.stopping)
+            async with loops:
+                loops.start("delivery", deliverer.run)
+                loops.start(
+                    "broker",
+                    functools.partial(self._broker, hub, broker),
+                    backoff=Backoff(*BROKER_BACKOFF),
+                )
+                loops.start("heartbeat", functools.partial(self._heartbeat, meta))
+                if config.poll is not None:
+                    poller = Poller(
+                        api,
+                        inbox,
+                        interval=config.poll.interval,
+                        page_size=config.poll.page_size,
+                        on_event=hub.wake,
+                        clock=self.clock,
+                        health=self.health,
+                    )
+                    loops.start("poller", poller.run)
+                self.ready.set()
+
+    async def _broker(self, hub: Hub, settings: BrokerSettings) -> None:
+        """One connection: the hub's loops run on it until it fails (a BrokerError; then
+        the supervisor connects again, with backoff)."""
+        async with connect(settings) as client:
+            await hub.serve(client)
+
+    async def _heartbeat(self, meta: Meta) -> None:
+        every = min(HEARTBEAT_EVERY, self.notifier.watchdog_interval or HEARTBEAT_EVERY)
+        while True:
+            await meta.put(**{"gateway.health": self.health.snapshot()})
+            await meta.heartbeat(now=self.clock())
+            self.notifier.watchdog()
+            await asyncio.sleep(every)

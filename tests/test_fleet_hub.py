@@ -130,13 +130,19 @@ class FakeSite:
 
 
 @contextlib.asynccontextmanager
-async def sites(broker: Mosquitto, *, answer: bool = False) -> AsyncIterator[dict[str, FakeSite]]:
+async def sites(
+    broker: Mosquitto, *, answer: bool = False, only: frozenset[str] | None = None
+) -> AsyncIterator[dict[str, FakeSite]]:
+    """The sites (``only`` those named), each connected, subscribed, then ``online`` as
+    the real site link says it."""
     async with contextlib.AsyncExitStack() as stack:
         found: dict[str, FakeSite] = {}
         tasks = []
         for entry in SITES:
             site_id = entry["site_id"]
             assert isinstance(site_id, str)
+            if only is not None and site_id not in only:
+                continue
             client = await stack.enter_async_context(
                 aiomqtt.Client(
                     broker.host,
@@ -148,6 +154,7 @@ async def sites(broker: Mosquitto, *, answer: bool = False) -> AsyncIterator[dic
                 )
             )
             await client.subscribe([(TOPICS.events(site_id), 1), (TOPICS.acks(site_id), 1)])
+            await client.publish(TOPICS.status(site_id), b"online", qos=1, retain=True)
             found[site_id] = site = FakeSite(client, site_id, answer=answer)
             tasks.append(asyncio.create_task(site.listen()))
         try:
@@ -525,3 +532,26 @@ async def test_hub_connects_again_after_the_broker_restarts(
     # published and PUBACKed by the new broker (whether an offline site gets it depends on
     # the broker keeping its session: this one has no persistence)
     assert rows(db, "SELECT event_id, site_id FROM fleet_routes") == [(event["id"], "site-a")]
+
+
+async def test_a_site_never_connected_gets_its_event_once_it_first_connects(
+    sandbox: Sandbox, broker: Mosquitto, tmp_path: Path
+) -> None:
+    """The broker drops (and still acknowledges) a message for a client id it has no
+    session for: the hub holds the event for a site it has never heard from."""
+    data = hub_config(sandbox, broker, tmp_path)
+    async with sites(broker, only=frozenset({"site-a"})) as early, running_hub(data) as hub:
+        assert hub.webhook_url is not None
+        await register_webhook(sandbox, hub.webhook_url)
+        db = hub.config.db_path
+        event = await sandbox.create_event(price_curve("r-a1", "r-b1"))
+        waiting = ("new", "waiting for the first connection of site-b")
+        await wait_until(lambda: _true(plan_state(db, event["id"]) == waiting), timeout=15)
+        await wait_until(lambda: _true(early["site-a"].events), timeout=10)
+        assert rows(db, "SELECT site_id FROM fleet_routes") == [("site-a",)]
+        async with sites(broker, only=frozenset({"site-b"})) as late:
+            assert await settled(db, event["id"]) == ("routed", "to site-a, site-b")
+            await wait_until(lambda: _true(late["site-b"].events), timeout=10)
+        await asyncio.sleep(0.3)
+    assert [e["id"] for e in early["site-a"].events] == [event["id"]]  # once, not again
+    assert [t["resourceId"] for t in late["site-b"].events[0]["payload"]["targets"]] == ["r-b1"]

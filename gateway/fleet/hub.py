@@ -211,11 +211,14 @@ class Hub:
 
     async def _route(self, client: aiomqtt.Client) -> None:
         table = await self.sites()
+        seen = set(await self._store.seen())
         for event in await self._inbox.by_plan_state("new"):
             with structlog.contextvars.bound_contextvars(event_id=event.event_id):
-                await self._route_one(client, table, event)
+                await self._route_one(client, table, event, seen)
 
-    async def _route_one(self, client: aiomqtt.Client, table: SiteTable, event: InboxEvent) -> None:
+    async def _route_one(
+        self, client: aiomqtt.Client, table: SiteTable, event: InboxEvent, seen: set[str]
+    ) -> None:
         try:
             payload = wire.decode_event_payload(event.payload)
         except WireError as exc:
@@ -230,14 +233,24 @@ class Hub:
             log.warning("hub.event_unrouted", payload_type=event.payload_type)
             return
         done = set(await self._store.routes_for(event.event_id))
+        # A site never heard from has no session at the broker yet: a message published to
+        # it now would be dropped (and still acknowledged). It gets the event once its first
+        # status or report has been seen; the event stays ``new`` until then.
+        absent = sorted(site for site in routes if site not in seen and site not in done)
         for site_id, cut in routes.items():
-            if site_id in done:
+            if site_id in done or site_id in absent:
                 continue
             message = event_message(event.event_id, event.created_at, cut)
             await client.publish(self._topics.events(site_id), message, qos=1)  # after PUBACK
             crashpoint("hub.published")
             await self._store.record_route(event.event_id, site_id, self._clock())
         sites = sorted(routes)
+        if absent:
+            note = "waiting for the first connection of " + ", ".join(absent)
+            if event.plan_note != note:
+                await self._inbox.set_plan(event.event_id, "new", note)
+                log.warning("hub.event_waits_for_sites", sites=absent)
+            return
         await self._inbox.set_plan(event.event_id, "routed", "to " + ", ".join(sites))
         self.counts.routed += 1
         log.info("hub.event_routed", sites=sites, payload_type=event.payload_type)
@@ -262,6 +275,7 @@ class Hub:
             return
         await self._store.saw(site_id, raw == ONLINE, self._clock())
         self.counts.status[site_id] = raw.decode()
+        self._route_kick.set()  # events may wait for this site's first connection
 
     async def _heard(self, site_id: str) -> None:
         """A report from the site, whatever it is worth: its last seen, written at most

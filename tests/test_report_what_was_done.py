@@ -444,14 +444,51 @@ async def test_a_location_lpc_that_arrived_after_its_window_gets_no_acknowledgem
 ) -> None:
     _, config = setup
     async with open_database(config.db_path) as db:
-        await store_event(db, "late-lpc", lpc(), at=T0 + 2 * QUARTER)
         await store_event(db, "live-lpc", lpc(), at=T0 - 10)
+        await scheduler(db, config, Clock(T0 + 1)).pass_once()
+        await store_event(db, "late-lpc", lpc(), at=T0 + 2 * QUARTER)
         await scheduler(db, config, Clock(T0 + 2 * QUARTER + 1)).pass_once()
         queued = {(r.event_id, r.kind) for r in await Outbox(db).items()}
         late = await Inbox(db).get("late-lpc")
     assert queued == {("live-lpc", LOCATION_ACK)}  # the live one: acknowledged at once
     assert late is not None and late.plan_state == "no_report"
     assert "after its window ended" in str(late.plan_note)
+
+
+async def test_an_lpc_not_acknowledged_before_its_window_ended_never_is(
+    setup: tuple[Path, Config],
+) -> None:
+    """The gateway stored the event (and may have decided), then was down until after the
+    window: it held no cap meanwhile, so it acknowledges nothing and reports nothing."""
+    _, config = setup
+    async with open_database(config.db_path) as db:
+        await store_event(db, "lpc", lpc(), at=T0 - 10)
+        await store_readings(db, "tank", T0 - 60, T0 + 3 * QUARTER)
+        await scheduler(db, config, Clock(T0 + 2 * QUARTER + 1)).pass_once()
+        await scheduler(db, config, Clock(AFTER_EDGE + 3600)).pass_once()
+        assert await Outbox(db).items() == []
+        event = await Inbox(db).get("lpc")
+    assert event is not None and event.plan_state == "no_report"
+    assert event.plan_note == (
+        "its window ended at 2026-11-18T11:37:00Z before its acknowledgement was queued "
+        "(the gateway was not running): nothing acknowledged, nothing reported"
+    )
+
+
+def test_an_lpc_acknowledged_in_its_window_is_still_reported_after_it() -> None:
+    config = make_config(locations=[loc("home", "1")])
+    payload = location_lpc([("home", "1", "01:00:00", hours(DAY, 10, 2))])
+    decisions = acknowledged(location_key("home", "1"))
+    after = TEN + 3 * HOUR
+    kw: dict[str, Any] = {"now": after, "received_at": TEN - 60, "decisions": decisions}
+    queued = plan_event(EVENT, payload, config, ack_queued=True, **kw)
+    assert [j.kind for j in queued.jobs] == [LOCATION_ACK, "LocationEnergyUsage"]
+    never = plan_event(EVENT, payload, config, ack_queued=False, **kw)
+    assert never.jobs == () and "before its acknowledgement was queued" in str(
+        never.no_report_reason
+    )
+    unknown = plan_event(EVENT, payload, config, **kw)  # not told: as before
+    assert [j.kind for j in unknown.jobs] == [LOCATION_ACK, "LocationEnergyUsage"]
 
 
 async def test_a_report_with_a_gap_waits_and_is_built_when_readings_fill_it(

@@ -29,7 +29,9 @@ the outbox keeps one report per ``(event_id, kind)``.
 has. So no report covers an interval that started before the event first reached the gateway
 (``received_at``): such intervals are left out of every usage target, with a note. An event none
 of whose intervals starts at or after its arrival (the first poll takes the whole history) gets
-no report at all, and an LPC event then no acknowledgement either: the plan says why. A resource
+no report at all, and an LPC event then no acknowledgement either: the plan says why. Nor
+does an LPC event whose acknowledgement was not queued before its window ended (the
+gateway stopped between deciding and queuing, and started again after the window). A resource
 whose participation is ``off`` (from the config, or the operator's override for this event) is
 never reported: left out of a PriceCurve, declined in a ResourceLPC.
 
@@ -159,6 +161,7 @@ class _Context:
     received_at: float
     overrides: Mapping[str, Participation]
     decisions: Mapping[str, tuple[str, str]] | None = None
+    ack_queued: bool | None = None
 
     def verdict(self, key: str) -> tuple[str, str]:
         """(decision, reason) for an LPC target: what the gateway decided before planning."""
@@ -182,6 +185,7 @@ def plan_event(
     received_at: float,
     overrides: Mapping[str, Participation] = _NO_OVERRIDES,
     decisions: Mapping[str, tuple[str, str]] | None = None,
+    ack_queued: bool | None = None,
 ) -> Plan:
     """The reports ``payload`` asks for, given what ``config`` names.
 
@@ -190,9 +194,12 @@ def plan_event(
     ``decisions``: for an LPC event, per target key (:mod:`gateway.control.targets`) what
     the gateway decided before committing: ``acknowledged``, ``declined`` or
     ``left_out`` (another gateway's location: in neither list), with the reason. Without
-    them every LPC target is declined: nothing was checked.
+    them every LPC target is declined: nothing was checked. ``ack_queued``: whether the
+    LPC event's acknowledgement is already in the outbox (None: not known, not checked);
+    one not queued by the end of the event's window is never sent, and nothing is
+    reported for the event: the site did not hold the caps while it was down.
     """
-    ctx = _Context(event_id, config, now, received_at, overrides, decisions)
+    ctx = _Context(event_id, config, now, received_at, overrides, decisions, ack_queued)
     match payload:
         case wire.PriceCurve():
             return _plan_price_curve(ctx, payload)
@@ -260,6 +267,8 @@ def _plan_location_lpc(ctx: _Context, lpc: wire.LocationLPC) -> Plan:
         return _no_report("the event has no points")
     if (late := _arrived_late(ctx.received_at, _lpc_window(lpc.targets))) is not None:
         return _no_report(late)
+    if (over := _window_over_unacknowledged(ctx, _lpc_window(lpc.targets))) is not None:
+        return _no_report(over)
     locations: dict[tuple[str, str], LocationConfig] = {}
     for entry in ctx.config.locations:
         locations.setdefault((entry.location_id, entry.meter_point_id), entry)
@@ -310,6 +319,8 @@ def _plan_resource_lpc(ctx: _Context, lpc: wire.ResourceLPC) -> Plan:
         return _no_report("the event has no points")
     if (late := _arrived_late(ctx.received_at, _lpc_window(lpc.targets))) is not None:
         return _no_report(late)
+    if (over := _window_over_unacknowledged(ctx, _lpc_window(lpc.targets))) is not None:
+        return _no_report(over)
     resources = {r.resource_id: r for r in ctx.config.resources}
     notes: list[str] = []
     acked: list[wire.LPCResource] = []
@@ -370,6 +381,21 @@ def _arrived_late(received_at: float, window: Sequence[Interval]) -> str | None:
     return (
         f"arrived at {_iso(received_at)} after its last interval began at {_iso(last)} "
         f"(the window ends at {_iso(ended)}): nothing was reacted to"
+    )
+
+
+def _window_over_unacknowledged(ctx: _Context, window: Sequence[Interval]) -> str | None:
+    """Why an LPC event whose acknowledgement was not queued before its window ended gets
+    none (nor any report), or None. It happens when the gateway stopped after deciding and
+    before queuing, and started again after the window."""
+    if ctx.ack_queued is not False or not window:
+        return None
+    ended = max(end for _, end in window)
+    if ctx.now < ended:
+        return None
+    return (
+        f"its window ended at {_iso(ended)} before its acknowledgement was queued "
+        "(the gateway was not running): nothing acknowledged, nothing reported"
     )
 
 

@@ -91,7 +91,7 @@ from gateway.reports.builder import BuildResult, Gap, build_report
 from gateway.reports.clock import ServerClock, clock_problem
 from gateway.reports.due import Agenda
 from gateway.reports.manual import report_deadline
-from gateway.reports.planner import Job, Target, plan_event
+from gateway.reports.planner import LOCATION_ACK, RESOURCE_ACK, Job, Target, plan_event
 from gateway.store.batch import WriteBatch
 from gateway.store.database import Database
 from gateway.store.inbox import Inbox, InboxEvent
@@ -474,6 +474,7 @@ class ReportScheduler:
             return None
         overrides = {r: cast(Participation, p) for r, p in self._overrides.get(event.event_id, ())}
         decisions = await self._take_part(event, payload, now, batch, known, overrides)
+        finished_before = known.jobs.get(event.event_id, {})
         plan = plan_event(
             event.event_id,
             payload,
@@ -482,6 +483,7 @@ class ReportScheduler:
             received_at=event.received_at,
             overrides=overrides,
             decisions=decisions,
+            ack_queued=bool({LOCATION_ACK, RESOURCE_ACK} & set(finished_before)),
         )
         if event.plan_state == "new":
             for note in plan.notes:

@@ -19,6 +19,7 @@ from gateway.store.outbox import Outbox
 from gateway.store.outbox_states import Dead, Delivered, Retry
 from gateway.store.retention import Retention
 from gateway.store.retention_policy import (
+    LEDGER_KEEP,
     MONTH_MARGIN,
     QUARANTINE_KEEP,
     cutoffs,
@@ -207,6 +208,31 @@ async def test_a_delivered_report_keeps_its_key_and_report_id_after_its_body_goe
     stats = ecgw("db", "stats", config=config)
     assert stats.returncode == 0, stats.stderr
     assert "outbox" in stats.stdout and "retention would drop now" in stats.stdout
+
+
+async def test_the_ledger_keeps_a_slim_report_400_days_after_its_body_went(
+    tmp_path: Path,
+) -> None:
+    """The slim rows (key, Spark's report id, totals) stay LEDGER_KEEP after the body went,
+    then go with their event: the file stops growing once the ledger is full."""
+    async with open_database(tmp_path / "db.sqlite3") as db:
+        outbox = Outbox(db)
+        await _event(db, "ev-old", "done")
+        await _delivered(db, "ev-old", "spark-report-old", 1.0)
+        retention = Retention(db, pause=0.0)
+        await retention.run_once(now=MAR_9)  # the body and the payload go
+        (slim,) = await outbox.find("ev-old")
+        assert slim.body == b"" and slim.report_id == "spark-report-old"
+        kept = await retention.run_once(now=MAR_9 + LEDGER_KEEP - 40 * 86400)
+        assert kept.rows.get("ledger: reports", 0) == 0
+        assert await outbox.find("ev-old") != []  # a year on: still refused if queued again
+        gone = await retention.run_once(now=MAR_9 + LEDGER_KEEP + 40 * 86400)
+        assert gone.rows["ledger: reports"] == 1
+        assert gone.rows["ledger: events"] == 1
+        assert await outbox.find("ev-old") == []
+        assert await Inbox(db).get("ev-old") is None
+        counts = await db.fetchall("SELECT name, n FROM row_counts ORDER BY name")
+        assert {r[0]: r[1] for r in counts}["events"] == 0  # the triggers followed
 
 
 async def test_incremental_vacuum_gives_the_freed_pages_back_to_the_file_system(

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 
 from gateway.store.database import Database
-from gateway.store.retention_policy import Cutoffs, cutoffs, report_totals
+from gateway.store.retention_policy import LEDGER_KEEP, Cutoffs, cutoffs, report_totals
 
 __all__ = ["RULES", "Retention", "RetentionTally", "Rule", "params_at"]
 
@@ -102,6 +102,30 @@ RULES: tuple[Rule, ...] = (
     Rule("schedules", "schedules", f"window_end < ?2 AND {_not_open('schedules')}"),
     Rule("overrides", "overrides", f"at < ?2 AND {_not_open('overrides')}"),
     Rule("commands", "commands", "requested_at < ?2 AND state != 'sending'"),
+    # The ledger: slim rows, LEDGER_KEEP before the reports cutoff (?1: the first of this
+    # month, 7 days late) after their body or payload went (reports first, then
+    # their events, then a hub's answers and routes of them).
+    Rule(
+        "ledger: reports",
+        "outbox",
+        f"body_dropped_at IS NOT NULL AND body_dropped_at < ?1 - {LEDGER_KEEP}",
+    ),
+    Rule(
+        "ledger: events",
+        "events",
+        f"payload_dropped_at IS NOT NULL AND payload_dropped_at < ?1 - {LEDGER_KEEP}"  # noqa: S608
+        " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_id = events.event_id)",
+    ),
+    Rule(
+        "ledger: hub answers",
+        "fleet_answers",
+        "NOT EXISTS (SELECT 1 FROM outbox o WHERE o.id = fleet_answers.outbox_id)",
+    ),
+    Rule(
+        "ledger: hub routes",
+        "fleet_routes",
+        "NOT EXISTS (SELECT 1 FROM events e WHERE e.event_id = fleet_routes.event_id)",
+    ),
 )
 
 

@@ -1,18 +1,22 @@
 """The hub's three loops over one broker connection (docs/fleet.md):
 
 * **router**: each new event in the inbox goes to every site that owns one of its targets
-  (``SiteTable.route``), on the site's events topic, QoS 1; each route is recorded after the
-  broker's PUBACK, then the event is ``routed`` (or ``unrouted``: no site owns any of its
+  (``SiteTable.route``), on the site's events topic, QoS 1, up to PUBLISH_WINDOW awaiting
+  their PUBACK at once; the routes the broker took are recorded together (one commit), then
+  the event is ``routed`` (or ``unrouted``: no site owns any of its
   targets; kept and shown, never sent). Routes not recorded (a crash, the broker gone) are
   published again on the next pass: a site takes a repeat as a duplicate.
 * **report intake**: every site's reports through the shared subscription, acknowledged by
-  hand. A report that does not decode, names what is not the site's, or answers an event
+  hand, a batch at a time (one message and whatever else is queued): each is checked
+  alone, the good ones and the sites heard from are committed together, then all are
+  PUBACKed. A report that does not decode, names what is not the site's, or answers an event
   not routed to the site is answered ``rejected`` at once, logged, and never reaches Spark;
   a good one is committed to the outbox (with the answer it is owed) and only then
   PUBACKed. A repeat of a report already delivered or dead is answered again at once.
   Sites' ``status`` messages (and every report) update when each was last heard from.
 * **acker**: for each site report whose outbox row is delivered or dead and not yet
-  answered, publishes the answer and marks it answered after the PUBACK. Woken after each
+  answered, publishes the answer (PUBLISH_WINDOW at once) and marks those the broker
+  took answered, one commit per look. Woken after each
   delivery round; it looks every second at least.
 
 The connection is the caller's (``gateway.hub_app``): :meth:`Hub.serve` runs the loops on

@@ -13,7 +13,7 @@ import datetime as dt
 import json
 import signal
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +22,21 @@ import aiomqtt
 import msgspec
 import pytest
 
+from gateway.config import Secret
 from gateway.fleet.acl import acl_file
+from gateway.fleet.broker import BrokerSettings, connect
+from gateway.fleet.broker import ack as puback
+from gateway.fleet.hub import Hub
 from gateway.fleet.messages import HubAck, SiteReport, decode_ack, encode_message
+from gateway.fleet.sites import SiteEntry, parse_sites
 from gateway.fleet.topics import Topics
 from gateway.hub_app import HubGateway
 from gateway.sandbox import Sandbox, run_sandbox
 from gateway.sandbox.client import api_post
 from gateway.sandbox.faults import Fault
+from gateway.store.database import Database, open_database
+from gateway.store.fleet import Accepted, FleetStore
+from gateway.store.inbox import Inbox
 from tests.kit.gateway import make_config, sandbox_config, toml, wait_until
 from tests.kit.mosquitto import Mosquitto, free_port
 from tests.kit.proc import ecgw, offline_config, start_ecgw
@@ -558,3 +566,60 @@ async def test_a_site_never_connected_gets_its_event_once_it_first_connects(
         await asyncio.sleep(0.3)
     assert [e["id"] for e in early["site-a"].events] == [event["id"]]  # once, not again
     assert [t["resourceId"] for t in late["site-b"].events[0]["payload"]["targets"]] == ["r-b1"]
+
+
+class CountingStore(FleetStore):
+    """The real store, noting how many reports each commit of site reports held."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__(db)
+        self.commits: list[int] = []
+
+    async def accept_reports(
+        self,
+        reports: Sequence[tuple[str, str, str, bytes]],
+        now: float,
+        *,
+        seen: Sequence[tuple[str, bool | None]] = (),
+    ) -> list[Accepted | str]:
+        self.commits.append(len(reports))
+        return await super().accept_reports(reports, now, seen=seen)
+
+
+async def test_a_burst_of_reports_is_committed_together(broker: Mosquitto, tmp_path: Path) -> None:
+    """Reports waiting at the broker when the hub connects reach the outbox a batch per
+    commit, not one commit each; each is queued once, and acknowledged (a new connection
+    gets none of them again)."""
+    settings = BrokerSettings(
+        broker.host, broker.port, None, "ecgw-hub", Secret(USERS["ecgw-hub"]), "hub-burst"
+    )
+    count = 40
+    events = [f"burst-{i:02d}" for i in range(count)]
+    async with open_database(tmp_path / "hub.sqlite3") as db:
+        store = CountingStore(db)
+        sites_ = parse_sites(SiteEntry(**s) for s in SITES)  # type: ignore[arg-type]
+        await store.replace_sites(sites_, "config", 1.0)
+        for event_id in events:
+            await store.record_routes(event_id, ["site-a"], 1.0)
+        hub = Hub(inbox=Inbox(db), store=store, topics=TOPICS, ack=puback, on_queued=lambda: None)
+        async with connect(settings) as client:  # the hub's session, before the burst
+            await client.subscribe([(topic, 1) for topic in hub.subscriptions])
+        async with aiomqtt.Client(
+            broker.host, broker.port, identifier="site-a", username="site-a", password="a-pw"
+        ) as site:
+            for event_id in events:
+                body = json.dumps(usage(event_id, "r-a1", "loc-a")).encode()
+                report = SiteReport(event_id, "EnergyUsage", msgspec.Raw(body))
+                await site.publish(TOPICS.reports("site-a"), encode_message(report), qos=1)
+        for _ in range(2):  # the second connection: nothing is delivered again
+            async with connect(settings) as client:
+                serving = asyncio.create_task(hub.serve(client))
+                await wait_until(lambda: _true(sum(store.commits) >= count), timeout=15)
+                await asyncio.sleep(0.3)
+                serving.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await serving
+        queued = await db.fetchall("SELECT event_id, source FROM outbox ORDER BY event_id")
+    assert sum(store.commits) == count
+    assert len(store.commits) < count // 2, store.commits  # batches, not one commit each
+    assert [tuple(r) for r in queued] == [(e, "site:site-a") for e in events]

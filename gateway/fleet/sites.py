@@ -138,6 +138,11 @@ class SiteTable:
             routed[site_id] = msgspec.json.encode({**document, "targets": mine})
         return routed
 
+    def owners(self, payload: wire.EventPayload) -> set[str]:
+        """The sites that own any of the payload's targets (what :meth:`route` would
+        send to, without cutting a payload for each)."""
+        return {o for o in self._target_owners(payload) if o is not None}
+
     def _target_owners(self, payload: wire.EventPayload) -> list[str | None]:
         match payload:
             case wire.PriceCurve() | wire.ResourceLPC():

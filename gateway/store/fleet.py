@@ -173,12 +173,7 @@ class FleetStore:
 
     async def saw(self, site_id: str, online: bool | None, now: float) -> None:
         """Heard from ``site_id`` at ``now``; ``online`` from its status (None: keep)."""
-        await self._db.write_one(
-            "INSERT INTO fleet_seen (site_id, online, last_seen) VALUES (?, ?, ?) "
-            "ON CONFLICT (site_id) DO UPDATE SET last_seen = MAX(last_seen, excluded.last_seen), "
-            "online = COALESCE(excluded.online, online)",
-            (site_id, None if online is None else int(online), now),
-        )
+        await self._db.write_one(_SAW, (site_id, None if online is None else int(online), now))
 
     async def seen(self) -> dict[str, Seen]:
         rows = await self._db.fetchall("SELECT site_id, online, last_seen FROM fleet_seen")
@@ -200,6 +195,13 @@ class FleetStore:
                 "ON CONFLICT (event_id, site_id) DO NOTHING",
                 [(event_id, site_id, now) for site_id in site_ids],
             )
+
+    async def routed_to(self, event_id: str, site_id: str) -> bool:
+        """Whether the route of ``event_id`` to ``site_id`` is recorded."""
+        row = await self._db.fetchone(
+            "SELECT 1 FROM fleet_routes WHERE event_id = ? AND site_id = ?", (event_id, site_id)
+        )
+        return row is not None
 
     async def routes_for(self, event_id: str) -> list[str]:
         rows = await self._db.fetchall(
@@ -233,12 +235,22 @@ class FleetStore:
         raise ValueError(result)
 
     async def accept_reports(
-        self, reports: Sequence[tuple[str, str, str, bytes]], now: float
+        self,
+        reports: Sequence[tuple[str, str, str, bytes]],
+        now: float,
+        *,
+        seen: Sequence[tuple[str, bool | None]] = (),
     ) -> list[Accepted | str]:
         """:meth:`accept_report` for ``(site_id, event_id, kind, body)`` each, in one
         transaction (one commit for a burst). Each report fails alone: its place in the
-        result holds why, and the others are committed."""
+        result holds why, and the others are committed. ``seen``: :meth:`saw` for each
+        ``(site_id, online)``, in order, in the same transaction (the hub's report intake
+        commits a batch of messages, status and reports, at once)."""
         async with self._db.write() as conn:
+            if seen:
+                await conn.executemany(
+                    _SAW, [(s, None if online is None else int(online), now) for s, online in seen]
+                )
             results = [await _accept_one(conn, *report, now=now) for report in reports]
         if any(isinstance(r, Accepted) and r.new for r in results):
             crashpoint("outbox.queued")
@@ -285,6 +297,13 @@ class FleetStore:
             "WHERE o.state IN ('pending', 'in_flight') GROUP BY a.site_id"
         )
         return {r[0]: Pending(int(r[1]), float(r[2])) for r in rows}
+
+
+_SAW = (
+    "INSERT INTO fleet_seen (site_id, online, last_seen) VALUES (?, ?, ?) "
+    "ON CONFLICT (site_id) DO UPDATE SET last_seen = MAX(last_seen, excluded.last_seen), "
+    "online = COALESCE(excluded.online, online)"
+)
 
 
 async def _accept_one(

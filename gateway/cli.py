@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import json
 import os
 import signal
@@ -22,11 +23,9 @@ from typing import Any
 import structlog
 
 from gateway import listing, render, wire
-from gateway.app import Gateway, load_adapters, webhook_settings
 from gateway.config import Config, key_name, load_config, parse_listen
 from gateway.config_probes import require_runnable
 from gateway.config_schema import cmd_config_schema
-from gateway.control.plan_view import event_window, plan_record
 from gateway.db_commands import cmd_db_backup, cmd_db_check, cmd_db_stats, cmd_db_vacuum
 from gateway.errors import (
     AdapterLoadError,
@@ -36,24 +35,9 @@ from gateway.errors import (
     WireError,
     describe,
 )
-from gateway.fleet.broker import hub_settings, site_settings
 from gateway.fleet.cli import add_hub_commands
-from gateway.hub_app import HubGateway
 from gateway.lifecycle import log_stopped, version
 from gateway.logs import configure_logging, register_secrets
-from gateway.onboarding.banner import sandbox_banner
-from gateway.onboarding.commands import (
-    cmd_api_check,
-    cmd_api_reconcile,
-    cmd_api_webhooks_disable,
-    cmd_api_webhooks_enable,
-    cmd_api_webhooks_list,
-    cmd_api_webhooks_register,
-    cmd_sandbox_event,
-)
-from gateway.reports import manual
-from gateway.reports.planner import plan_event
-from gateway.reports.scheduler import ReportJobs, build_job, read_overrides
 from gateway.status import status_record, status_text
 from gateway.store.control import ControlStore
 from gateway.store.database import open_database
@@ -73,6 +57,27 @@ PATH_ARGUMENTS = frozenset({"config", "file"})  # any bytes the file system take
 
 class UsageError(GatewayError):
     """The command line asks for something that cannot be done (exit 2)."""
+
+
+def _lazy(module: str, name: str) -> Handler:
+    """A command handler imported when it runs: ``ecgw status`` need not load aiohttp, the
+    sandbox and the onboarding client first (a third of a second on a small box)."""
+
+    async def handler(args: argparse.Namespace, config: Any) -> int:
+        command: Handler = getattr(importlib.import_module(module), name)
+        return await command(args, config)
+
+    handler.__name__ = handler.__qualname__ = name
+    return handler
+
+
+cmd_api_check = _lazy("gateway.onboarding.commands", "cmd_api_check")
+cmd_api_reconcile = _lazy("gateway.onboarding.commands", "cmd_api_reconcile")
+cmd_api_webhooks_disable = _lazy("gateway.onboarding.commands", "cmd_api_webhooks_disable")
+cmd_api_webhooks_enable = _lazy("gateway.onboarding.commands", "cmd_api_webhooks_enable")
+cmd_api_webhooks_list = _lazy("gateway.onboarding.commands", "cmd_api_webhooks_list")
+cmd_api_webhooks_register = _lazy("gateway.onboarding.commands", "cmd_api_webhooks_register")
+cmd_sandbox_event = _lazy("gateway.onboarding.commands", "cmd_sandbox_event")
 
 
 def _out(text: str) -> None:
@@ -127,6 +132,9 @@ def check_config(config: Config) -> Config:
     ``run`` keeps running beside an adapter whose plugin cannot be loaded; ``check``
     refuses it. Raises ConfigError naming the key.
     """
+    from gateway.app import load_adapters, webhook_settings
+    from gateway.fleet.broker import hub_settings, site_settings
+
     require_runnable(config)
     webhook_settings(config)
     if config.hub is not None:
@@ -145,12 +153,16 @@ async def cmd_run(args: argparse.Namespace, config: Config) -> int:
     """Run until signalled. A fatal error (supervise.FATAL) or any other error that stops the
     gateway ends it with one line on stderr and its exit code, never a traceback; the
     traceback of an error that is not ours (a bug) goes to the log as ``gateway.crashed``."""
+    from gateway.app import Gateway
+
     require_runnable(config)
     return await _serve(Gateway(config).run())
 
 
 async def cmd_hub_run(args: argparse.Namespace, config: Config) -> int:
     """``ecgw hub run``: the fleet's hub (docs/fleet.md), stopped as ``run`` is."""
+    from gateway.hub_app import HubGateway
+
     hub = HubGateway(config)  # ConfigError without a [hub] table
     require_runnable(config)
     return await _serve(hub.run())
@@ -317,6 +329,8 @@ async def cmd_events_list(args: argparse.Namespace, config: Config) -> int:
 
 
 async def cmd_events_show(args: argparse.Namespace, config: Config) -> int:
+    from gateway.reports.scheduler import ReportJobs
+
     async with open_database(config.db_path) as db:
         event = await Inbox(db).get(args.event_id)
         reports = await _find(Outbox(db), args.event_id)
@@ -345,6 +359,8 @@ def _require_payload(event: InboxEvent | None, event_id: str) -> InboxEvent:
 async def cmd_events_replan(args: argparse.Namespace, config: Config) -> int:
     """Plan a quarantined event again, once its cause is fixed (a running gateway sees it
     on its next scheduler pass)."""
+    from gateway.reports.scheduler import ReportJobs
+
     async with open_database(config.db_path) as db:
         _require_payload(await Inbox(db).get(args.event_id), args.event_id)
         released = await ReportJobs(db).release(args.event_id)
@@ -357,6 +373,8 @@ async def cmd_events_replan(args: argparse.Namespace, config: Config) -> int:
 
 
 async def cmd_plan_show(args: argparse.Namespace, config: Config) -> int:
+    from gateway.control.plan_view import plan_record
+
     async with open_database(config.db_path) as db:
         record = await plan_record(db, config, args.event_id)
     if record is None:
@@ -367,6 +385,8 @@ async def cmd_plan_show(args: argparse.Namespace, config: Config) -> int:
 
 async def cmd_plan_override(args: argparse.Namespace, config: Config) -> int:
     """Set one resource's participation in one event, before the event's window starts."""
+    from gateway.control.plan_view import event_window
+
     resource = next((r for r in config.resources if r.resource_id == args.resource), None)
     if resource is None:
         raise UsageError(f"no resource {args.resource!r} in the config")
@@ -399,6 +419,8 @@ async def cmd_plan_override(args: argparse.Namespace, config: Config) -> int:
 
 
 async def cmd_report_submit(args: argparse.Namespace, config: Config) -> int:
+    from gateway.reports import manual
+
     try:
         raw = await asyncio.to_thread(manual.read_report_file, args.file)
     except ValueError as exc:
@@ -415,6 +437,9 @@ async def cmd_report_submit(args: argparse.Namespace, config: Config) -> int:
 
 async def cmd_report_preview(args: argparse.Namespace, config: Config) -> int:
     """Plan and build the event's reports now, from the stored readings; queue nothing."""
+    from gateway.reports.planner import plan_event
+    from gateway.reports.scheduler import build_job, read_overrides
+
     async with open_database(config.db_path) as db:
         event = _require_payload(await Inbox(db).get(args.event_id), args.event_id)
         plan = plan_event(
@@ -454,6 +479,7 @@ async def cmd_report_preview(args: argparse.Namespace, config: Config) -> int:
 
 
 async def cmd_sandbox(args: argparse.Namespace, config: Config | None) -> int:
+    from gateway.onboarding.banner import sandbox_banner
     from gateway.sandbox import run_sandbox  # only this command needs it
 
     host, _, port = args.listen.rpartition(":")

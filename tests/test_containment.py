@@ -376,7 +376,7 @@ async def test_run_ends_an_error_that_is_not_ours_with_one_line(
 ) -> None:
     import structlog
 
-    from gateway import cli
+    from gateway import app, cli
     from gateway.config import parse_config
 
     config = parse_config(
@@ -392,7 +392,7 @@ async def test_run_ends_an_error_that_is_not_ours_with_one_line(
         base=tmp_path,
     )
     monkeypatch.setattr(_Stops, "error", error)
-    monkeypatch.setattr(cli, "Gateway", _Stops)
+    monkeypatch.setattr(app, "Gateway", _Stops)  # cmd_run imports it when it runs
     with structlog.testing.capture_logs() as logs:
         assert await cli.cmd_run(None, config) == code  # type: ignore[arg-type]
     lines = capsys.readouterr().err.splitlines()

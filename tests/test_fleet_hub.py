@@ -361,7 +361,7 @@ async def test_site_reports_reach_spark_once_and_are_answered(
         async with aiohttp.ClientSession() as session, session.get(url) as response:
             metrics = await response.text()
     for line in (
-        "ecgw_hub_sites_online 1.0",
+        "ecgw_hub_sites_online 3.0",  # each says online as it connects (sites())
         'ecgw_hub_events_total{outcome="routed"} 1.0',
         'ecgw_hub_site_reports_total{outcome="accepted"} 3.0',
         'ecgw_hub_site_reports_total{outcome="rejected"} 3.0',
@@ -380,7 +380,7 @@ async def test_site_reports_reach_spark_once_and_are_answered(
     owed = rows(db, "SELECT COUNT(*) FROM fleet_answers WHERE answered_at IS NULL")
     assert owed == [(0,)]
     seen = rows(db, "SELECT site_id, online FROM fleet_seen ORDER BY site_id")
-    assert seen == [("site-a", 1), ("site-b", None), ("site-c", None)]  # status; reports
+    assert seen == [("site-a", 1), ("site-b", 1), ("site-c", 1)]
 
 
 def hub_toml(data: dict[str, Any]) -> str:
@@ -522,6 +522,9 @@ async def test_hub_connects_again_after_the_broker_restarts(
         assert hub.webhook_url is not None
         await register_webhook(sandbox, hub.webhook_url)
         db = hub.config.db_path
+        async with sites(broker, only=frozenset({"site-a"})):  # heard from: events go to it
+            seen = "SELECT online FROM fleet_seen WHERE site_id = 'site-a'"
+            await wait_until(lambda: _true(rows(db, seen) == [(1,)]), timeout=10)
         await broker.stop()
         event = await sandbox.create_event(price_curve("r-a1"))
         await wait_until(lambda: _true(plan_state(db, event["id"]) is not None), timeout=10)

@@ -445,8 +445,26 @@ async def test_an_answer_nobody_waits_for_is_kept_for_the_next_attempt() -> None
     assert upstream.kept == 0
 
 
+async def test_an_answer_to_a_report_never_published_is_not_kept() -> None:
+    """An answer for a report this site has not sent (another client on the site's
+    credentials, or an answer meant for an attempt before a restart) decides nothing: the
+    report is published when it is due and waits for its own answer."""
+    sent: list[bytes] = []
+    upstream = upstream_with(sent, timeout=0.05)
+    upstream.hear(
+        HubAck(event_id="e1", kind="EnergyUsage", outcome="rejected", status=403, reason="no")
+    )
+    assert upstream.kept == 0
+    with pytest.raises(UpstreamUnavailable, match="no answer"):
+        await upstream.post_report(report_body("e1"), idempotency_key="k")
+    assert len(sent) == 1
+
+
 async def test_kept_answers_are_bounded_oldest_first() -> None:
-    upstream = upstream_with([], kept=2)
+    upstream = upstream_with([], timeout=0.02, kept=2)
+    for n in range(3):  # published, no answer in time
+        with pytest.raises(UpstreamUnavailable, match="no answer"):
+            await upstream.post_report(report_body(f"e{n}"), idempotency_key="k")
     for n in range(3):
         upstream.hear(delivered(f"e{n}"))
     assert upstream.kept == 2

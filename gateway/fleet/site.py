@@ -21,7 +21,11 @@ replace the webhook, the poller and the API client:
   none), so the row goes dead with the reason; no answer in time, or no broker, is
   :class:`~gateway.errors.UpstreamUnavailable`, so the row is retried with the usual
   backoff. An answer that arrives while nobody waits for it is kept (the newest
-  :data:`KEPT_ANSWERS`) for the next attempt of that report.
+  :data:`KEPT_ANSWERS`) for the next attempt of that report, if this site published that
+  report and has had no answer to it yet; any other answer (to a report another client
+  sent with the site's credentials, or to an attempt before a restart) is dropped: it
+  must not decide a report the site has not sent, and a report the site sends again is
+  answered again.
 """
 
 from __future__ import annotations
@@ -62,7 +66,8 @@ __all__ = [
 log = structlog.get_logger("gateway.fleet.site")
 
 KEPT_ANSWERS = 1024
-"""Answers kept for reports nobody is waiting for (the oldest is dropped first)."""
+"""Answers kept for reports nobody is waiting for, and reports published and not yet
+answered (the oldest of each is dropped first)."""
 GOODBYE_TIMEOUT = 2.0  # seconds for the ``offline`` publish at a clean stop
 DEFAULT_REJECTION = 422  # a rejection that names no 4xx status
 RECONNECT_INITIAL, RECONNECT_MAX = 1.0, 30.0  # seconds between connection attempts
@@ -111,17 +116,29 @@ class HubUpstream:
         self._publish: Publish | None = None
         self._waiting: dict[tuple[str, str], asyncio.Future[HubAck]] = {}
         self._kept: collections.OrderedDict[tuple[str, str], HubAck] = collections.OrderedDict()
+        self._asked: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
+        """Reports published and not yet answered: the only answers worth keeping."""
 
     def use(self, publish: Publish | None) -> None:
         """The connection's publish (None: the broker is not connected)."""
         self._publish = publish
 
     def hear(self, ack: HubAck) -> None:
-        """An answer from the hub: to whoever waits for it, else kept for the next attempt."""
+        """An answer from the hub: to whoever waits for it, else kept for the next attempt
+        of a report published and not yet answered, else dropped."""
         key = (ack.event_id, ack.kind)
         waiter = self._waiting.get(key)
         if waiter is not None and not waiter.done():
             waiter.set_result(ack)
+            return
+        if key not in self._asked:
+            log.warning(
+                "site_link.answer_unasked",
+                event_id=ack.event_id,
+                kind=ack.kind,
+                outcome=ack.outcome,
+                note="no report of this site waits for it: dropped",
+            )
             return
         self._kept[key] = ack
         self._kept.move_to_end(key)
@@ -148,6 +165,7 @@ class HubUpstream:
         key = (request.event_id, wire.report_kind(request))
         kept = self._kept.pop(key, None)
         if kept is not None:
+            self._asked.pop(key, None)
             return result_of(kept)
         publish = self._publish
         if publish is None:
@@ -155,6 +173,7 @@ class HubUpstream:
         message = encode_message(SiteReport(event_id=key[0], kind=key[1], body=msgspec.Raw(body)))
         waiter: asyncio.Future[HubAck] = asyncio.get_running_loop().create_future()
         self._waiting[key] = waiter
+        self._ask(key)  # before the publish: a publish that fails may still have arrived
         try:
             async with asyncio.timeout(self._answer_timeout):
                 await publish(self._topic, message)
@@ -166,7 +185,14 @@ class HubUpstream:
         finally:
             if self._waiting.get(key) is waiter:
                 del self._waiting[key]
+        self._asked.pop(key, None)
         return result_of(ack)
+
+    def _ask(self, key: tuple[str, str]) -> None:
+        self._asked[key] = None
+        self._asked.move_to_end(key)
+        while len(self._asked) > self._kept_max:
+            self._asked.popitem(last=False)
 
 
 class SiteLink:

@@ -4,6 +4,10 @@
         ... broker.url ...            # mqtt://127.0.0.1:<port>
         await broker.restart()        # same port; a new broker with no memory (persistence off)
 
+``persistence=True`` keeps sessions, subscriptions and queued messages in the workdir
+(``mosquitto.db``, written at a clean stop): a broker started again with ``start()`` on
+the same port and config takes up where the last one stopped.
+
 Readiness is Mosquitto's own "running" log line, not a sleep. The broker's
 output is kept (``broker.log``) to explain a failing test.
 
@@ -136,8 +140,11 @@ class Mosquitto:
         tls: TlsFiles | None = None,
         require_certificate: bool = False,
         acl: str | None = None,
+        persistence: bool = False,
     ) -> None:
         self.workdir = workdir
+        self.persistence = persistence
+        """Sessions and queued messages survive a stop and start (saved in ``workdir``)."""
         self.acl = acl
         """The text of an ``acl_file`` (``ecgw hub acl``), or None: every topic for all."""
         self.users = dict(users or {})
@@ -158,9 +165,15 @@ class Mosquitto:
         tls: TlsFiles | None = None,
         require_certificate: bool = False,
         acl: str | None = None,
+        persistence: bool = False,
     ) -> AsyncIterator[Mosquitto]:
         broker = cls(
-            workdir, users=users, tls=tls, require_certificate=require_certificate, acl=acl
+            workdir,
+            users=users,
+            tls=tls,
+            require_certificate=require_certificate,
+            acl=acl,
+            persistence=persistence,
         )
         await broker.start()
         try:
@@ -255,7 +268,6 @@ class Mosquitto:
     def _config(self) -> str:
         lines = [
             f"listener {self.port} {self.host}",
-            "persistence false",
             "log_dest stderr",  # unbuffered, unlike stdout into a pipe
             "log_type error",
             "log_type warning",
@@ -265,6 +277,10 @@ class Mosquitto:
             "max_queued_messages 0",  # unlimited: the benchmark queues a lot for one client
             "user root",  # stay the user we are, so files under tmp_path stay readable
         ]
+        if self.persistence:
+            lines += ["persistence true", f"persistence_location {self.workdir}/"]
+        else:
+            lines.append("persistence false")
         if self.users:
             passwords = self.workdir / "passwords"
             passwords.write_text("")

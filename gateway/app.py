@@ -58,7 +58,7 @@ from gateway.reports.clock import ServerClock
 from gateway.reports.scheduler import ReportScheduler
 from gateway.sdnotify import Notifier
 from gateway.store.control import ControlStore
-from gateway.store.database import hold_state_dir, open_database
+from gateway.store.database import Database, hold_state_dir, open_database
 from gateway.store.inbox import Inbox
 from gateway.store.meta import Meta
 from gateway.store.observed import Observed
@@ -67,7 +67,7 @@ from gateway.store.readings import ReadingsStore
 from gateway.store.retention import Retention
 from gateway.supervise import Supervisor
 
-__all__ = ["Gateway", "load_adapters", "webhook_settings"]
+__all__ = ["Gateway", "load_adapters", "stop_recorder", "webhook_settings"]
 
 log = structlog.get_logger("gateway.app")
 
@@ -156,6 +156,25 @@ class _ReadingsSink:
         self._health.readings_stored(name, len(readings))
 
 
+def stop_recorder(
+    meta: Meta, db: Database, health: Health, clock: Callable[[], float]
+) -> Callable[..., Awaitable[bool]]:
+    """An exit callback (``AsyncExitStack.push_async_exit``): a cancelled run (SIGTERM,
+    SIGINT) is a clean stop, recorded; never after the database was found damaged, so that
+    the next start reads the whole file (:mod:`gateway.store.open_checks`)."""
+
+    async def record(exc_type: type[BaseException] | None, *_: object) -> bool:
+        if db.damage is not None:
+            return False
+        if exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
+            # what it last saw (a report delivered after the last beat, say) stays shown
+            await meta.put(**{"gateway.health": health.snapshot()})
+            await meta.stopped(now=clock(), reason="signal")
+        return False
+
+    return record
+
+
 class Gateway:
     def __init__(
         self,
@@ -190,8 +209,11 @@ class Gateway:
             db = await stack.enter_async_context(
                 open_database(config.db_path, full_check_after_crash=True)
             )
+            # damage met by any statement stops the gateway (exit 1), whoever caught it
+            db.on_damage = loops.stop
             inbox, outbox, meta = Inbox(db), Outbox(db), Meta(db)
-            stack.push_async_exit(self._record_stop(meta))  # runs last, before the db closes
+            # runs last, before the db closes
+            stack.push_async_exit(stop_recorder(meta, db, self.health, self.clock))
             readings = ReadingsStore(db)
             await stack.enter_async_context(readings.writer())
             latest = LatestReadings(clock=self.clock)
@@ -383,18 +405,6 @@ class Gateway:
         return serve_admin(
             host, port, health=self.health, rules=rules, observed=observed, clock=self.clock
         )
-
-    def _record_stop(self, meta: Meta) -> Callable[..., Awaitable[bool]]:
-        """An exit callback: a cancelled run (SIGTERM, SIGINT) is a clean stop, recorded."""
-
-        async def record(exc_type: type[BaseException] | None, *_: object) -> bool:
-            if exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
-                # what it last saw (a report delivered after the last beat, say) stays shown
-                await meta.put(**{"gateway.health": self.health.snapshot()})
-                await meta.stopped(now=self.clock(), reason="signal")
-            return False
-
-        return record
 
     async def _heartbeat(self, meta: Meta) -> None:
         """Beat every HEARTBEAT_EVERY (or systemd's watchdog interval, if shorter), with the

@@ -54,7 +54,7 @@ from gateway.metering.discovery import build_adapters
 from gateway.metering.latest import LatestReadings
 from gateway.metering.runtime import AdapterRuntime, AdapterStatus, adapter_channels
 from gateway.plugin import Adapter, AdapterConfig, Channel, Reading
-from gateway.reports.clock import ServerClock
+from gateway.reports.clock import ServerClock, clock_problem
 from gateway.reports.scheduler import ReportScheduler
 from gateway.sdnotify import Notifier
 from gateway.store.control import ControlStore
@@ -74,6 +74,7 @@ log = structlog.get_logger("gateway.app")
 HEARTBEAT_EVERY = 15.0
 COMPACT_EVERY = 3600.0
 RETAIN_EVERY = 3600.0
+RETAIN_RECHECK = 60.0  # seconds between looks at a clock retention does not trust yet
 
 
 def webhook_settings(config: Config) -> WebhookSettings | None:
@@ -339,7 +340,9 @@ class Gateway:
                 )
                 loops.start(
                     "retention",
-                    functools.partial(self._retain, Retention(db)),
+                    functools.partial(
+                        self._retain, Retention(db), server_clock, api=api is not None
+                    ),
                     backoff=Backoff(60.0, RETAIN_EVERY),
                 )
                 if config.poll is not None and api is not None:
@@ -440,10 +443,27 @@ class Gateway:
             log.info("readings.compacted", **dataclasses.asdict(stats))
             await asyncio.sleep(COMPACT_EVERY)
 
-    async def _retain(self, retention: Retention) -> None:
-        """Retention now and every RETAIN_EVERY, in short slices (gateway.store.retention)."""
+    async def _retain(self, retention: Retention, server_clock: ServerClock, *, api: bool) -> None:
+        """Retention now and every RETAIN_EVERY, in short slices (gateway.store.retention),
+        only with a clock it can trust: retention drops what is older than months counted
+        from the clock, so a clock far ahead would drop what is still needed. Held back
+        (checked again every RETAIN_RECHECK) while the scheduler would hold reports back
+        (:func:`gateway.reports.clock.clock_problem`), and with an API until its ``Date``
+        has been seen once (a site of a fleet has none to compare with)."""
+        said: str | None = None
         while True:
-            tally = await retention.run_once(now=self.clock())
+            now = self.clock()
+            held = clock_problem(now, api_date=server_clock.api_date, seen_at=server_clock.seen_at)
+            if held is None and api and server_clock.api_date is None:
+                held = "the API's clock has not been seen yet"
+            if held is not None:
+                if held != said:
+                    log.warning("retention.held_back", reason=held)
+                said = held
+                await asyncio.sleep(RETAIN_RECHECK)
+                continue
+            said = None
+            tally = await retention.run_once(now=now)
             if tally.slices or tally.pages_freed:
                 log.info("retention.pass", **dataclasses.asdict(tally))
             await asyncio.sleep(RETAIN_EVERY)

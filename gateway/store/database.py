@@ -69,7 +69,7 @@ __all__ = [
 ]
 
 BUSY_TIMEOUT_MS = 10_000
-CHECKPOINT_BUSY_TIMEOUT_MS = 200  # truncate_wal gives way to a slow reader rather than wait
+CHECKPOINT_BUSY_TIMEOUT_MS = 200  # the checkpoint connection gives way to a slow reader
 WAL_AUTOCHECKPOINT = 1000  # pages (SQLite's default, stated): about 4 MB of WAL at most
 WAL_SIZE_LIMIT = 1024 * 1024  # bytes of WAL kept on disk after a checkpoint restarts it
 
@@ -337,13 +337,20 @@ class Database:
     async def truncate_wal(self) -> bool:
         """Checkpoint the whole WAL into the database and cut the WAL file to zero bytes.
 
-        Maintenance: it takes a write turn when no writer waits, and waits only briefly
-        for readers: if one still reads an old snapshot, this returns False and the WAL
-        stays as it is (bounded by the auto-checkpoint) until the next call.
+        The copying is a passive checkpoint on the checkpoint connection, outside any turn
+        (writers go on meanwhile). Then, in a maintenance turn, the truncation, which never
+        waits: if a reader still reads an old snapshot (or another process writes), this
+        returns False at once and the WAL stays as it is (bounded by the auto-checkpoint)
+        until the next call. Waiting for the reader inside the turn held every writer
+        (a webhook) for as long as it waited.
         """
+        try:
+            await self._checkpointer.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:
+            raise self._error(exc, f"cannot checkpoint {self.path}") from exc
         async with self.turns.turn(maintenance=True):
             try:
-                await self.conn.execute(f"PRAGMA busy_timeout = {CHECKPOINT_BUSY_TIMEOUT_MS}")
+                await self.conn.execute("PRAGMA busy_timeout = 0")
                 try:
                     rows = await self.conn.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
                 finally:

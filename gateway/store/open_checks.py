@@ -18,9 +18,9 @@ run`` (and ``ecgw hub run``) when the run before it did not stop cleanly
 ``gateway.stopped_at``; the gateway records its stop only when a signal ends it and no
 statement met damage while it ran, so a crash, a ``kill -9``, a power cut, a fatal error
 or damage seen all count), or when a WAL is beside the file although the last run
-stopped cleanly (:data:`WAL_LEFT`: the gateway's close removes its WAL, so it is a killed
-command's, or another file's left beside a restored backup, whose pages SQLite replays
-without knowing), and by ``ecgw db check`` (a full ``integrity_check``) on demand. After
+stopped cleanly (:data:`WAL_LEFT`: the gateway's close removes its WAL unless a read-only
+command outlived it, so it is that command's, a killed command's, or another file's left
+beside a restored backup, whose pages SQLite replays without knowing), and by ``ecgw db check`` (a full ``integrity_check``) on demand. After
 a clean stop a start costs the same whatever the file's size.
 
 What the cheap checks cannot see: damage inside a b-tree away from its root and first
@@ -120,8 +120,9 @@ async def check_header(path: Path) -> bool:
 
 
 WAL_LEFT = (
-    "a WAL was left beside it after a clean stop (a clean stop removes it: a command was "
-    "killed, or the WAL is another file's, left beside a restored backup)"
+    "a WAL was left beside it after a clean stop (a clean stop removes it unless a read-only "
+    "command such as db check outlived the gateway; else a command was killed, or the WAL is "
+    "another file's, left beside a restored backup)"
 )
 """Why ``ecgw run`` reads the whole file although the last run stopped cleanly."""
 

@@ -20,8 +20,9 @@ statement met damage while it ran, so a crash, a ``kill -9``, a power cut, a fat
 or damage seen all count), or when a WAL is beside the file although the last run
 stopped cleanly (:data:`WAL_LEFT`: the gateway's close removes its WAL unless a read-only
 command outlived it, so it is that command's, a killed command's, or another file's left
-beside a restored backup, whose pages SQLite replays without knowing), and by ``ecgw db check`` (a full ``integrity_check``) on demand. After
-a clean stop a start costs the same whatever the file's size.
+beside a restored backup, whose pages SQLite replays without knowing), and by ``ecgw db
+check`` (a full ``integrity_check``) on demand. After a clean stop a start costs the same
+whatever the file's size.
 
 What the cheap checks cannot see: damage inside a b-tree away from its root and first
 leaf (a scribbled leaf in the middle of ``outbox``), an index that disagrees with its

@@ -112,11 +112,8 @@ async def test_an_empty_file_is_made_a_new_database_that_gives_pages_back(tmp_pa
     assert row is not None and int(row[0]) == 2  # incremental, as any new file
 
 
-async def test_a_wal_left_after_a_clean_stop_makes_run_read_the_whole_file(
-    tmp_path: Path,
-) -> None:
-    """A restored backup with another file's WAL beside it (operations.md says never to
-    leave one; this is what happens when it is): the cheap checks pass, the pages are mixed."""
+async def _with_anothers_wal(tmp_path: Path) -> Path:
+    """A file that stopped cleanly with another file's WAL beside it; returns its path."""
     restored = tmp_path / "state" / "ecgw.sqlite3"
     await _stopped_cleanly(restored, events=3000)
     other = tmp_path / "other" / "ecgw.sqlite3"
@@ -131,13 +128,39 @@ async def test_a_wal_left_after_a_clean_stop_makes_run_read_the_whole_file(
         )
         wal = other.with_name(other.name + "-wal")
         shutil.copy(wal, restored.with_name(restored.name + "-wal"))
+    return restored
+
+
+async def test_a_wal_left_after_a_clean_stop_makes_run_read_the_whole_file(
+    tmp_path: Path,
+) -> None:
+    """A restored backup with another file's WAL beside it (operations.md says never to
+    leave one; this is what happens when it is): the cheap checks pass, the pages are mixed."""
+    restored = await _with_anothers_wal(tmp_path)
     # the cheap checks alone let it through (a copy: a command's close would checkpoint it)
     shutil.copytree(restored.parent, tmp_path / "copy")
     async with open_database(tmp_path / "copy" / "ecgw.sqlite3"):
         pass
-    with pytest.raises(StoreCorrupt, match="failed its integrity check"):
+    with pytest.raises(StoreCorrupt, match="failed its integrity check") as caught:
         async with open_database(restored, full_check_after_crash=True):
             pass
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 600, str(caught.value)
+
+
+async def test_db_check_names_each_problem_on_a_line_of_its_own(tmp_path: Path) -> None:
+    """SQLite (3.40 here) gives integrity_check's problems as one row joined by newlines:
+    the first "problem" was all of them, printed as one 5 KB line of ``\\x0a``."""
+    path = await _with_anothers_wal(tmp_path)
+    with contextlib.closing(sqlite3.connect(path)):
+        pass  # the foreign WAL is checkpointed into the file as it closes
+    config = offline_config(tmp_path)
+    done = ecgw("db", "check", config=config)
+    assert done.returncode == 1, done.stderr
+    lines = done.stdout.splitlines()
+    assert "integrity_check failed: " in lines[0] and "more)" in lines[0], lines[0][:300]
+    assert 1 < len(lines) <= 20
+    assert all("\\x0a" not in line and len(line) < 300 for line in lines), lines[0][:300]
+    assert not any("*** in database" in line for line in lines)
 
 
 async def test_the_hub_reads_the_whole_file_after_an_unclean_stop(

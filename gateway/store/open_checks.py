@@ -48,7 +48,14 @@ import structlog
 
 from gateway.errors import StoreCorrupt
 
-__all__ = ["check_header", "header_problem", "probe_btrees", "quick_check", "unclean_stop"]
+__all__ = [
+    "check_header",
+    "header_problem",
+    "integrity_problems",
+    "probe_btrees",
+    "quick_check",
+    "unclean_stop",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -212,6 +219,19 @@ async def last_run_unclean(conn: aiosqlite.Connection) -> str | None:
     return unclean_stop(values.get(_STOP_KEYS[0]), values.get(_STOP_KEYS[1]))
 
 
+def integrity_problems(rows: list[str], *, limit: int = 20) -> list[str]:
+    """The problems ``PRAGMA integrity_check``/``quick_check`` gave, one per line, at most
+    ``limit``: SQLite (3.40 and later) may give all of them in one row joined by newlines,
+    headed ``*** in database main ***``. Empty: ``ok``."""
+    problems: list[str] = []
+    for row in rows:
+        for line in row.splitlines():
+            line = line.strip()
+            if line and line != "ok" and not line.startswith("*** in database"):
+                problems.append(line)
+    return problems[:limit]
+
+
 async def quick_check(conn: aiosqlite.Connection, path: Path, *, why: str) -> None:
     """``PRAGMA quick_check`` of the whole file, logged with ``why`` and how long it took;
     StoreCorrupt naming the first problems if it is not ``ok``."""
@@ -226,5 +246,6 @@ async def quick_check(conn: aiosqlite.Connection, path: Path, *, why: str) -> No
     seconds = round(time.monotonic() - began, 3)
     if rows != ["ok"]:
         log.error("database.checked", check="quick_check", ok=False, seconds=seconds)
-        raise corrupt(path, f"failed its integrity check ({'; '.join(rows[:3])})")
+        problems = integrity_problems(rows, limit=3) or rows[:1]
+        raise corrupt(path, f"failed its integrity check ({'; '.join(problems)})")
     log.info("database.checked", check="quick_check", ok=True, seconds=seconds)

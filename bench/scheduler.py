@@ -16,6 +16,7 @@ and one simulated meter read every 10 s:
 
     python bench/scheduler.py [--pairs 3] [--seconds 60] [--events 5000] [--quick]
 
+The pairs alternate which goes first (baseline in pairs 1, 3, ...; subject in 2, 4, ...).
 Prints each pair (baseline and subject CPU, their ratio; the burst's figures), then the
 medians and the spread (min-max) of the pairs, and the load average. Targets: subject
 idle CPU <= 1 % of a core; every event planned <= 5 s after the last answer.
@@ -193,12 +194,16 @@ def main() -> None:
     print(
         f"ecgw run idle for {args.seconds:.0f} s per window; baseline: 0 open events, "
         f"subject: {args.events} open PriceCurve events after a burst through the webhook; "
-        f"{args.pairs} pairs, baseline then subject"
+        f"{args.pairs} pairs, baseline first in odd pairs, subject first in even ones"
     )
     pairs = []
     for i in range(args.pairs):
-        a = baseline(args.seconds)
-        b = subject(args.seconds, args.events, f"{i}")
+        if i % 2 == 0:  # the order alternates (bench/pairs.py): neither always goes second
+            a = baseline(args.seconds)
+            b = subject(args.seconds, args.events, f"{i}")
+        else:
+            b = subject(args.seconds, args.events, f"{i}")
+            a = baseline(args.seconds)
         ratio = b["cpu"] / a["cpu"] if a["cpu"] > 0 else None
         pairs.append((a, b, ratio))
         shown = f"{ratio:.2f}" if ratio is not None else "n/a (baseline used no measurable CPU)"

@@ -54,11 +54,11 @@ from gateway.metering.discovery import build_adapters
 from gateway.metering.latest import LatestReadings
 from gateway.metering.runtime import AdapterRuntime, AdapterStatus, adapter_channels
 from gateway.plugin import Adapter, AdapterConfig, Channel, Reading
-from gateway.reports.clock import ServerClock
+from gateway.reports.clock import ServerClock, clock_problem
 from gateway.reports.scheduler import ReportScheduler
 from gateway.sdnotify import Notifier
 from gateway.store.control import ControlStore
-from gateway.store.database import hold_state_dir, open_database
+from gateway.store.database import Database, hold_state_dir, open_database
 from gateway.store.inbox import Inbox
 from gateway.store.meta import Meta
 from gateway.store.observed import Observed
@@ -67,13 +67,14 @@ from gateway.store.readings import ReadingsStore
 from gateway.store.retention import Retention
 from gateway.supervise import Supervisor
 
-__all__ = ["Gateway", "load_adapters", "webhook_settings"]
+__all__ = ["Gateway", "load_adapters", "stop_recorder", "webhook_settings"]
 
 log = structlog.get_logger("gateway.app")
 
 HEARTBEAT_EVERY = 15.0
 COMPACT_EVERY = 3600.0
 RETAIN_EVERY = 3600.0
+RETAIN_RECHECK = 60.0  # seconds between looks at a clock retention does not trust yet
 
 
 def webhook_settings(config: Config) -> WebhookSettings | None:
@@ -156,6 +157,25 @@ class _ReadingsSink:
         self._health.readings_stored(name, len(readings))
 
 
+def stop_recorder(
+    meta: Meta, db: Database, health: Health, clock: Callable[[], float]
+) -> Callable[..., Awaitable[bool]]:
+    """An exit callback (``AsyncExitStack.push_async_exit``): a cancelled run (SIGTERM,
+    SIGINT) is a clean stop, recorded; never after the database was found damaged, so that
+    the next start reads the whole file (:mod:`gateway.store.open_checks`)."""
+
+    async def record(exc_type: type[BaseException] | None, *_: object) -> bool:
+        if db.damage is not None:
+            return False
+        if exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
+            # what it last saw (a report delivered after the last beat, say) stays shown
+            await meta.put(**{"gateway.health": health.snapshot()})
+            await meta.stopped(now=clock(), reason="signal")
+        return False
+
+    return record
+
+
 class Gateway:
     def __init__(
         self,
@@ -190,8 +210,11 @@ class Gateway:
             db = await stack.enter_async_context(
                 open_database(config.db_path, full_check_after_crash=True)
             )
+            # damage met by any statement stops the gateway (exit 1), whoever caught it
+            db.on_damage = loops.stop
             inbox, outbox, meta = Inbox(db), Outbox(db), Meta(db)
-            stack.push_async_exit(self._record_stop(meta))  # runs last, before the db closes
+            # runs last, before the db closes
+            stack.push_async_exit(stop_recorder(meta, db, self.health, self.clock))
             readings = ReadingsStore(db)
             await stack.enter_async_context(readings.writer())
             latest = LatestReadings(clock=self.clock)
@@ -317,7 +340,9 @@ class Gateway:
                 )
                 loops.start(
                     "retention",
-                    functools.partial(self._retain, Retention(db)),
+                    functools.partial(
+                        self._retain, Retention(db), server_clock, api=api is not None
+                    ),
                     backoff=Backoff(60.0, RETAIN_EVERY),
                 )
                 if config.poll is not None and api is not None:
@@ -384,18 +409,6 @@ class Gateway:
             host, port, health=self.health, rules=rules, observed=observed, clock=self.clock
         )
 
-    def _record_stop(self, meta: Meta) -> Callable[..., Awaitable[bool]]:
-        """An exit callback: a cancelled run (SIGTERM, SIGINT) is a clean stop, recorded."""
-
-        async def record(exc_type: type[BaseException] | None, *_: object) -> bool:
-            if exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
-                # what it last saw (a report delivered after the last beat, say) stays shown
-                await meta.put(**{"gateway.health": self.health.snapshot()})
-                await meta.stopped(now=self.clock(), reason="signal")
-            return False
-
-        return record
-
     async def _heartbeat(self, meta: Meta) -> None:
         """Beat every HEARTBEAT_EVERY (or systemd's watchdog interval, if shorter), with the
         health record's status part, and feed the watchdog after each beat written: a gateway
@@ -430,10 +443,27 @@ class Gateway:
             log.info("readings.compacted", **dataclasses.asdict(stats))
             await asyncio.sleep(COMPACT_EVERY)
 
-    async def _retain(self, retention: Retention) -> None:
-        """Retention now and every RETAIN_EVERY, in short slices (gateway.store.retention)."""
+    async def _retain(self, retention: Retention, server_clock: ServerClock, *, api: bool) -> None:
+        """Retention now and every RETAIN_EVERY, in short slices (gateway.store.retention),
+        only with a clock it can trust: retention drops what is older than months counted
+        from the clock, so a clock far ahead would drop what is still needed. Held back
+        (checked again every RETAIN_RECHECK) while the scheduler would hold reports back
+        (:func:`gateway.reports.clock.clock_problem`), and with an API until its ``Date``
+        has been seen once (a site of a fleet has none to compare with)."""
+        said: str | None = None
         while True:
-            tally = await retention.run_once(now=self.clock())
+            now = self.clock()
+            held = clock_problem(now, api_date=server_clock.api_date, seen_at=server_clock.seen_at)
+            if held is None and api and server_clock.api_date is None:
+                held = "the API's clock has not been seen yet"
+            if held is not None:
+                if held != said:
+                    log.warning("retention.held_back", reason=held)
+                said = held
+                await asyncio.sleep(RETAIN_RECHECK)
+                continue
+            said = None
+            tally = await retention.run_once(now=now)
             if tally.slices or tally.pages_freed:
                 log.info("retention.pass", **dataclasses.asdict(tally))
             await asyncio.sleep(RETAIN_EVERY)

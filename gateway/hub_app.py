@@ -26,7 +26,7 @@ import aiohttp
 import structlog
 
 from gateway.admin import serve_admin
-from gateway.app import webhook_settings
+from gateway.app import stop_recorder, webhook_settings
 from gateway.backoff import Backoff
 from gateway.config import Config, parse_listen
 from gateway.delivery.api import ApiClient, TokenSource
@@ -90,8 +90,13 @@ class HubGateway:
         loops = Supervisor()
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(hold_state_dir(config.state_path))
-            db = await stack.enter_async_context(open_database(config.db_path))
+            # after a run that did not stop cleanly, the whole file is checked first
+            db = await stack.enter_async_context(
+                open_database(config.db_path, full_check_after_crash=True)
+            )
+            db.on_damage = loops.stop  # damage met by any statement stops the hub (exit 1)
             inbox, meta, store = Inbox(db), Meta(db), FleetStore(db)
+            stack.push_async_exit(stop_recorder(meta, db, self.health, self.clock))
             try:  # a site both configured and imported, or an id claimed by two: say which
                 await store.replace_sites(config_sites, "config", self.clock())
                 SiteTable(await store.sites())

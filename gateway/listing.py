@@ -21,6 +21,7 @@ from gateway.timeutil import UTC, format_utc, parse_duration
 __all__ = [
     "DEFAULT_LIMIT",
     "EVENT_STATES",
+    "MAX_LIMIT",
     "OUTBOX_STATES",
     "Filter",
     "cut_note",
@@ -29,6 +30,8 @@ __all__ = [
 ]
 
 DEFAULT_LIMIT = 50
+MAX_LIMIT = 2**63 - 1
+"""The largest ``LIMIT`` SQLite takes (its INTEGER); a larger ``--limit`` means every row."""
 OUTBOX_STATES = tuple(state.value for state in RowState)
 EVENT_STATES = ("new", "planned", "done", "no_report", "invalid")
 """An event's ``plan_state``: not planned yet; planned, reports to come; every report
@@ -65,14 +68,14 @@ def parse_since(text: str, *, now: float) -> float:
 
 
 def parse_limit(text: str) -> int:
-    """``--limit``: a whole number of rows, at least 1."""
+    """``--limit``: a whole number of rows, at least 1 (beyond :data:`MAX_LIMIT`: that)."""
     try:
         limit = int(text)
     except ValueError:
         raise ValueError(f"expected a whole number of rows, got {text!r}") from None
     if limit < 1:
         raise ValueError(f"must be at least 1, got {limit}")
-    return limit
+    return min(limit, MAX_LIMIT)
 
 
 def cut_note(

@@ -36,13 +36,18 @@ def printable(text: str) -> str:
 
 
 def iso(moment: float | None) -> str | None:
+    """ISO-8601 UTC, or what a row holds that is no time (``1e+20 (not a time)``: year
+    10000, infinite, text) instead of an exception that would hide the whole listing."""
     if moment is None:
         return None
-    return (
-        dt.datetime.fromtimestamp(moment, dt.UTC)
-        .isoformat(timespec="seconds")
-        .replace("+00:00", "Z")
-    )
+    try:
+        return (
+            dt.datetime.fromtimestamp(moment, dt.UTC)
+            .isoformat(timespec="seconds")
+            .replace("+00:00", "Z")
+        )
+    except (OverflowError, OSError, ValueError, TypeError):
+        return f"{printable(str(moment))[:40]} (not a time)"
 
 
 def outbox_record(item: OutboxItem, *, body: bool = False) -> dict[str, Any]:

@@ -26,7 +26,10 @@ rows and PriceCurve schedules commit in one transaction per batch
 (:class:`gateway.store.batch.WriteBatch`); only after it the deliverer is woken and
 ``reports.queued`` / ``control.scheduled`` are logged. A burst of events costs one
 commit per batch. (LPC decisions are still committed one event at a time, by the
-decider, before the acknowledgement that depends on them is built.)
+decider, before the acknowledgement that depends on them is built.) A plan state is
+written only if the event still has the state and note the batch read: a release from
+quarantine (``ecgw events replan``) committed while the batch was built stays, and the
+next pass finds the event ``new``.
 
 ``report_jobs`` remembers the outcome of each (event, kind) job, so none is
 built twice; a job's outbox row and its ``report_jobs`` row commit in one
@@ -445,7 +448,7 @@ class ReportScheduler:
             raise
         except Exception as exc:  # one bad event must not stop the others
             reason = f"quarantined: planning failed: {describe(exc)}"
-            batch.set_plan(event.event_id, "invalid", reason)
+            batch.set_plan(event.event_id, "invalid", reason, was=_was(event))
             log.error("reports.event_quarantined", event_id=event.event_id, error=describe(exc))
             return None
 
@@ -469,7 +472,7 @@ class ReportScheduler:
         try:
             payload = wire.decode_event_payload(event.payload)
         except WireError as exc:
-            batch.set_plan(event.event_id, "invalid", f"unreadable payload: {exc}")
+            batch.set_plan(event.event_id, "invalid", f"unreadable payload: {exc}", was=_was(event))
             log.error("reports.event_unreadable", event_id=event.event_id, error=str(exc))
             return None
         overrides = {r: cast(Participation, p) for r, p in self._overrides.get(event.event_id, ())}
@@ -489,7 +492,7 @@ class ReportScheduler:
             for note in plan.notes:
                 log.info("reports.plan_note", note=note)
         if plan.no_report_reason is not None:
-            batch.set_plan(event.event_id, "no_report", plan.no_report_reason)
+            batch.set_plan(event.event_id, "no_report", plan.no_report_reason, was=_was(event))
             log.info("reports.no_report", reason=plan.no_report_reason)
             return None
         outcomes = known.jobs.get(event.event_id, {})
@@ -498,12 +501,15 @@ class ReportScheduler:
         if not open_jobs:
             quarantined = sorted(k for k, o in outcomes.items() if o == "invalid")
             batch.set_plan(
-                event.event_id, "done", _summary([*_quarantine_notes(quarantined), *plan.notes])
+                event.event_id,
+                "done",
+                _summary([*_quarantine_notes(quarantined), *plan.notes]),
+                was=_was(event),
             )
             return None
         due = [job for job in open_jobs if job.due_at <= now]
         if due and problem:
-            batch.set_plan(event.event_id, "planned", f"held back: {problem}")
+            batch.set_plan(event.event_id, "planned", f"held back: {problem}", was=_was(event))
             return now + PASS_EVERY
         later = [job.due_at for job in open_jobs if job.due_at > now]
         waits: list[str] = []
@@ -519,7 +525,7 @@ class ReportScheduler:
                 waits.append(waiting.note)
         plan_note = _summary([*waits, *plan.notes])
         if event.plan_state == "new" or plan_note != event.plan_note:
-            batch.set_plan(event.event_id, "planned", plan_note)
+            batch.set_plan(event.event_id, "planned", plan_note, was=_was(event))
         return min(later, default=now if due else None)
 
     async def _take_part(
@@ -663,6 +669,11 @@ class ReportScheduler:
         batch.add(queue)
         batch.after_commit(after_commit)
         return None
+
+
+def _was(event: InboxEvent) -> tuple[str, str | None]:
+    """What the batch read of ``event``: its plan changes only if it still is so."""
+    return (event.plan_state, event.plan_note)
 
 
 def _iso(epoch: float) -> str:

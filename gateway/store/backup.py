@@ -24,6 +24,7 @@ from pathlib import Path
 
 from gateway.errors import StoreCorrupt, StoreError
 from gateway.store.database import BUSY_TIMEOUT_MS, store_error
+from gateway.store.open_checks import integrity_problems
 from gateway.store.schema import MIGRATIONS
 
 __all__ = ["CheckResult", "backup_database", "check_database", "read_only"]
@@ -80,13 +81,14 @@ read_only = _read_only  # for the other one-shot commands (gateway.store.space)
 def _check(conn: sqlite3.Connection, path: Path) -> CheckResult:
     try:
         rows = [str(r[0]) for r in conn.execute("PRAGMA integrity_check").fetchmany(MAX_PROBLEMS)]
+        problems = integrity_problems(rows, limit=MAX_PROBLEMS) or [r for r in rows if r != "ok"]
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
     except sqlite3.Error as exc:
         error = store_error(exc, f"cannot check {path}")
         if isinstance(error, StoreCorrupt):
             return CheckResult(path, (str(exc),), 0)
         raise error from exc
-    return CheckResult(path, tuple(r for r in rows if r != "ok"), version)
+    return CheckResult(path, tuple(problems), version)
 
 
 def check_database(path: Path) -> CheckResult:

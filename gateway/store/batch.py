@@ -27,13 +27,22 @@ Step = Callable[[aiosqlite.Connection], Awaitable[object]]
 
 class WriteBatch:
     def __init__(self) -> None:
-        self._plans: dict[str, tuple[str, str | None]] = {}
+        self._plans: dict[str, tuple[str, str | None, tuple[str, str | None] | None]] = {}
         self._steps: list[Step] = []
         self._after: list[Callable[[], object]] = []
 
-    def set_plan(self, event_id: str, state: str, note: str | None) -> None:
-        """An event's plan state and note (the last one set for an event wins)."""
-        self._plans[event_id] = (state, note)
+    def set_plan(
+        self,
+        event_id: str,
+        state: str,
+        note: str | None,
+        *,
+        was: tuple[str, str | None] | None = None,
+    ) -> None:
+        """An event's plan state and note (the last one set for an event wins). ``was``:
+        the state and note the batch read; the update applies only if the event still has
+        them, so a change committed from outside meanwhile (``ecgw events replan``) stays."""
+        self._plans[event_id] = (state, note, was)
 
     def add(self, step: Step) -> None:
         """A write, run in order inside the batch's transaction."""
@@ -56,8 +65,12 @@ class WriteBatch:
                     await step(conn)
                 if plans:
                     await conn.executemany(
-                        "UPDATE events SET plan_state = ?, plan_note = ? WHERE event_id = ?",
-                        [(state, note, event_id) for event_id, (state, note) in plans.items()],
+                        "UPDATE events SET plan_state = ?1, plan_note = ?2 WHERE event_id = ?3 "
+                        "AND (?4 IS NULL OR (plan_state = ?4 AND plan_note IS ?5))",
+                        [
+                            (state, note, event_id, *(was or (None, None)))
+                            for event_id, (state, note, was) in plans.items()
+                        ],
                     )
         for fn in after:
             fn()

@@ -39,7 +39,7 @@ import fcntl
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ import aiosqlite
 from gateway.errors import ConfigError, StoreCorrupt, StoreError
 from gateway.store.maintenance import SliceBudget, TurnQueue
 from gateway.store.open_checks import (
+    WAL_LEFT,
     check_header,
     corrupt,
     last_run_unclean,
@@ -68,7 +69,7 @@ __all__ = [
 ]
 
 BUSY_TIMEOUT_MS = 10_000
-CHECKPOINT_BUSY_TIMEOUT_MS = 200  # truncate_wal gives way to a slow reader rather than wait
+CHECKPOINT_BUSY_TIMEOUT_MS = 200  # the checkpoint connection gives way to a slow reader
 WAL_AUTOCHECKPOINT = 1000  # pages (SQLite's default, stated): about 4 MB of WAL at most
 WAL_SIZE_LIMIT = 1024 * 1024  # bytes of WAL kept on disk after a checkpoint restarts it
 
@@ -91,6 +92,23 @@ def store_error(exc: sqlite3.Error, doing: str) -> StoreError:
     if code == sqlite3.SQLITE_IOERR:
         return StoreError(f"{doing}: {detail}; is the disk full, read-only or failing?")
     return StoreError(f"{doing}: {detail}")
+
+
+def is_damage(exc: BaseException) -> bool:
+    """``exc`` is, or was raised from, StoreCorrupt or SQLITE_CORRUPT/NOTADB (callers wrap
+    sqlite3's errors in their own StoreError)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, StoreCorrupt):
+            return True
+        if isinstance(seen, sqlite3.Error):
+            code = (getattr(seen, "sqlite_errorcode", None) or 0) & 0xFF
+            if code in _CORRUPT:
+                return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class WriteTurns:
@@ -165,6 +183,29 @@ class Database:
         self.path = path
         self.turns = WriteTurns()
         self._slices = 0  # maintenance slices since the last passive checkpoint
+        self.damage: StoreCorrupt | None = None
+        """The first damage a statement met (SQLITE_CORRUPT/NOTADB), whoever caught it: a
+        run that met it must not record a clean stop (its next start reads the whole file)."""
+        self.on_damage: Callable[[StoreCorrupt], None] | None = None
+        """Called once, with that damage (``ecgw run``: stop the gateway, exit 1)."""
+
+    def _saw(self, exc: BaseException) -> None:
+        """Note damage in ``exc`` (the first only) and say so to ``on_damage``."""
+        if self.damage is not None or not is_damage(exc):
+            return
+        self.damage = (
+            exc
+            if isinstance(exc, StoreCorrupt)
+            else StoreCorrupt(f"{self.path}: the database is damaged ({exc})")
+        )
+        if self.on_damage is not None:
+            self.on_damage(self.damage)
+
+    def _error(self, exc: sqlite3.Error, doing: str) -> StoreError:
+        """:func:`store_error`, noting damage."""
+        error = store_error(exc, doing)
+        self._saw(error)
+        return error
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -220,13 +261,13 @@ class Database:
             try:
                 await self.conn.execute("PRAGMA synchronous = NORMAL")
             except sqlite3.Error as exc:
-                raise store_error(exc, f"cannot prepare maintenance on {self.path}") from exc
+                raise self._error(exc, f"cannot prepare maintenance on {self.path}") from exc
             yield
         finally:
             try:
                 await asyncio.shield(self.conn.execute("PRAGMA synchronous = FULL"))
             except sqlite3.Error as exc:
-                raise store_error(exc, f"cannot restore full sync on {self.path}") from exc
+                raise self._error(exc, f"cannot restore full sync on {self.path}") from exc
 
     async def _checkpoint_now_and_then(self) -> None:
         """Every few maintenance slices, copy the WAL into the database on the checkpoint
@@ -237,14 +278,14 @@ class Database:
         try:
             await self._checkpointer.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error as exc:
-            raise store_error(exc, f"cannot checkpoint {self.path}") from exc
+            raise self._error(exc, f"cannot checkpoint {self.path}") from exc
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         try:
             await self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise store_error(exc, f"cannot start a transaction on {self.path}") from exc
+            raise self._error(exc, f"cannot start a transaction on {self.path}") from exc
         except BaseException:
             # Cancelled while BEGIN was on its way to SQLite's thread: it still runs there,
             # so roll back behind it, or the next writer finds a transaction left open.
@@ -254,15 +295,16 @@ class Database:
             yield self.conn
         except sqlite3.Error as exc:
             await self._roll_back()
-            raise store_error(exc, f"cannot write to {self.path}") from exc
-        except BaseException:
+            raise self._error(exc, f"cannot write to {self.path}") from exc
+        except BaseException as exc:
+            self._saw(exc)  # a caller's own StoreError wrapping SQLITE_CORRUPT
             await self._roll_back()
             raise
         try:
             await self.conn.commit()
         except sqlite3.Error as exc:
             await self._roll_back()
-            raise store_error(exc, f"cannot commit to {self.path}") from exc
+            raise self._error(exc, f"cannot commit to {self.path}") from exc
         except BaseException:
             await self._roll_back()  # after the COMMIT in SQLite's queue: a no-op if it ran
             raise
@@ -279,14 +321,14 @@ class Database:
             try:
                 return list(await self.conn.execute_fetchall(sql, tuple(params)))
             except sqlite3.Error as exc:
-                raise store_error(exc, f"cannot write to {self.path}") from exc
+                raise self._error(exc, f"cannot write to {self.path}") from exc
 
     async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         """Rows of one statement, read from a snapshot of what is committed."""
         try:  # one hand-off to SQLite's thread, not three (execute, fetch, close)
             return list(await self._reader.execute_fetchall(sql, tuple(params)))
         except sqlite3.Error as exc:
-            raise store_error(exc, f"cannot read {self.path}") from exc
+            raise self._error(exc, f"cannot read {self.path}") from exc
 
     async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
         rows = await self.fetchall(sql, params)
@@ -295,13 +337,20 @@ class Database:
     async def truncate_wal(self) -> bool:
         """Checkpoint the whole WAL into the database and cut the WAL file to zero bytes.
 
-        Maintenance: it takes a write turn when no writer waits, and waits only briefly
-        for readers: if one still reads an old snapshot, this returns False and the WAL
-        stays as it is (bounded by the auto-checkpoint) until the next call.
+        The copying is a passive checkpoint on the checkpoint connection, outside any turn
+        (writers go on meanwhile). Then, in a maintenance turn, the truncation, which never
+        waits: if a reader still reads an old snapshot (or another process writes), this
+        returns False at once and the WAL stays as it is (bounded by the auto-checkpoint)
+        until the next call. Waiting for the reader inside the turn held every writer
+        (a webhook) for as long as it waited.
         """
+        try:
+            await self._checkpointer.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:
+            raise self._error(exc, f"cannot checkpoint {self.path}") from exc
         async with self.turns.turn(maintenance=True):
             try:
-                await self.conn.execute(f"PRAGMA busy_timeout = {CHECKPOINT_BUSY_TIMEOUT_MS}")
+                await self.conn.execute("PRAGMA busy_timeout = 0")
                 try:
                     rows = await self.conn.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
                 finally:
@@ -309,7 +358,7 @@ class Database:
                         self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
                     )
             except sqlite3.Error as exc:
-                raise store_error(exc, f"cannot checkpoint {self.path}") from exc
+                raise self._error(exc, f"cannot checkpoint {self.path}") from exc
         busy = next(iter(rows))[0]
         return not busy
 
@@ -376,15 +425,22 @@ async def _connect(path: Path) -> aiosqlite.Connection:
 async def _prepare(
     conn: aiosqlite.Connection, path: Path, *, existed: bool, full_check_after_crash: bool
 ) -> None:
-    """Check (an existing file, before anything could write to it), configure, migrate."""
+    """Check (an existing file, before anything could write to it), configure, migrate.
+    An empty file (a gateway stopped before its first commit) is a new one, unless a WAL is
+    beside it (refused: the pages are lost)."""
     try:
         await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        new, wal = True, False
         if existed:
-            await check_header(path)
+            wal = await check_header(path)
+            new = path.stat().st_size == 0  # noqa: ASYNC240 - one stat at start-up
+        if not new:
             await probe_btrees(conn)  # the first read: replays the WAL, parses the schema
-            if full_check_after_crash and (why := await last_run_unclean(conn)):
+            if full_check_after_crash and (
+                why := await last_run_unclean(conn) or (WAL_LEFT if wal else None)
+            ):
                 await quick_check(conn, path, why=why)
-        await _configure(conn, new=not existed)
+        await _configure(conn, new=new)
         await _migrate(conn)
     except sqlite3.Error as exc:
         error = store_error(exc, f"cannot prepare database {path}")

@@ -13,18 +13,25 @@ a year-old file as on an empty one:
   read from its root page down to its first leaf (a few pages each).
 
 The whole file is read (``PRAGMA quick_check``, :func:`quick_check`) only by ``ecgw
-run`` when the run before it did not stop cleanly (:func:`unclean_stop`: the ``meta``
-table has a ``gateway.started_at`` and no later ``gateway.stopped_at``; the gateway
-records its stop only when a signal ends it, so a crash, a ``kill -9``, a power cut or
-a fatal error all count), and by ``ecgw db check`` (a full ``integrity_check``) on
-demand. After a clean stop a start costs the same whatever the file's size.
+run`` (and ``ecgw hub run``) when the run before it did not stop cleanly
+(:func:`unclean_stop`: the ``meta`` table has a ``gateway.started_at`` and no later
+``gateway.stopped_at``; the gateway records its stop only when a signal ends it and no
+statement met damage while it ran, so a crash, a ``kill -9``, a power cut, a fatal error
+or damage seen all count), or when a WAL is beside the file although the last run
+stopped cleanly (:data:`WAL_LEFT`: the gateway's close removes its WAL unless a read-only
+command outlived it, so it is that command's, a killed command's, or another file's left
+beside a restored backup, whose pages SQLite replays without knowing), and by ``ecgw db
+check`` (a full ``integrity_check``) on demand. After a clean stop a start costs the same
+whatever the file's size.
 
 What the cheap checks cannot see: damage inside a b-tree away from its root and first
 leaf (a scribbled leaf in the middle of ``outbox``), an index that disagrees with its
-table, a damaged free list or overflow chain, a partial index's pages. Such damage
-shows as StoreCorrupt when a statement reads it: the command stops with one line, the
-gateway stops (exit 1) without recording a clean stop, so its next start reads the
-whole file and refuses it. ``ecgw db check`` finds all of it beforehand.
+table, a damaged free list or overflow chain, a partial index's pages, and a WAL that is
+another file's (SQLite cannot tell: its frames are replayed, and a command's close
+checkpoints them into the file). Such damage shows as StoreCorrupt when a statement reads
+it: the command stops with one line; the gateway stops (exit 1, whichever loop met it)
+without recording a clean stop, so its next start reads the whole file and refuses it.
+``ecgw db check`` finds all of it beforehand.
 """
 
 from __future__ import annotations
@@ -41,7 +48,14 @@ import structlog
 
 from gateway.errors import StoreCorrupt
 
-__all__ = ["check_header", "header_problem", "probe_btrees", "quick_check", "unclean_stop"]
+__all__ = [
+    "check_header",
+    "header_problem",
+    "integrity_problems",
+    "probe_btrees",
+    "quick_check",
+    "unclean_stop",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -63,8 +77,10 @@ def header_problem(head: bytes, size: int, *, wal_has_frames: bool) -> str | Non
     or None. An empty file is a new database (SQLite writes its header at the first commit).
     The page count in the header (offsets 28-31) counts only when it is marked valid
     (offset 92 equal to the change counter at 24) and no WAL holds pages the file may
-    not have got yet."""
+    not have got yet. An empty file beside a WAL is not a new database: its pages are lost."""
     if size == 0:
+        if wal_has_frames:  # the pages are gone; SQLite would start afresh and drop the WAL
+            return "is empty (0 bytes) but a WAL is beside it: its pages are missing"
         return None
     if len(head) < HEADER_SIZE or not head.startswith(MAGIC):
         return "is not an SQLite database (its first bytes are not SQLite's header)"
@@ -95,8 +111,9 @@ def _read_header(path: Path) -> tuple[bytes, int, bool]:
     return head, size, wal > 0
 
 
-async def check_header(path: Path) -> None:
-    """StoreCorrupt if the header says the file is not (or no longer) a whole database.
+async def check_header(path: Path) -> bool:
+    """StoreCorrupt if the header says the file is not (or no longer) a whole database;
+    else whether a WAL with something in it is beside the file (read before SQLite opens it).
 
     A problem counts only if a second look finds the file unchanged: a running gateway
     may be writing the file while a command opens it (a checkpoint, its first commit)."""
@@ -104,10 +121,18 @@ async def check_header(path: Path) -> None:
         first = await asyncio.to_thread(_read_header, path)
         problem = header_problem(first[0], first[1], wal_has_frames=first[2])
         if problem is None or await asyncio.to_thread(_read_header, path) != first:
-            return
+            return first[2]
     except OSError:
-        return  # unreadable: SQLite's own open says why, as a StoreError
+        return False  # unreadable: SQLite's own open says why, as a StoreError
     raise corrupt(path, problem)
+
+
+WAL_LEFT = (
+    "a WAL was left beside it after a clean stop (a clean stop removes it unless a read-only "
+    "command such as db check outlived the gateway; else a command was killed, or the WAL is "
+    "another file's, left beside a restored backup)"
+)
+"""Why ``ecgw run`` reads the whole file although the last run stopped cleanly."""
 
 
 def _quoted(name: str) -> str:
@@ -194,6 +219,19 @@ async def last_run_unclean(conn: aiosqlite.Connection) -> str | None:
     return unclean_stop(values.get(_STOP_KEYS[0]), values.get(_STOP_KEYS[1]))
 
 
+def integrity_problems(rows: list[str], *, limit: int = 20) -> list[str]:
+    """The problems ``PRAGMA integrity_check``/``quick_check`` gave, one per line, at most
+    ``limit``: SQLite (3.40 and later) may give all of them in one row joined by newlines,
+    headed ``*** in database main ***``. Empty: ``ok``."""
+    problems: list[str] = []
+    for row in rows:
+        for line in row.splitlines():
+            line = line.strip()
+            if line and line != "ok" and not line.startswith("*** in database"):
+                problems.append(line)
+    return problems[:limit]
+
+
 async def quick_check(conn: aiosqlite.Connection, path: Path, *, why: str) -> None:
     """``PRAGMA quick_check`` of the whole file, logged with ``why`` and how long it took;
     StoreCorrupt naming the first problems if it is not ``ok``."""
@@ -208,5 +246,6 @@ async def quick_check(conn: aiosqlite.Connection, path: Path, *, why: str) -> No
     seconds = round(time.monotonic() - began, 3)
     if rows != ["ok"]:
         log.error("database.checked", check="quick_check", ok=False, seconds=seconds)
-        raise corrupt(path, f"failed its integrity check ({'; '.join(rows[:3])})")
+        problems = integrity_problems(rows, limit=3) or rows[:1]
+        raise corrupt(path, f"failed its integrity check ({'; '.join(problems)})")
     log.info("database.checked", check="quick_check", ok=True, seconds=seconds)

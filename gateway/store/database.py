@@ -73,6 +73,7 @@ CHECKPOINT_BUSY_TIMEOUT_MS = 200  # the checkpoint connection gives way to a slo
 WAL_AUTOCHECKPOINT = 1000  # pages (SQLite's default, stated): about 4 MB of WAL at most
 WAL_SIZE_LIMIT = 1024 * 1024  # bytes of WAL kept on disk after a checkpoint restarts it
 
+MAINTENANCE_REST = 1.0  # after each maintenance slice, rest this many times its length
 MAINTENANCE_CHECKPOINT_EVERY = 16  # slices: some 100 pages of WAL, a few ms to copy
 
 LOCK_FILE = "ecgw.lock"  # in the state directory: held by the running gateway, holds its PID
@@ -245,8 +246,12 @@ class Database:
             async with self._transaction() as conn:
                 part = MaintenanceSlice(conn, budget.rows)
                 yield part
-            budget.observe(part.done, time.perf_counter() - began)
+            took = time.perf_counter() - began
+            budget.observe(part.done, took)
         self._slices += 1
+        # Rest as long as the slice took: maintenance holds at most half of the write path's
+        # time (and of the disk's), so a catch-up leaves intake room even between turns.
+        await asyncio.sleep(took * MAINTENANCE_REST)
 
     @contextlib.asynccontextmanager
     async def _lazy_sync(self) -> AsyncIterator[None]:

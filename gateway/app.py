@@ -335,7 +335,7 @@ class Gateway:
                 loops.start("heartbeat", functools.partial(self._heartbeat, meta))
                 loops.start(
                     "compaction",
-                    functools.partial(self._compact, readings),
+                    functools.partial(self._compact, readings, server_clock, api=api is not None),
                     backoff=Backoff(60.0, COMPACT_EVERY),  # a failed pass waits, up to an hour
                 )
                 loops.start(
@@ -429,19 +429,40 @@ class Gateway:
                 async with asyncio.timeout(max(beat_at - loop.time(), 0.0)):
                     await self._health_changed.wait()
 
-    async def _compact(self, readings: ReadingsStore) -> None:
+    async def _compact(
+        self, readings: ReadingsStore, server_clock: ServerClock, *, api: bool
+    ) -> None:
         """Compact now and every COMPACT_EVERY; a failure is the supervisor's (nothing is lost:
-        raw readings wait for the next pass)."""
+        raw readings wait for the next pass). Readings past ``metering.retention`` are
+        deleted only with a clock retention trusts (:meth:`_distrust`): a clock far ahead
+        would delete every reading collected so far. Compaction itself goes on."""
         metering = self.config.metering
+        said: str | None = None
         while True:
+            now = self.clock()
+            held = self._distrust(now, server_clock, api=api)
+            if held is not None and held != said:
+                log.warning("readings.expiry_held_back", reason=held)
+            said = held
             stats = await readings.compact(
-                now=self.clock(),
+                now=now,
                 raw_retention=metering.raw_retention,
                 retention=metering.retention,
                 max_gap=metering.max_gap,
+                expire=held is None,
             )
             log.info("readings.compacted", **dataclasses.asdict(stats))
-            await asyncio.sleep(COMPACT_EVERY)
+            await asyncio.sleep(COMPACT_EVERY if held is None else RETAIN_RECHECK)
+
+    @staticmethod
+    def _distrust(now: float, server_clock: ServerClock, *, api: bool) -> str | None:
+        """Why the clock cannot be trusted to count months and days back for deleting, or
+        None: while the scheduler would hold reports back, and with an API until its
+        ``Date`` has been seen once (a site of a fleet has none to compare with)."""
+        held = clock_problem(now, api_date=server_clock.api_date, seen_at=server_clock.seen_at)
+        if held is None and api and server_clock.api_date is None:
+            held = "the API's clock has not been seen yet"
+        return held
 
     async def _retain(self, retention: Retention, server_clock: ServerClock, *, api: bool) -> None:
         """Retention now and every RETAIN_EVERY, in short slices (gateway.store.retention),
@@ -453,9 +474,7 @@ class Gateway:
         said: str | None = None
         while True:
             now = self.clock()
-            held = clock_problem(now, api_date=server_clock.api_date, seen_at=server_clock.seen_at)
-            if held is None and api and server_clock.api_date is None:
-                held = "the API's clock has not been seen yet"
+            held = self._distrust(now, server_clock, api=api)
             if held is not None:
                 if held != said:
                     log.warning("retention.held_back", reason=held)

@@ -117,12 +117,6 @@ async def test_retention_runs_once_the_apis_clock_agrees(
         await asyncio.gather(task, return_exceptions=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="compaction's expiry (metering.retention) still trusts the clock: a clock far "
-    "ahead deletes every reading collected so far; not fixed here (compaction must also run "
-    "when the API's clock is never seen, or raw readings pile up)",
-)
 async def test_readings_are_not_expired_by_a_clock_far_ahead(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:

@@ -391,14 +391,21 @@ class ReadingsStore:
     # --- keeping --------------------------------------------------------------------------------
 
     async def compact(
-        self, *, now: float, raw_retention: float, retention: float, max_gap: float
+        self,
+        *,
+        now: float,
+        raw_retention: float,
+        retention: float,
+        max_gap: float,
+        expire: bool = True,
     ) -> CompactionStats:
         """Compact raw readings older than ``raw_retention``; drop all data past ``retention``.
 
         One channel at a time, in maintenance slices (``db.maintenance``) of at most
         ``compaction_chunk`` raw rows, sized to last about ``SLICE_SECONDS`` each: a
         writer that waits goes before the next slice.
-        Use the same ``max_gap`` as :meth:`interval_energy`.
+        Use the same ``max_gap`` as :meth:`interval_energy`. ``expire=False``: compact only,
+        delete nothing past ``retention`` (the caller does not trust ``now`` for that).
         """
         if not 0 < raw_retention < retention:
             raise ValueError("need 0 < raw_retention < retention")
@@ -421,6 +428,8 @@ class ReadingsStore:
                 totals["points"] += done.points
                 totals["raw"] += done.raw_deleted
                 totals["chunks"] += done.chunks
+            if not expire:
+                continue
             cutoff = now - retention
             expired, raw_expired = await expire_channel(
                 self._db, self._gate, info, cutoff=cutoff, budget=self.budget

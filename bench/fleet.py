@@ -481,9 +481,10 @@ def report(
     sink_reports: int | None,
 ) -> None:
     n = args.sites
+    server = "the sandbox API" if args.sandbox else "sink (bench/delivery.py)"
     print(
-        f"sites: {n}, pairs: {args.pairs}, in flight: {IN_FLIGHT}, server: sink "
-        f"(bench/delivery.py); {load_line(os.getloadavg())}"
+        f"sites: {n}, pairs: {args.pairs}, in flight: {IN_FLIGHT}, server: {server}; "
+        f"{load_line(os.getloadavg())}"
     )
     fanout = ", ".join(f"{p.subject['fanout_s']:.2f}" for p in runs)
     print(f"event to all {n} sites, webhook 200 -> last receipt, s per run: [{fanout}]")

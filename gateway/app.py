@@ -67,7 +67,14 @@ from gateway.store.readings import ReadingsStore
 from gateway.store.retention import Retention
 from gateway.supervise import Supervisor
 
-__all__ = ["Gateway", "load_adapters", "stop_recorder", "webhook_settings"]
+__all__ = [
+    "Gateway",
+    "clock_distrust",
+    "keep_retaining",
+    "load_adapters",
+    "stop_recorder",
+    "webhook_settings",
+]
 
 log = structlog.get_logger("gateway.app")
 
@@ -341,7 +348,11 @@ class Gateway:
                 loops.start(
                     "retention",
                     functools.partial(
-                        self._retain, Retention(db), server_clock, api=api is not None
+                        keep_retaining,
+                        Retention(db),
+                        server_clock,
+                        clock=self.clock,
+                        api=api is not None,
                     ),
                     backoff=Backoff(60.0, RETAIN_EVERY),
                 )
@@ -440,7 +451,7 @@ class Gateway:
         said: str | None = None
         while True:
             now = self.clock()
-            held = self._distrust(now, server_clock, api=api)
+            held = clock_distrust(now, server_clock, api=api)
             if held is not None and held != said:
                 log.warning("readings.expiry_held_back", reason=held)
             said = held
@@ -454,35 +465,37 @@ class Gateway:
             log.info("readings.compacted", **dataclasses.asdict(stats))
             await asyncio.sleep(COMPACT_EVERY if held is None else RETAIN_RECHECK)
 
-    @staticmethod
-    def _distrust(now: float, server_clock: ServerClock, *, api: bool) -> str | None:
-        """Why the clock cannot be trusted to count months and days back for deleting, or
-        None: while the scheduler would hold reports back, and with an API until its
-        ``Date`` has been seen once (a site of a fleet has none to compare with)."""
-        held = clock_problem(now, api_date=server_clock.api_date, seen_at=server_clock.seen_at)
-        if held is None and api and server_clock.api_date is None:
-            held = "the API's clock has not been seen yet"
-        return held
 
-    async def _retain(self, retention: Retention, server_clock: ServerClock, *, api: bool) -> None:
-        """Retention now and every RETAIN_EVERY, in short slices (gateway.store.retention),
-        only with a clock it can trust: retention drops what is older than months counted
-        from the clock, so a clock far ahead would drop what is still needed. Held back
-        (checked again every RETAIN_RECHECK) while the scheduler would hold reports back
-        (:func:`gateway.reports.clock.clock_problem`), and with an API until its ``Date``
-        has been seen once (a site of a fleet has none to compare with)."""
-        said: str | None = None
-        while True:
-            now = self.clock()
-            held = self._distrust(now, server_clock, api=api)
-            if held is not None:
-                if held != said:
-                    log.warning("retention.held_back", reason=held)
-                said = held
-                await asyncio.sleep(RETAIN_RECHECK)
-                continue
-            said = None
-            tally = await retention.run_once(now=now)
-            if tally.slices or tally.pages_freed:
-                log.info("retention.pass", **dataclasses.asdict(tally))
-            await asyncio.sleep(RETAIN_EVERY)
+def clock_distrust(now: float, server_clock: ServerClock, *, api: bool) -> str | None:
+    """Why the clock cannot be trusted to count months and days back for deleting, or
+    None: while the scheduler would hold reports back, and with an API until its
+    ``Date`` has been seen once (a site of a fleet has none to compare with)."""
+    held = clock_problem(now, api_date=server_clock.api_date, seen_at=server_clock.seen_at)
+    if held is None and api and server_clock.api_date is None:
+        held = "the API's clock has not been seen yet"
+    return held
+
+
+async def keep_retaining(
+    retention: Retention, server_clock: ServerClock, *, clock: Callable[[], float], api: bool
+) -> None:
+    """Retention now and every RETAIN_EVERY, in short slices (gateway.store.retention),
+    only with a clock it can trust (:func:`clock_distrust`, checked again every
+    RETAIN_RECHECK): retention drops what is older than months counted from the clock, so
+    a clock far ahead would drop what is still needed. Run by ``ecgw run`` and ``ecgw hub
+    run``."""
+    said: str | None = None
+    while True:
+        now = clock()
+        held = clock_distrust(now, server_clock, api=api)
+        if held is not None:
+            if held != said:
+                log.warning("retention.held_back", reason=held)
+            said = held
+            await asyncio.sleep(RETAIN_RECHECK)
+            continue
+        said = None
+        tally = await retention.run_once(now=now)
+        if tally.slices or tally.pages_freed:
+            log.info("retention.pass", **dataclasses.asdict(tally))
+        await asyncio.sleep(RETAIN_EVERY)

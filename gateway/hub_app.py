@@ -26,7 +26,7 @@ import aiohttp
 import structlog
 
 from gateway.admin import serve_admin
-from gateway.app import stop_recorder, webhook_settings
+from gateway.app import RETAIN_EVERY, keep_retaining, stop_recorder, webhook_settings
 from gateway.backoff import Backoff
 from gateway.config import Config, parse_listen
 from gateway.delivery.api import ApiClient, TokenSource
@@ -48,6 +48,7 @@ from gateway.store.fleet import FleetStore
 from gateway.store.inbox import Inbox
 from gateway.store.meta import Meta
 from gateway.store.observed import Observed
+from gateway.store.retention import Retention
 from gateway.supervise import Supervisor
 
 __all__ = ["HubGateway"]
@@ -185,6 +186,13 @@ class HubGateway:
                     backoff=Backoff(*BROKER_BACKOFF),
                 )
                 loops.start("heartbeat", functools.partial(self._heartbeat, meta))
+                loops.start(
+                    "retention",
+                    functools.partial(
+                        keep_retaining, Retention(db), server_clock, clock=self.clock, api=True
+                    ),
+                    backoff=Backoff(60.0, RETAIN_EVERY),
+                )
                 if config.poll is not None:
                     poller = Poller(
                         api,

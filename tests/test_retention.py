@@ -235,6 +235,26 @@ async def test_the_ledger_keeps_a_slim_report_400_days_after_its_body_went(
         assert {r[0]: r[1] for r in counts}["events"] == 0  # the triggers followed
 
 
+async def test_a_hubs_routed_events_and_site_reports_age_out_the_same_way(
+    tmp_path: Path,
+) -> None:
+    """At a fleet's hub events end ``routed`` or ``unrouted`` (never ``done``): their payloads
+    go with their reports' bodies, and an open (``new``) one stays."""
+    async with open_database(tmp_path / "hub.sqlite3") as db:
+        await _event(db, "ev-routed", "routed")
+        await _delivered(db, "ev-routed", "spark-report-hub", 1.0)
+        await _event(db, "ev-unrouted", "unrouted")
+        await _event(db, "ev-waiting", "new")  # waits for a site's first connection
+        tally = await Retention(db, pause=0.0).run_once(now=MAR_9)
+        assert tally.rows["report bodies"] == 1 and tally.rows["event payloads"] == 2
+        inbox = Inbox(db)
+        assert (await inbox.get("ev-routed")).payload == b""  # type: ignore[union-attr]
+        assert (await inbox.get("ev-unrouted")).payload == b""  # type: ignore[union-attr]
+        assert (await inbox.get("ev-waiting")).payload != b""  # type: ignore[union-attr]
+        (slim,) = await Outbox(db).find("ev-routed")
+        assert slim.report_id == "spark-report-hub"
+
+
 async def test_incremental_vacuum_gives_the_freed_pages_back_to_the_file_system(
     tmp_path: Path,
 ) -> None:

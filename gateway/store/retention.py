@@ -72,7 +72,8 @@ BODIES = Rule(
 PAYLOADS = Rule(
     "event payloads",
     "events",
-    "payload_dropped_at IS NULL AND plan_state IN ('done', 'no_report') AND received_at < ?2"
+    "payload_dropped_at IS NULL AND plan_state IN ('done', 'no_report', 'routed', 'unrouted')"
+    " AND received_at < ?2"
     " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_id = events.event_id"
     " AND o.body_dropped_at IS NULL)"
     " AND NOT EXISTS (SELECT 1 FROM report_jobs j WHERE j.event_id = events.event_id"

@@ -380,6 +380,8 @@ def parse_broker_url(url: str) -> tuple[str, int, bool]:
         raise ValueError(f"{shown(url)} is not a URL: {exc}") from None
     if parts.scheme not in MQTT_PORTS:
         raise ValueError(f"{shown(url)} must start with mqtts:// (or mqtt://)")
+    if port == 0:  # not the default port, as ``port or default`` below would make it
+        raise ValueError(f"{shown(url)} names port 0: give the broker's port, or none")
     if "@" in parts.netloc:
         raise ValueError("must not carry credentials: give them in their own keys")
     if parts.path not in ("", "/") or parts.query or parts.fragment:

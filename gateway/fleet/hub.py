@@ -131,6 +131,8 @@ def _keys(raw: bytes) -> tuple[str, str] | None:
         event_id: str
         kind: str
 
+    if wire.too_deep(raw, wire.MAX_DEPTH):  # msgspec would raise RecursionError skipping it
+        return None
     try:
         keys = msgspec.json.decode(raw, type=_Keys)
     except msgspec.MsgspecError:
@@ -245,7 +247,13 @@ class Hub:
             await self._inbox.set_plan(event.event_id, "invalid", f"unreadable payload: {exc}")
             log.error("hub.event_unreadable", error=str(exc))
             return
-        routes = table.route(payload, event.payload)
+        try:
+            routes = table.route(payload, event.payload)
+        except (msgspec.MsgspecError, KeyError, ValueError, RecursionError) as exc:
+            # never stops the router: an event it cannot cut is kept, not retried each pass
+            await self._inbox.set_plan(event.event_id, "invalid", f"cannot cut its targets: {exc}")
+            log.error("hub.event_unreadable", error=str(exc))
+            return
         if not routes:
             note = "no site owns any of its targets: kept, not sent"
             await self._inbox.set_plan(event.event_id, UNROUTED, note)

@@ -130,8 +130,11 @@ class SiteTable:
         owners = self._target_owners(payload)
         if not any(owner is not None for owner in owners):
             return {}
-        document = msgspec.json.decode(raw)
-        targets = document["targets"]
+        # Each value kept as its raw JSON text: a number the generic decoder refuses
+        # (``1e999`` in a field the gateway does not know) cannot stop the router, and
+        # what a site receives is what Spark wrote.
+        document = msgspec.json.decode(raw, type=dict[str, msgspec.Raw])
+        targets = msgspec.json.decode(document["targets"], type=list[msgspec.Raw])
         routed: dict[str, bytes] = {}
         for site_id in sorted({o for o in owners if o is not None}):
             mine = [t for t, o in zip(targets, owners, strict=True) if o == site_id]

@@ -470,8 +470,20 @@ def _check_hub(hub: HubConfig) -> None:
             raise ConfigError(str(exc), key=f"hub.sites[{i}]") from None
     try:
         SiteTable(sites)
+        for site in sites:
+            hub_site_clash(hub, site.site_id)
     except ValueError as exc:
         raise ConfigError(str(exc), key="hub.sites") from None
+
+
+def hub_site_clash(hub: HubConfig, site_id: str) -> None:
+    """ValueError if ``site_id`` is the hub's own broker user or client id: a site's user
+    name and client id are its site id, and two connections with one client id throw each
+    other off the broker."""
+    if site_id == hub.username:
+        raise ValueError(f"site id {site_id!r} is the hub's own broker user (hub.username)")
+    if site_id == hub.client_id:
+        raise ValueError(f"site id {site_id!r} is the hub's own client id (hub.client_id)")
 
 
 def check_fleet_tables(cfg: Config) -> None:

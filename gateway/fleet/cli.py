@@ -22,6 +22,7 @@ import msgspec
 
 from gateway import render
 from gateway.config import Config, HubConfig
+from gateway.config_rules import hub_site_clash
 from gateway.errors import ConfigError
 from gateway.fleet.acl import acl_file, dynamic_security
 from gateway.fleet.sites import Site, SiteTable, sites_from_mapping
@@ -85,8 +86,11 @@ def _table(sites: list[Site], hub: HubConfig) -> SiteTable:
         table = SiteTable(sites)
     except ValueError as exc:
         raise ConfigError(f"the config's and the imported sites: {exc}") from None
-    if hub.username is not None and table.get(hub.username) is not None:
-        raise ConfigError(f"site id {hub.username!r} is the hub's own broker user (hub.username)")
+    try:
+        for site in sites:
+            hub_site_clash(hub, site.site_id)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return table
 
 

@@ -14,7 +14,9 @@ import aiomqtt
 import msgspec
 import pytest
 
+from gateway import wire
 from gateway.fleet.messages import SiteReport, encode_message
+from gateway.fleet.sites import Site, SiteTable
 from gateway.intake.poller import to_new_event
 from gateway.sandbox import Sandbox
 from gateway.store.database import open_database
@@ -22,6 +24,7 @@ from gateway.store.inbox import Inbox
 from tests.kit.gateway import make_config, wait_until
 from tests.kit.mosquitto import Mosquitto
 from tests.test_fleet_hub import (
+    SITES,
     TOPICS,
     USERS,
     _true,
@@ -148,3 +151,80 @@ async def test_an_event_with_a_number_out_of_range_does_not_stop_the_router(
     (odd_event,) = fleet["site-a"].events
     assert odd_event["id"] == "e-odd"
     assert [t["resourceId"] for t in odd_event["payload"]["targets"]] == ["r-a1"]
+
+
+async def test_a_site_that_owns_a_meter_point_may_acknowledge_its_location_lpc(
+    sandbox: Sandbox,
+    broker: Mosquitto,
+    tmp_path: Path,
+) -> None:
+    """A site that lists only a meter point gets a LocationLPC whose location no site
+    lists (the router goes by the meter point, as docs/fleet.md says). Its acknowledgement
+    names that location with the meter point, and the report check refused it 403 ("location
+    'loc-z' is not this site's"): the cap it follows was never acknowledged to Spark."""
+    data = hub_config(sandbox, broker, tmp_path)
+    data["hub"]["sites"] = [*SITES[:2], {"site_id": "site-c", "meter_points": ["mp-c"]}]
+    lpc = {
+        "payloadType": "LocationLPC",
+        "targets": [
+            {
+                "locationId": "loc-z",
+                "meterPointId": "mp-c",
+                "resolution": "00:15:00",
+                "points": [{"timestamp": "2026-11-26T10:00:00Z", "maxPowerInKiloWatts": 5.0}],
+            }
+        ],
+    }
+    async with sites(broker, only=frozenset({"site-c"})) as fleet, running_hub(data) as hub:
+        assert hub.webhook_url is not None
+        await register_webhook(sandbox, hub.webhook_url)
+        event = await sandbox.create_event(lpc)
+        assert await settled(hub.config.db_path, event["id"]) == ("routed", "to site-c")
+        c = fleet["site-c"]
+        ack = {
+            "eventId": event["id"],
+            "payloads": [
+                {
+                    "payloadType": "LocationLPCAcknowledgement",
+                    "acknowledgedTargets": [{"locationId": "loc-z", "meterPointId": "mp-c"}],
+                    "declinedTargets": [],
+                }
+            ],
+        }
+        await c.report(event["id"], ack, kind="LocationLPCAcknowledgement")
+        await wait_until(lambda: _true(c.acks), timeout=10)
+        assert (c.acks[0].outcome, c.acks[0].reason) == ("delivered", None)
+        assert len(sandbox.reports) == 1
+
+
+def test_a_meter_point_does_not_lend_a_location_another_site_lists() -> None:
+    """The rule above stays narrow: only a location no site lists goes with the meter point."""
+    table = SiteTable(
+        [
+            Site("site-a", locations=frozenset({"loc-a"})),
+            Site("site-c", meter_points=frozenset({"mp-c"})),
+        ]
+    )
+
+    def ack(location: str, meter_point: str) -> wire.PostReportRequest:
+        target = {"locationId": location, "meterPointId": meter_point}
+        body = {
+            "eventId": "e-1",
+            "payloads": [
+                {
+                    "payloadType": "LocationLPCAcknowledgement",
+                    "acknowledgedTargets": [target],
+                    "declinedTargets": [],
+                }
+            ],
+        }
+        return wire.decode_report_request(json.dumps(body).encode())
+
+    assert table.foreign("site-c", ack("loc-z", "mp-c")) == []
+    assert table.foreign("site-c", ack("loc-a", "mp-c")) == [
+        "payloads[0]: location 'loc-a' is not this site's"
+    ]
+    assert table.foreign("site-c", ack("loc-z", "mp-x")) == [
+        "payloads[0]: location 'loc-z' is not this site's",
+        "payloads[0]: meter point 'mp-x' is not this site's",
+    ]

@@ -12,7 +12,7 @@ from gateway.config import load_config
 from gateway.fleet.sites import SiteTable
 from gateway.store.database import open_database
 from gateway.store.fleet import FleetStore
-from tests.test_fleet_cli import HUB, refused
+from tests.test_fleet_cli import HUB, ok, refused
 from tests.test_fleet_cli import hub_config as hub_config
 
 pytestmark = pytest.mark.timeout(120)
@@ -50,3 +50,19 @@ def test_an_import_against_an_edited_config_cannot_claim_what_the_running_hub_li
     line = refused("hub", "sites", "import", str(claim), config=hub_config)
     assert "resource 'r2' is claimed by two sites" in line
     asyncio.run(_table(hub_config))  # what the running hub reads is still one table
+
+
+def test_an_import_that_drops_thousands_of_sites_says_how_many_in_a_short_line(
+    tmp_path: Path,
+    hub_config: Path,
+) -> None:
+    """Importing the wrong file after a big one printed every dropped site id on one line
+    (60,000 sites: half a megabyte); it must say how many, with a few of them."""
+    many = tmp_path / "many.json"
+    many.write_text(json.dumps({"sites": [{"site_id": f"s{i:04}"} for i in range(2000)]}))
+    ok("hub", "sites", "import", str(many), config=hub_config)
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps({"sites": [{"site_id": "s-new"}]}))
+    out = ok("hub", "sites", "import", str(one), config=hub_config).strip()
+    assert len(out) < 400, out[:400]
+    assert "no longer imported: 2000 sites (s0000, s0001, s0002" in out

@@ -141,9 +141,21 @@ async def cmd_hub_sites_import(args: argparse.Namespace, config: Config) -> int:
     _out(
         f"imported {len(imported)} sites from {render.printable(args.file)} "
         f"({len(from_config)} from the config; {len(from_config) + len(imported)} in all)"
-        + (f"; no longer imported: {', '.join(gone)}" if gone else "")
+        + (f"; no longer imported: {_some(gone)}" if gone else "")
     )
     return EXIT_OK
+
+
+SHOWN_IDS = 10
+"""Site ids a message names at most (the rest are counted)."""
+
+
+def _some(ids: list[str]) -> str:
+    """``a, b`` for a few ids; ``N sites (a, b, ... and M more)`` for many."""
+    if len(ids) <= SHOWN_IDS:
+        return ", ".join(ids)
+    shown = ", ".join(ids[:SHOWN_IDS])
+    return f"{len(ids)} sites ({shown} and {len(ids) - SHOWN_IDS} more)"
 
 
 def _site_record(site: Site, source: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from pathlib import Path
 
 import aiomqtt
@@ -228,3 +229,65 @@ def test_a_meter_point_does_not_lend_a_location_another_site_lists() -> None:
         "payloads[0]: location 'loc-z' is not this site's",
         "payloads[0]: meter point 'mp-x' is not this site's",
     ]
+
+
+def test_cutting_an_event_for_thousands_of_sites_is_one_pass_over_its_targets() -> None:
+    """The router cut an event's targets once per owning site, each cut a pass over all
+    the targets: an event for 5,000 sites took 25 million comparisons (about half a second
+    of the hub's only thread, at each route of it). One pass groups them."""
+    count = 5000
+    table = SiteTable(Site(f"s{i}", frozenset({f"r{i}"})) for i in range(count))
+    raw = json.dumps(
+        {
+            **price_curve(),
+            "targets": [{"resourceId": f"r{i}", "locationId": "l"} for i in range(count)],
+        }
+    ).encode()
+    payload = wire.decode_event_payload(raw)
+    started = time.perf_counter()
+    routes = table.route(payload, raw)
+    took = time.perf_counter() - started
+    assert len(routes) == count
+    assert json.loads(routes["s42"])["targets"] == [{"resourceId": "r42", "locationId": "l"}]
+    assert took < 0.15, f"{took:.3f} s"
+
+
+async def test_an_event_waiting_for_a_site_never_connected_is_not_cut_again_each_pass(
+    sandbox: Sandbox,
+    broker: Mosquitto,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An event for site-a and site-b, site-b registered but never connected (a site
+    imported before it is installed): the event stays ``new`` and the router looks at it
+    on every pass. It cut the payload for every owner on each of those passes, though it
+    had nothing to send; with a fleet's events piling up behind one such site that grew
+    without bound. Once routed to every connected owner, it is not cut again."""
+    cuts: list[str] = []
+    route = SiteTable.route
+
+    def counted(self: SiteTable, payload: wire.EventPayload, raw: bytes) -> dict[str, bytes]:
+        cuts.append("cut")
+        return route(self, payload, raw)
+
+    monkeypatch.setattr(SiteTable, "route", counted)
+    data = hub_config(sandbox, broker, tmp_path)
+    async with sites(broker, only=frozenset({"site-a"})) as fleet, running_hub(data) as hub:
+        assert hub.webhook_url is not None and hub.hub is not None
+        await register_webhook(sandbox, hub.webhook_url)
+        event = await sandbox.create_event(price_curve("r-a1", "r-b1"))
+        await wait_until(lambda: _true(fleet["site-a"].events), timeout=10)
+        a = fleet["site-a"].client
+        for _ in range(5):  # each "online" wakes the router for another pass
+            await a.publish(TOPICS.status("site-a"), b"online", qos=1, retain=True)
+            await asyncio.sleep(0.2)
+        db = hub.config.db_path
+        assert (await _plan(db, event["id"]))[0] == "new"  # still waits for site-b
+    assert cuts == ["cut"]
+
+
+async def _plan(db: Path, event_id: str) -> tuple[str, str | None]:
+    async with open_database(db) as conn:
+        event = await Inbox(conn).get(event_id)
+    assert event is not None
+    return event.plan_state, event.plan_note

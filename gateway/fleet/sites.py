@@ -136,11 +136,14 @@ class SiteTable:
         # what a site receives is what Spark wrote.
         document = msgspec.json.decode(raw, type=dict[str, msgspec.Raw])
         targets = msgspec.json.decode(document["targets"], type=list[msgspec.Raw])
-        routed: dict[str, bytes] = {}
-        for site_id in sorted({o for o in owners if o is not None}):
-            mine = [t for t, o in zip(targets, owners, strict=True) if o == site_id]
-            routed[site_id] = msgspec.json.encode({**document, "targets": mine})
-        return routed
+        mine: dict[str, list[msgspec.Raw]] = {}
+        for target, owner in zip(targets, owners, strict=True):  # one pass, not one per site
+            if owner is not None:
+                mine.setdefault(owner, []).append(target)
+        return {
+            site_id: msgspec.json.encode({**document, "targets": mine[site_id]})
+            for site_id in sorted(mine)
+        }
 
     def owners(self, payload: wire.EventPayload) -> set[str]:
         """The sites that own any of the payload's targets (what :meth:`route` would

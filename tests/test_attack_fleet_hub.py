@@ -291,3 +291,33 @@ async def _plan(db: Path, event_id: str) -> tuple[str, str | None]:
         event = await Inbox(conn).get(event_id)
     assert event is not None
     return event.plan_state, event.plan_note
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Mosquitto's acl_file (what ecgw hub acl prints) grants every SUBSCRIBE and "
+    "filters only delivery: a site that joins the hubs' share group takes its share of "
+    "every site's reports, and the broker drops them (the dynamic-security form, whose "
+    "default denies subscribe, or a share_group the sites cannot guess, is needed)",
+)
+async def test_a_site_that_joins_the_hubs_share_group_takes_no_reports_from_the_hub(
+    broker: Mosquitto,
+) -> None:
+    """site-b subscribes to ``$share/ecgw-hubs/ecgw/sites/+/reports`` with its own
+    credentials. The ACL keeps site-a's reports from it, but the broker still gives it
+    every other one of them, and drops them: the hub sees half of site-a's reports (a
+    site with many connections: almost none), and each site waits out its answer
+    timeout and tries again."""
+    hub_got: list[bytes] = []
+    async with (
+        _client(broker, "hub-test", "ecgw-hub", clean=True) as hub,
+        _client(broker, "thief", "site-b", clean=True) as thief,
+        _client(broker, "site-a", "site-a", clean=True) as a,
+    ):
+        await hub.subscribe(TOPICS.shared_reports, qos=1)
+        await thief.subscribe(TOPICS.shared_reports, qos=1)  # granted
+        for n in range(6):
+            await a.publish(TOPICS.reports("site-a"), f"report-{n}".encode(), qos=1)
+        hub_got = await _collect_for(hub, 1.0)
+        assert await _collect_for(thief, 0.1) == []  # it reads none of them
+    assert sorted(hub_got) == [f"report-{n}".encode() for n in range(6)]

@@ -380,6 +380,8 @@ def parse_broker_url(url: str) -> tuple[str, int, bool]:
         raise ValueError(f"{shown(url)} is not a URL: {exc}") from None
     if parts.scheme not in MQTT_PORTS:
         raise ValueError(f"{shown(url)} must start with mqtts:// (or mqtt://)")
+    if port == 0:  # not the default port, as ``port or default`` below would make it
+        raise ValueError(f"{shown(url)} names port 0: give the broker's port, or none")
     if "@" in parts.netloc:
         raise ValueError("must not carry credentials: give them in their own keys")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
@@ -468,8 +470,20 @@ def _check_hub(hub: HubConfig) -> None:
             raise ConfigError(str(exc), key=f"hub.sites[{i}]") from None
     try:
         SiteTable(sites)
+        for site in sites:
+            hub_site_clash(hub, site.site_id)
     except ValueError as exc:
         raise ConfigError(str(exc), key="hub.sites") from None
+
+
+def hub_site_clash(hub: HubConfig, site_id: str) -> None:
+    """ValueError if ``site_id`` is the hub's own broker user or client id: a site's user
+    name and client id are its site id, and two connections with one client id throw each
+    other off the broker."""
+    if site_id == hub.username:
+        raise ValueError(f"site id {site_id!r} is the hub's own broker user (hub.username)")
+    if site_id == hub.client_id:
+        raise ValueError(f"site id {site_id!r} is the hub's own client id (hub.client_id)")
 
 
 def check_fleet_tables(cfg: Config) -> None:

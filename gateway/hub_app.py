@@ -29,6 +29,7 @@ from gateway.admin import serve_admin
 from gateway.app import RETAIN_EVERY, keep_retaining, stop_recorder, webhook_settings
 from gateway.backoff import Backoff
 from gateway.config import Config, parse_listen
+from gateway.config_rules import hub_site_clash
 from gateway.delivery.api import ApiClient, TokenSource
 from gateway.delivery.deliverer import Deliverer
 from gateway.errors import ConfigError
@@ -100,7 +101,8 @@ class HubGateway:
             stack.push_async_exit(stop_recorder(meta, db, self.health, self.clock))
             try:  # a site both configured and imported, or an id claimed by two: say which
                 await store.replace_sites(config_sites, "config", self.clock())
-                SiteTable(await store.sites())
+                for site in SiteTable(await store.sites()):  # the imported too
+                    hub_site_clash(hub_config, site.site_id)
             except ValueError as exc:
                 raise ConfigError(str(exc), key="hub.sites") from None
             session = await stack.enter_async_context(

@@ -22,6 +22,7 @@ import msgspec
 
 from gateway import render
 from gateway.config import Config, HubConfig
+from gateway.config_rules import hub_site_clash
 from gateway.errors import ConfigError
 from gateway.fleet.acl import acl_file, dynamic_security
 from gateway.fleet.sites import Site, SiteTable, sites_from_mapping
@@ -85,8 +86,11 @@ def _table(sites: list[Site], hub: HubConfig) -> SiteTable:
         table = SiteTable(sites)
     except ValueError as exc:
         raise ConfigError(f"the config's and the imported sites: {exc}") from None
-    if hub.username is not None and table.get(hub.username) is not None:
-        raise ConfigError(f"site id {hub.username!r} is the hub's own broker user (hub.username)")
+    try:
+        for site in sites:
+            hub_site_clash(hub, site.site_id)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return table
 
 
@@ -137,9 +141,21 @@ async def cmd_hub_sites_import(args: argparse.Namespace, config: Config) -> int:
     _out(
         f"imported {len(imported)} sites from {render.printable(args.file)} "
         f"({len(from_config)} from the config; {len(from_config) + len(imported)} in all)"
-        + (f"; no longer imported: {', '.join(gone)}" if gone else "")
+        + (f"; no longer imported: {_some(gone)}" if gone else "")
     )
     return EXIT_OK
+
+
+SHOWN_IDS = 10
+"""Site ids a message names at most (the rest are counted)."""
+
+
+def _some(ids: list[str]) -> str:
+    """``a, b`` for a few ids; ``N sites (a, b, ... and M more)`` for many."""
+    if len(ids) <= SHOWN_IDS:
+        return ", ".join(ids)
+    shown = ", ".join(ids[:SHOWN_IDS])
+    return f"{len(ids)} sites ({shown} and {len(ids) - SHOWN_IDS} more)"
 
 
 def _site_record(site: Site, source: str) -> dict[str, Any]:

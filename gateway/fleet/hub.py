@@ -131,6 +131,8 @@ def _keys(raw: bytes) -> tuple[str, str] | None:
         event_id: str
         kind: str
 
+    if wire.too_deep(raw, wire.MAX_DEPTH):  # msgspec would raise RecursionError skipping it
+        return None
     try:
         keys = msgspec.json.decode(raw, type=_Keys)
     except msgspec.MsgspecError:
@@ -245,8 +247,8 @@ class Hub:
             await self._inbox.set_plan(event.event_id, "invalid", f"unreadable payload: {exc}")
             log.error("hub.event_unreadable", error=str(exc))
             return
-        routes = table.route(payload, event.payload)
-        if not routes:
+        owners = table.owners(payload)
+        if not owners:
             note = "no site owns any of its targets: kept, not sent"
             await self._inbox.set_plan(event.event_id, UNROUTED, note)
             self.counts.unrouted += 1
@@ -256,8 +258,17 @@ class Hub:
         # A site never heard from has no session at the broker yet: a message published to
         # it now would be dropped (and still acknowledged). It gets the event once its first
         # status or report has been seen; the event stays ``new`` until then.
-        absent = sorted(site for site in routes if site not in seen and site not in done)
-        todo = [(s, cut) for s, cut in routes.items() if s not in done and s not in absent]
+        absent = sorted(site for site in owners if site not in seen and site not in done)
+        pending = sorted(owners - done - set(absent))
+        try:  # cut only when there is a site to send to: an event that waits for a site
+            # never connected is looked at on every pass, for as long as it waits
+            routes = table.route(payload, event.payload) if pending else {}
+        except (msgspec.MsgspecError, KeyError, ValueError, RecursionError) as exc:
+            # never stops the router: an event it cannot cut is kept, not retried each pass
+            await self._inbox.set_plan(event.event_id, "invalid", f"cannot cut its targets: {exc}")
+            log.error("hub.event_unreadable", error=str(exc))
+            return
+        todo = [(s, routes[s]) for s in pending]
         messages = [
             (self._topics.events(s), event_message(event.event_id, event.created_at, cut))
             for s, cut in todo
@@ -268,7 +279,7 @@ class Hub:
         took = [s for (s, _), error in zip(todo, failed, strict=True) if error is None]
         await self._store.record_routes(event.event_id, took, self._clock())  # one commit
         _raise_first(failed)
-        sites = sorted(routes)
+        sites = sorted(owners)
         if absent:
             note = "waiting for the first connection of " + ", ".join(absent)
             if event.plan_note != note:

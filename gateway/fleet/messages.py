@@ -70,8 +70,13 @@ def _error(exc: msgspec.MsgspecError, what: str) -> WireError:
 
 
 def _bounded(raw: bytes, what: str) -> None:
+    """Not too big, and not nested deeper than a report ever is (msgspec raises
+    RecursionError, not a MsgspecError, for a deep one: one site's message must not stop
+    the hub's intake, and it would come back after every reconnect)."""
     if len(raw) > MAX_MESSAGE:
         raise WireError(f"{what}: {len(raw)} bytes, more than {MAX_MESSAGE}")
+    if wire.too_deep(raw, wire.MAX_DEPTH):
+        raise WireError(f"{what}: nested deeper than {wire.MAX_DEPTH} levels")
 
 
 def decode_site_report(raw: bytes) -> tuple[SiteReport, wire.PostReportRequest]:

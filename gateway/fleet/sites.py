@@ -12,8 +12,9 @@ lists the location, its meter point id). ``UserEligibility`` and payload types t
 gateway does not know name no target: no site owns them, and the hub keeps them.
 
 Reports: every resource id and location id a site's report names must be the site's
-own; a meter point id must not be another site's, and must be the site's own when the
-site lists meter points at all.
+own (a location no site lists, as the router does, is the site's when the same target
+names a meter point of the site's); a meter point id must not be another site's, and must
+be the site's own when the site lists meter points at all.
 """
 
 from __future__ import annotations
@@ -130,13 +131,19 @@ class SiteTable:
         owners = self._target_owners(payload)
         if not any(owner is not None for owner in owners):
             return {}
-        document = msgspec.json.decode(raw)
-        targets = document["targets"]
-        routed: dict[str, bytes] = {}
-        for site_id in sorted({o for o in owners if o is not None}):
-            mine = [t for t, o in zip(targets, owners, strict=True) if o == site_id]
-            routed[site_id] = msgspec.json.encode({**document, "targets": mine})
-        return routed
+        # Each value kept as its raw JSON text: a number the generic decoder refuses
+        # (``1e999`` in a field the gateway does not know) cannot stop the router, and
+        # what a site receives is what Spark wrote.
+        document = msgspec.json.decode(raw, type=dict[str, msgspec.Raw])
+        targets = msgspec.json.decode(document["targets"], type=list[msgspec.Raw])
+        mine: dict[str, list[msgspec.Raw]] = {}
+        for target, owner in zip(targets, owners, strict=True):  # one pass, not one per site
+            if owner is not None:
+                mine.setdefault(owner, []).append(target)
+        return {
+            site_id: msgspec.json.encode({**document, "targets": mine[site_id]})
+            for site_id in sorted(mine)
+        }
 
     def owners(self, payload: wire.EventPayload) -> set[str]:
         """The sites that own any of the payload's targets (what :meth:`route` would
@@ -164,15 +171,23 @@ class SiteTable:
             return [f"site {site_id!r} is not registered"]
         problems: list[str] = []
         for n, payload in enumerate(request.payloads):
-            for kind, one in _named(payload):
-                if not self._owns(site, kind, one):
-                    problems.append(f"payloads[{n}]: {kind} {one!r} is not this site's")
+            for group in _named(payload):
+                # as the router: a location no site lists goes with the target's meter point
+                by_meter = any(
+                    kind == "meter point" and self._owner.get((kind, one)) == site_id
+                    for kind, one in group
+                )
+                for kind, one in group:
+                    if not self._owns(site, kind, one, by_meter=by_meter):
+                        problems.append(f"payloads[{n}]: {kind} {one!r} is not this site's")
         return problems
 
-    def _owns(self, site: Site, kind: IdKind, one: str) -> bool:
+    def _owns(self, site: Site, kind: IdKind, one: str, *, by_meter: bool) -> bool:
         owner = self._owner.get((kind, one))
         if kind == "meter point":
             return owner == site.site_id or (owner is None and not site.meter_points)
+        if kind == "location" and owner is None:
+            return by_meter
         return owner == site.site_id
 
 
@@ -184,23 +199,37 @@ def _ids(site: Site) -> tuple[tuple[IdKind, frozenset[str]], ...]:
     )
 
 
-def _named(payload: wire.ReportPayload) -> list[tuple[IdKind, str]]:
-    """Every id a report payload names."""
-    named: list[tuple[IdKind, str | None]] = []
+def _named(payload: wire.ReportPayload) -> list[list[tuple[IdKind, str]]]:
+    """Every id a report payload names, one group per target (the ids named together)."""
+    groups: list[list[tuple[IdKind, str | None]]] = []
     match payload:
         case wire.EnergyUsage():
-            named += [("resource", payload.resource_id), ("location", payload.location_id)]
-            named.append(("meter point", payload.meter_point_id))
+            groups.append(
+                [
+                    ("resource", payload.resource_id),
+                    ("location", payload.location_id),
+                    ("meter point", payload.meter_point_id),
+                ]
+            )
         case wire.LocationEnergyUsage():
-            named += [("location", payload.location_id), ("meter point", payload.meter_point_id)]
+            groups.append(
+                [("location", payload.location_id), ("meter point", payload.meter_point_id)]
+            )
         case wire.LocationLPCAcknowledgement():
-            for loc in (*payload.acknowledged_targets, *payload.declined_targets):
-                named += [("location", loc.location_id), ("meter point", loc.meter_point_id)]
+            groups.extend(
+                [("location", loc.location_id), ("meter point", loc.meter_point_id)]
+                for loc in (*payload.acknowledged_targets, *payload.declined_targets)
+            )
         case wire.ResourceLPCAcknowledgement():
-            for res in (*payload.acknowledged_targets, *payload.declined_targets):
-                named += [("resource", res.resource_id), ("location", res.location_id)]
-                named.append(("meter point", res.meter_point_id))
-    return [(kind, one) for kind, one in named if one is not None]
+            groups.extend(
+                [
+                    ("resource", res.resource_id),
+                    ("location", res.location_id),
+                    ("meter point", res.meter_point_id),
+                ]
+                for res in (*payload.acknowledged_targets, *payload.declined_targets)
+            )
+    return [[(kind, one) for kind, one in group if one is not None] for group in groups]
 
 
 def sites_from_mapping(data: Mapping[str, Any]) -> list[Site]:

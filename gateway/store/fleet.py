@@ -28,7 +28,7 @@ import aiosqlite
 
 from gateway.crashpoints import crashpoint
 from gateway.errors import describe
-from gateway.fleet.sites import Site
+from gateway.fleet.sites import Site, SiteTable
 from gateway.store.database import Database
 from gateway.store.outbox import Outbox
 
@@ -134,17 +134,24 @@ class FleetStore:
 
     async def replace_sites(self, sites: Iterable[Site], source: SiteSource, now: float) -> None:
         """The sites of ``source`` become exactly ``sites``; the other source's stay.
-        ValueError (nothing changed) if one of them is the other source's."""
+        ValueError (nothing changed) if one of them is the other source's, or claims an id
+        one of the other source's sites claims (the running hub reads them as one table:
+        a config edited but not yet read by the hub is not what it holds)."""
         sites = list(sites)
         async with self._db.write() as conn:
             rows = await conn.execute_fetchall(
-                "SELECT site_id FROM fleet_sites WHERE source != ?", (source,)
+                "SELECT site_id, resources, locations, meter_points FROM fleet_sites "
+                "WHERE source != ?",
+                (source,),
             )
-            others = {r[0] for r in rows}
+            others = {
+                r[0]: Site(r[0], *(frozenset(json.loads(r[i])) for i in (1, 2, 3))) for r in rows
+            }
             for site in sites:
                 if site.site_id in others:
                     other = "config" if source == "import" else "import"
                     raise ValueError(f"site {site.site_id!r} is already listed by the {other}")
+            SiteTable([*others.values(), *sites])  # ValueError: an id claimed by two sites
             await conn.execute("DELETE FROM fleet_sites WHERE source = ?", (source,))
             await conn.executemany(
                 "INSERT INTO fleet_sites (site_id, resources, locations, meter_points, source, "

@@ -201,7 +201,9 @@ def test_routing_gives_each_target_to_its_owner_once(owners: list[str | None]) -
 
 def test_the_acl_file_gives_each_site_its_own_topics_only() -> None:
     text = acl_file(Topics("fleet/eu"), ["b", "a"], hub_user="hub")
-    assert text.splitlines()[3:] == [
+    lines = text.splitlines()
+    assert "#   use_username_as_clientid true" in lines
+    assert lines[lines.index("user hub") :] == [
         "user hub",
         "topic readwrite fleet/eu/sites/#",
         "",

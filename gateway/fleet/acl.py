@@ -37,6 +37,11 @@ def acl_file(topics: Topics, site_ids: Iterable[str], *, hub_user: str) -> str:
     lines = [
         "# ECGW fleet access rules, written by `ecgw hub acl`. Each site's broker user name",
         "# is its site id; a user may use only the topics listed under it.",
+        "# In mosquitto.conf, on the sites' listener, also set",
+        "#   use_username_as_clientid true",
+        "# or a site could connect with another site's client id and take its session.",
+        "# This file cannot stop a site from joining the hubs' shared subscription: use",
+        "# `ecgw hub acl --format dynsec` (it denies SUBSCRIBE by default) where that matters.",
         "",
         f"user {hub_user}",
         f"topic readwrite {topics.prefix}/sites/#",

@@ -255,6 +255,23 @@ async def test_a_hubs_routed_events_and_site_reports_age_out_the_same_way(
         assert slim.report_id == "spark-report-hub"
 
 
+async def test_a_resources_latest_command_outlives_retention(tmp_path: Path) -> None:
+    """The controller reads each resource's latest sent command at start to know what it
+    holds off: retention never drops it, however old; the older ones go."""
+    async with open_database(tmp_path / "db.sqlite3") as db:
+        insert = (
+            "INSERT INTO commands (resource_id, adapter, control, value, reason, state, "
+            "requested_at) VALUES (?, 'plug', 'switch', ?, 'cap', ?, ?)"
+        )
+        await db.write_one(insert, ("boiler", 1.0, "confirmed", JAN - 86400))
+        await db.write_one(insert, ("boiler", 0.0, "confirmed", JAN))  # off: still held
+        await db.write_one(insert, ("boiler", 1.0, "dry_run", JAN + 60))  # never sent
+        tally = await Retention(db, pause=0.0).run_once(now=MAY_1)
+        assert tally.rows["commands"] == 2
+        rows = await db.fetchall("SELECT value, state FROM commands")
+        assert [tuple(r) for r in rows] == [(0.0, "confirmed")]
+
+
 async def test_incremental_vacuum_gives_the_freed_pages_back_to_the_file_system(
     tmp_path: Path,
 ) -> None:

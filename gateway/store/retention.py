@@ -102,7 +102,14 @@ RULES: tuple[Rule, ...] = (
     Rule("LPC decisions", "lpc_decisions", f"decided_at < ?2 AND {_not_open('lpc_decisions')}"),
     Rule("schedules", "schedules", f"window_end < ?2 AND {_not_open('schedules')}"),
     Rule("overrides", "overrides", f"at < ?2 AND {_not_open('overrides')}"),
-    Rule("commands", "commands", "requested_at < ?2 AND state != 'sending'"),
+    # A resource's latest sent command stays: after a restart the controller reads it to
+    # know which loads it holds off, however long ago it switched them.
+    Rule(
+        "commands",
+        "commands",
+        "requested_at < ?2 AND state != 'sending' AND id NOT IN (SELECT MAX(id) FROM commands"
+        " WHERE state IN ('confirmed', 'sending', 'failed') GROUP BY resource_id)",
+    ),
     # The ledger: slim rows, LEDGER_KEEP before the reports cutoff (?1: the first of this
     # month, 7 days late) after their body or payload went (reports first, then
     # their events, then a hub's answers and routes of them).

@@ -28,7 +28,8 @@ default retention (62 days): by then the readings a quarantined report would be 
 from are gone anyway, and so is the month Spark would take it in.
 
 A report that is pending or in flight (a retry included) is never touched, nor an event
-still open (``new``, ``planned``), nor a command still ``sending``. What stays of a
+still open (``new``, ``planned``), nor a command still ``sending``, nor a resource's latest
+sent command (the controller reads it at start to know what it holds off). What stays of a
 dropped report is its row: event id, kind, ``Idempotency-Key``, state, Spark's report
 id, times, and ``kwh_totals`` (per target, the kWh its body reported, computed by
 :func:`report_totals` before the body goes). That row keeps the report from being

@@ -25,6 +25,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import ssl
@@ -43,7 +44,9 @@ from gateway.fleet.topics import OFFLINE, Topics
 __all__ = [
     "BrokerSettings",
     "ack",
+    "cancel_requests",
     "connect",
+    "raise_dropped_cancellation",
     "enable_manual_ack",
     "hub_settings",
     "site_settings",
@@ -61,6 +64,7 @@ MAX_INFLIGHT = 100
 
 _ERRNO = re.compile(r"^\[Errno -?\d+\]\s*")
 _SSL_SOURCE = re.compile(r"\s*\(_ssl\.c:\d+\)$")
+DISCONNECT_TIMEOUT = 5.0  # seconds a closing connection may take to say goodbye
 _TIMED_OUT = "Operation timed out"  # aiomqtt's MqttError text when CONNACK/SUBACK is late
 
 
@@ -199,17 +203,28 @@ async def connect(
     )
     if manual_ack:
         enable_manual_ack(client)
+    before = cancel_requests()
     try:
         await client.__aenter__()
     except aiomqtt.MqttError as exc:
         raise broker_error(settings, exc, connecting=True) from None
     try:
+        raise_dropped_cancellation(before)
+    except asyncio.CancelledError:
+        with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):
+            async with asyncio.timeout(DISCONNECT_TIMEOUT):
+                await client.__aexit__(None, None, None)
+        raise
+    try:
         yield client
     except aiomqtt.MqttError as exc:
         raise broker_error(settings, exc, connecting=False) from exc
     finally:
-        with contextlib.suppress(aiomqtt.MqttError, OSError):
-            await client.__aexit__(None, None, None)
+        # Bounded: aiomqtt waits for paho's disconnect callback, which a connection torn
+        # down meanwhile may never give; a stopping hub or site must not wait on it for ever.
+        with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):
+            async with asyncio.timeout(DISCONNECT_TIMEOUT):
+                await client.__aexit__(None, None, None)
 
 
 def broker_error(settings: BrokerSettings, exc: Exception, *, connecting: bool) -> BrokerError:
@@ -237,3 +252,20 @@ def _clean(exc: BaseException) -> str:
     """An exception's text on one line, without ``[Errno N]`` and ``(_ssl.c:N)`` noise."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return _SSL_SOURCE.sub("", _ERRNO.sub("", text))[:300]
+
+
+def cancel_requests() -> int:
+    """How many cancellations the current task has been asked for so far (0 outside one)."""
+    task = asyncio.current_task()
+    return task.cancelling() if task is not None else 0
+
+
+def raise_dropped_cancellation(before: int) -> None:
+    """Raise the cancellation aiomqtt may have dropped during an await that began with
+    ``before`` = :func:`cancel_requests`. aiomqtt waits for CONNACK and SUBACK with
+    ``asyncio.wait_for``, which on Python 3.11 returns the result when a cancellation
+    arrives just as the result does: the task would go on (into a task group nobody cancels
+    any more) and a stopping hub or site would wait for it for ever. The task still counts
+    the request: a count above ``before`` is a cancellation to raise."""
+    if cancel_requests() > before:
+        raise asyncio.CancelledError

@@ -40,6 +40,7 @@ import structlog
 from gateway import wire
 from gateway.crashpoints import crashpoint
 from gateway.errors import WireError
+from gateway.fleet.broker import cancel_requests, raise_dropped_cancellation
 from gateway.fleet.messages import HubAck, decode_site_report, encode_message, event_message
 from gateway.fleet.sites import SiteTable
 from gateway.fleet.topics import OFFLINE, ONLINE, Topics
@@ -202,7 +203,9 @@ class Hub:
     async def serve(self, client: aiomqtt.Client) -> None:
         """Subscribe and run the three loops on ``client`` until one fails (a lost
         connection: the caller connects again)."""
+        before = cancel_requests()
         await client.subscribe([(topic, 1) for topic in self.subscriptions])
+        raise_dropped_cancellation(before)
         log.info("hub.connected", subscriptions=self.subscriptions)
         try:
             async with asyncio.TaskGroup() as loops:

@@ -273,8 +273,10 @@ class SiteLink:
         """One connection, from CONNACK until it breaks."""
         try:
             async with self._connect() as client:
+                before = broker.cancel_requests()
                 await client.subscribe(self._events, qos=1)
                 await client.subscribe(self._acks, qos=1)
+                broker.raise_dropped_cancellation(before)
                 await client.publish(self._status, ONLINE, qos=1, retain=True)
                 self._client = client
                 self._upstream.use(_publisher(client))

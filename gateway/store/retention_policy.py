@@ -13,14 +13,16 @@ an operator needs to answer a question about month M until M+1 is over. Kept:
       device commands                          ended (schedules) or requested (commands)
     quarantined: dead report's body,         the same, and QUARANTINE_KEEP (90 days) after it
       set-aside event's payload and job        was set aside: time for an operator to look
-    what stays of a report or an event       LEDGER_KEEP (400 days) after its body or payload
-      (the slim row: the ledger)               went: some 15 months after its month
+    what stays of a report or an event       LEDGER_KEEP (270 days) after its body or payload
+      (the slim row: the ledger)               went: on the 8th of month M+12
 
 LEDGER_KEEP: Spark takes nothing for a month once it has ended, so keeping a report's key
 longer guards against nothing that could still be sent (an event that old is never planned
-again: its payload is gone, and one fetched again is refused as late); it is the audit trail,
-and a year and a month of it is what an operator asks about. With it the file stops growing
-once the ledger is full, instead of by some 400 bytes per report and event for ever.
+again: its payload is gone, and one fetched again is refused as late); it is the audit trail.
+The ledger holds the last twelve months: month M's rows go on the 8th of month M+12 (their
+bodies went on the 8th of M+2; 270 days later falls between the 1st of M+11 and of M+12,
+whatever the months' lengths, and the cutoff moves a month at a time). So the file stops
+growing after a year at a site, instead of by some 400 bytes per report and event for ever.
 
 MONTH_MARGIN covers a gateway that was down across a month's end and an operator who
 looks in the first week of the month. QUARANTINE_KEEP is longer than the readings'
@@ -58,7 +60,7 @@ __all__ = [
 DAY = 86400.0
 MONTH_MARGIN = 7 * DAY
 QUARANTINE_KEEP = 90 * DAY
-LEDGER_KEEP = 400 * DAY
+LEDGER_KEEP = 270 * DAY
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ __all__ = [
     "LONGEST",
     "MAX_DEPTH",
     "SHORTEST",
+    "SURE_YEARS",
     "Resolution",
     "SparkTime",
     "Timestamp",
@@ -42,6 +43,11 @@ MAX_DEPTH = 32
 
 EARLIEST = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 LATEST = dt.datetime(2200, 1, 1, tzinfo=dt.UTC)
+SURE_YEARS = range(EARLIEST.year + 1, LATEST.year - 1)
+"""Years each instant of which lies inside EARLIEST..LATEST whatever its offset (at most a
+day): a stamp in one of them needs no other check. The per-point ``__post_init__`` of the
+wire types test this first (an int in a range, in C) and call :func:`check_times` only for
+the rare edge year: it is most of the decoding cost of a price curve otherwise."""
 SHORTEST = dt.timedelta(seconds=1)
 LONGEST = dt.timedelta(days=1)
 
@@ -135,7 +141,17 @@ class Resolution(str):
     def parse(cls, value: object) -> Resolution:
         if not isinstance(value, str):
             raise TypeError(f"expected a time-span like '01:00:00', got {_shown(value)}")
-        return cls(normal_resolution(value))
+        if (known := _READ.get(value)) is not None:
+            return known
+        parsed = cls(normal_resolution(value))
+        if len(_READ) < _READ_MAX:  # a few spellings in practice; a flood of odd ones
+            _READ[value] = parsed  # is parsed each time, never kept
+        return parsed
+
+
+_READ: dict[str, Resolution] = {}
+"""Resolutions read so far, by the text they were read from (valid ones only)."""
+_READ_MAX = 64
 
 
 _NET_SPAN = re.compile(r"(?:(\d{1,9})\.)?(\d{1,2}):(\d{2}):(\d{2})(?:\.(\d{1,7}))?")

@@ -17,15 +17,18 @@ __all__ = ["sign", "verify"]
 
 
 def sign(body: bytes, secret: str) -> str:
-    mac = hmac.new(secret.encode("utf-8"), body, hashlib.sha256).digest()
-    return base64.b64encode(mac).decode("ascii")
+    return _signature(body, secret).decode("ascii")
+
+
+def _signature(body: bytes, secret: str) -> bytes:
+    return base64.b64encode(hmac.digest(secret.encode("utf-8"), body, hashlib.sha256))
 
 
 def verify(body: bytes, signature: str | None, secret: str) -> None:
     """Raise SignatureError unless ``signature`` is this body's signature under ``secret``."""
     if not signature:
         raise SignatureError("missing X-Payload-Signature header")
-    expected = sign(body, secret).encode("ascii")
+    expected = _signature(body, secret)
     given = signature.strip().encode("ascii", "replace")
     if not hmac.compare_digest(expected, given):
         raise SignatureError("X-Payload-Signature does not match the body")

@@ -55,44 +55,73 @@ def register_token(token: str) -> None:
 
 
 _suspects: list[str] = []
-"""What :func:`_suspect` looks for: every secret and token, as written and as JSON escapes
-it; made again after a secret or token is registered."""
+"""What :func:`_suspect` looks for: every spelling of every secret and token (as written,
+as ``repr`` writes it, and each of those as JSON escapes it); made again after a secret or
+token is registered."""
+
+
+def _spellings(secret: str) -> set[str]:
+    """``secret`` as written and as ``repr`` writes it (inside a set, a traceback line)."""
+    return {secret, repr(secret)[1:-1]}
 
 
 def _suspect(line: str) -> bool:
     """Whether a rendered JSON line may hold a secret, a token or a bearer credential.
 
     Never wrong the safe way: a string holding a secret renders it escaped character by
-    character, so the escaped secret is in the line (both spellings are looked for), and
+    character, so the escaped spelling is in the line (every spelling is looked for), and
     "bearer" is letters, never escaped: any mention of it counts, whatever follows. Plain
     substring tests (one regex with every alternative cost ten times as much on a long line).
     """
     if not _suspects:
-        texts = {t for v in (*_secrets, *_tokens) for t in (v, json.dumps(v)[1:-1])}
+        texts = {
+            text
+            for secret in (*_secrets, *_tokens)
+            for spelling in _spellings(secret)
+            for text in (spelling, json.dumps(spelling)[1:-1])
+        }
         _suspects.extend(texts or [REDACTED])  # never empty, so never made again for nothing
     return any(text in line for text in _suspects) or "bearer" in line.lower()
 
 
 def redact(text: str) -> str:
-    """``text`` with every registered secret and token, and any ``Bearer <token>``, as ***."""
-    for secret in (*_secrets, *_tokens):
-        if secret in text:
-            text = text.replace(secret, REDACTED)
+    """``text`` with every registered secret and token (in every spelling :func:`_suspect`
+    looks for), and any ``Bearer <token>``, as ***."""
+    for secret in sorted((*_secrets, *_tokens), key=len, reverse=True):
+        for spelling in (*_spellings(secret), json.dumps(secret)[1:-1]):
+            if spelling in text:
+                text = text.replace(spelling, REDACTED)
     return _BEARER.sub(lambda m: f"{m[1]}{m[2]}{REDACTED}", text)
 
 
 def _scrub(value: Any) -> Any:
+    """``value`` as the JSON renderer would write it, every text in it redacted: containers
+    become dicts and lists, a number whose digits hold a secret becomes text, and any other
+    object becomes its ``repr`` (what the renderer would write), redacted."""
     if isinstance(value, str):
         return redact(value)
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        text = repr(value)
+        return value if (scrubbed := redact(text)) == text else scrubbed
     if isinstance(value, dict):
-        return {k: _scrub(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_scrub(v) for v in value)
-    return value
+        return {redact(k) if isinstance(k, str) else k: _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):  # a namedtuple too: a list
+        return [_scrub(v) for v in value]
+    structlog_form = getattr(value, "__structlog__", None)
+    return _scrub(structlog_form() if callable(structlog_form) else repr(value))
 
 
 def _redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     return {k: _scrub(v) for k, v in event_dict.items()}
+
+
+def _text(value: object) -> str:
+    try:
+        return value if isinstance(value, str) else "" if value is None else str(value)
+    except Exception:  # a __str__ that raises
+        return type(value).__name__
 
 
 class _Redacted:
@@ -107,20 +136,29 @@ class _Redacted:
 
 class _RedactedJSON:
     """Renders a JSON line, then looks for anything to redact in it (:func:`_suspect`): only
-    a line that may hold some is rendered again from a scrubbed copy. Walking every value
-    of every line cost the webhook a tenth of its time at a burst."""
+    a line that may hold some is rendered again from a scrubbed copy (its text is never
+    edited: the line stays valid JSON). Walking every value of every line cost the webhook
+    a tenth of its time at a burst. A line that cannot be rendered at all (a ``repr`` that
+    raises) becomes a line that says so: logging never raises into the gateway."""
 
     def __init__(self) -> None:
         self._render = structlog.processors.JSONRenderer()
 
     def __call__(self, logger: Any, name: str, event_dict: MutableMapping[str, Any]) -> str:
-        line = str(self._render(logger, name, event_dict))
-        if not _suspect(line):
-            return line
-        line = str(self._render(logger, name, _redact(logger, name, event_dict)))
-        if _suspect(line):  # a secret inside an object's repr or a key: its text goes too
-            for secret in sorted((*_secrets, *_tokens), key=len, reverse=True):
-                line = line.replace(json.dumps(secret)[1:-1], REDACTED)
+        try:
+            line = str(self._render(logger, name, event_dict))
+            if _suspect(line):
+                line = str(self._render(logger, name, _redact(logger, name, event_dict)))
+        except Exception as exc:  # whatever a value's repr raises
+            return json.dumps(
+                {
+                    "event": "log.unrenderable",
+                    "logged": redact(_text(event_dict.get("event")))[:200],
+                    "level": _text(event_dict.get("level")),
+                    "timestamp": _text(event_dict.get("timestamp")),
+                    "error": type(exc).__name__,
+                }
+            )
         return line
 
 

@@ -101,3 +101,18 @@ def test_library_records_are_redacted_the_same_way(lines: io.StringIO) -> None:
     )
     line = json.loads(ours.format(record))
     assert line["event"] == "failed with ***" and line["logger"] == "some.library"
+
+
+def test_a_value_that_cannot_be_written_never_raises_into_the_caller(lines: io.StringIO) -> None:
+    class Broken:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+        __str__ = __repr__
+
+    structlog.get_logger("t").info("device.read", value=Broken(), secret="plain-secret-1234")
+    structlog.get_logger("t").info("bearer word", value=Broken())  # the scrubbed path too
+    first, second = logged(lines)
+    assert first["event"] == "log.unrenderable" and first["logged"] == "device.read"
+    assert first["error"] == "RuntimeError" and first["level"] == "info"
+    assert second["event"] == "log.unrenderable"

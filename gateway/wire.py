@@ -119,7 +119,7 @@ class PriceCurvePoint(Wire, frozen=True):
     price: float | None = None
 
     def __post_init__(self) -> None:
-        if self.timestamp.year not in SURE_YEARS:
+        if self.timestamp.tzinfo is None or self.timestamp.year not in SURE_YEARS:
             check_times(timestamp=self.timestamp)
 
 
@@ -150,7 +150,7 @@ class LPCDataPoint(Wire, frozen=True):
     max_power_in_kilo_watts: float | None = None
 
     def __post_init__(self) -> None:
-        if self.timestamp.year not in SURE_YEARS:
+        if self.timestamp.tzinfo is None or self.timestamp.year not in SURE_YEARS:
             check_times(timestamp=self.timestamp)
 
 
@@ -247,7 +247,7 @@ class EnergyCurvePoint(Outbound, frozen=True):
     kilo_watt_hours: float
 
     def __post_init__(self) -> None:
-        if self.timestamp.year not in SURE_YEARS:
+        if self.timestamp.tzinfo is None or self.timestamp.year not in SURE_YEARS:
             check_times(timestamp=self.timestamp)
 
 

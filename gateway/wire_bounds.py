@@ -45,9 +45,10 @@ EARLIEST = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 LATEST = dt.datetime(2200, 1, 1, tzinfo=dt.UTC)
 SURE_YEARS = range(EARLIEST.year + 1, LATEST.year - 1)
 """Years each instant of which lies inside EARLIEST..LATEST whatever its offset (at most a
-day): a stamp in one of them needs no other check. The per-point ``__post_init__`` of the
-wire types test this first (an int in a range, in C) and call :func:`check_times` only for
-the rare edge year: it is most of the decoding cost of a price curve otherwise."""
+day): an aware stamp in one of them needs no other check (a naive one always does). The
+per-point ``__post_init__`` of the wire types test this first (an int in a range, in C) and
+call :func:`check_times` only for a naive stamp or the rare edge year: it was most of the
+decoding cost of a price curve."""
 SHORTEST = dt.timedelta(seconds=1)
 LONGEST = dt.timedelta(days=1)
 
@@ -141,11 +142,12 @@ class Resolution(str):
     def parse(cls, value: object) -> Resolution:
         if not isinstance(value, str):
             raise TypeError(f"expected a time-span like '01:00:00', got {_shown(value)}")
-        if (known := _READ.get(value)) is not None:
+        plain = type(value) is str  # a subclass may not be what it says: never kept
+        if plain and (known := _READ.get(value)) is not None:
             return known
         parsed = cls(normal_resolution(value))
-        if len(_READ) < _READ_MAX:  # a few spellings in practice; a flood of odd ones
-            _READ[value] = parsed  # is parsed each time, never kept
+        if plain and len(_READ) < _READ_MAX:  # a few spellings in practice; a flood of odd
+            _READ[value] = parsed  # ones is parsed each time, never kept
         return parsed
 
 
@@ -192,6 +194,8 @@ def check_times(**stamps: dt.datetime | None) -> None:
     """ValueError ``"name: why"`` for the first stamp outside 2000..2200 (the year first:
     comparing a year-1 or year-9999 time that has an offset can overflow)."""
     for name, stamp in stamps.items():
+        if stamp is not None and stamp.tzinfo is None:  # one built in Python; never guessed
+            raise ValueError(f"{name}: {stamp.isoformat()} has no offset")
         if stamp is not None and not (1999 <= stamp.year <= 2200 and EARLIEST <= stamp <= LATEST):
             shown = stamp.isoformat() if stamp.tzinfo is None else f"{stamp:%Y-%m-%dT%H:%M:%S%z}"
             raise ValueError(f"{name}: {shown} is outside 2000-01-01..2200-01-01")

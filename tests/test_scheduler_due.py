@@ -12,6 +12,8 @@ is planned in batches: one commit per ``BATCH`` events.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import Collection, Mapping
 from email.utils import formatdate
@@ -411,3 +413,46 @@ def wire_event(event_id: str, payload: bytes) -> Any:
     from gateway.store.inbox import NewEvent
 
     return NewEvent(event_id=event_id, payload_type="PriceCurve", created_at=None, payload=payload)
+
+
+async def test_a_burst_is_planned_once_it_pauses_and_a_steady_stream_at_most_lull_later(
+    config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Intake goes first: while events keep coming (each wakes the scheduler) none is planned;
+    a pause of LULL plans them all at once. A stream with no pause is planned LULL_AT_MOST
+    after its first event at the latest."""
+    monkeypatch.setattr(scheduler_module, "LULL", 0.1)
+    monkeypatch.setattr(scheduler_module, "LULL_AT_MOST", 1.0)
+    clock = Clock(BEFORE)
+    async with open_database(config.db_path) as db:
+        sched, asked = make(db, config, clock)
+        await sched.pass_once()  # the agenda loaded: nothing open
+        runner = asyncio.create_task(sched.run())
+        try:
+            loop = asyncio.get_running_loop()
+
+            async def arrive(event_id: str) -> None:
+                await store_event(db, event_id, curve("hwt-1"), at=BEFORE)
+                sched.wake(event_id)
+
+            for i in range(8):  # a burst: an event every 30 ms for 240 ms
+                await arrive(f"burst-{i}")
+                await asyncio.sleep(0.03)
+                assert asked.asked == {}, f"planned during the burst, after event {i}"
+            last = loop.time()
+            while len(asked.asked) < 8:
+                assert loop.time() < last + 2.0, "the burst was not planned after its pause"
+                await asyncio.sleep(0.01)
+            assert loop.time() >= last + 0.1 - 0.03  # not before the pause
+            first = loop.time()
+            for i in range(60):  # a stream without a pause of 100 ms
+                await arrive(f"stream-{i}")
+                await asyncio.sleep(0.04)
+                if any(k.startswith("stream") for k in asked.asked):
+                    break
+            planned_after = loop.time() - first
+            assert 0.9 <= planned_after <= 1.6, planned_after  # LULL_AT_MOST after its first
+        finally:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner

@@ -17,20 +17,12 @@ import pytest
 import structlog
 
 from gateway import logs
+from tests.kit.logs import json_logging_to_buffer
 
 
 @pytest.fixture
 def out(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    monkeypatch.setattr("sys.stderr", stream)
-    monkeypatch.setattr(logs, "_secrets", set())
-    monkeypatch.setattr(logs, "_tokens", type(logs._tokens)(maxlen=8))
-    monkeypatch.setattr(logs, "_suspects", [])
-    logs.configure_logging(level="info", json=True)
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=stream))
-    yield stream
-    structlog.reset_defaults()
-    logging.getLogger().handlers.clear()
+    yield from json_logging_to_buffer(monkeypatch)
 
 
 def parsed(stream: io.StringIO) -> list[dict[str, Any]]:

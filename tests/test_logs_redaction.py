@@ -13,6 +13,7 @@ import pytest
 import structlog
 
 from gateway import logs
+from tests.kit.logs import json_logging_to_buffer
 
 SECRETS = [
     "plain-secret-1234",
@@ -24,17 +25,9 @@ SECRETS = [
 
 @pytest.fixture
 def lines(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
-    out = io.StringIO()
-    monkeypatch.setattr("sys.stderr", out)
-    monkeypatch.setattr(logs, "_secrets", set())
-    monkeypatch.setattr(logs, "_tokens", type(logs._tokens)(maxlen=8))
-    monkeypatch.setattr(logs, "_suspects", [])
-    logs.configure_logging(level="info", json=True)
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=out))
-    logs.register_secrets(SECRETS)
-    yield out
-    structlog.reset_defaults()
-    logging.getLogger().handlers.clear()
+    for out in json_logging_to_buffer(monkeypatch):
+        logs.register_secrets(SECRETS)
+        yield out
 
 
 def logged(out: io.StringIO) -> list[dict[str, Any]]:

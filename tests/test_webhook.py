@@ -48,18 +48,22 @@ def sign(body: bytes, secret: str = SECRET) -> str:
     return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
 
 
-@pytest.fixture
-async def hook(db: Database) -> AsyncIterator[Hook]:
-    inbox = Inbox(db)
-    seen: list[str] = []
-    settings = WebhookSettings(
+def webhook_settings(*, max_body: int = 1024 * 1024, read_timeout: float = 5) -> WebhookSettings:
+    return WebhookSettings(
         host="127.0.0.1",
         port=0,
         path="/notify",
         secret=Secret(SECRET),
-        max_body=1024 * 1024,
-        read_timeout=0.5,
+        max_body=max_body,
+        read_timeout=read_timeout,
     )
+
+
+@pytest.fixture
+async def hook(db: Database) -> AsyncIterator[Hook]:
+    inbox = Inbox(db)
+    seen: list[str] = []
+    settings = webhook_settings(read_timeout=0.5)
     async with serve_webhook(settings, inbox, seen.append) as url, aiohttp.ClientSession() as s:
         yield Hook(url, inbox, seen, s)
 
@@ -454,14 +458,7 @@ async def test_a_request_in_a_commit_when_the_server_stops_still_gets_its_200(
     db: Database, gate: Gate
 ) -> None:
     inbox = Inbox(db)
-    settings = WebhookSettings(
-        host="127.0.0.1",
-        port=0,
-        path="/notify",
-        secret=Secret(SECRET),
-        max_body=1024 * 1024,
-        read_timeout=5,
-    )
+    settings = webhook_settings()
     serving = serve_webhook(settings, inbox, lambda event_id: None)
     url = await serving.__aenter__()
     body = notification(1, "stop")
@@ -499,14 +496,7 @@ async def test_a_chunked_body_is_held_to_max_body_too(db: Database, size: int) -
     """No Content-Length to check first: a chunked body that is all here already is measured
     as it is taken (at the limit it is read; one byte more is a 413, nothing stored)."""
     inbox = Inbox(db)
-    settings = WebhookSettings(
-        host="127.0.0.1",
-        port=0,
-        path="/notify",
-        secret=Secret(SECRET),
-        max_body=200,
-        read_timeout=5,
-    )
+    settings = webhook_settings(max_body=200)
     body = b"{" + b" " * (size - 2) + b"}"
     chunked = f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
     async with serve_webhook(settings, inbox, lambda event_id: None) as url:

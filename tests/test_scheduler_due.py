@@ -456,3 +456,31 @@ async def test_a_burst_is_planned_once_it_pauses_and_a_steady_stream_at_most_lul
             runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await runner
+
+
+async def test_a_batch_queues_its_reports_in_one_statement_and_a_queued_one_stays_refused(
+    config: Config,
+) -> None:
+    """Every report of a batch goes in with one INSERT (and its job rows with one more);
+    a report already queued (same event and kind) is refused there, the rest go in."""
+    from gateway.store.outbox import NewReport
+
+    async with open_database(config.db_path) as db:
+        outbox = Outbox(db)
+        assert await outbox.enqueue(event_id="e-1", kind="K", body=b"{}", source="x", now=1.0)
+        batch = WriteBatch()
+        for i in range(1, 1201):  # more than one statement's worth (500 a statement)
+            report = NewReport(f"e-{i}", "K", b'{"i": %d}' % i, "planner", 2.0, 9.0)
+            batch.queue_report(report, outcome="queued", note=None)
+        statements: list[str] = []
+        await db.conn.set_trace_callback(statements.append)
+        await batch.commit(db)
+        await db.conn.set_trace_callback(None)
+        inserts = {s for s in statements if s.startswith("INSERT INTO outbox")}
+        assert len(inserts) == 3  # 500 + 500 + 200
+        assert len(batch.queued) == 1199 and ("e-1", "K") not in batch.queued
+        assert (await db.fetchall("SELECT COUNT(*) FROM outbox"))[0][0] == 1200
+        first = await db.fetchall("SELECT body FROM outbox WHERE event_id = 'e-1'")
+        assert [bytes(r[0]) for r in first] == [b"{}"]  # the report queued before is kept
+        jobs = await db.fetchall("SELECT COUNT(*) FROM report_jobs WHERE outcome = 'queued'")
+        assert jobs[0][0] == 1200

@@ -104,7 +104,7 @@ from gateway.reports.planner import LOCATION_ACK, RESOURCE_ACK, Job, Target, pla
 from gateway.store.batch import WriteBatch
 from gateway.store.database import Database
 from gateway.store.inbox import Inbox, InboxEvent
-from gateway.store.outbox import Outbox
+from gateway.store.outbox import NewReport
 from gateway.store.readings import ReadingsStore
 from gateway.timeutil import format_utc
 
@@ -661,21 +661,8 @@ class ReportScheduler:
             log.error("reports.breaks_contract", kind=job.kind, error=describe(exc))
             return None
         body, deadline = result.body, report_deadline(result.request, now=now)
-        queued = False
-
-        async def queue(conn: aiosqlite.Connection) -> None:  # outbox row and job row together
-            nonlocal queued
-            queued = await Outbox.enqueue_in(
-                conn,
-                event_id=job.event_id,
-                kind=job.kind,
-                body=body,
-                source="planner",
-                now=now,
-                deadline=deadline,
-            )
-            await ReportJobs.record_in(conn, job.event_id, job.kind, "queued", note, now=now)
-
+        report = NewReport(job.event_id, job.kind, body, "planner", now, deadline)
+        batch.queue_report(report, outcome="queued", note=note)  # outbox row and job row
         payloads = len(result.request.payloads)
 
         def after_commit() -> None:
@@ -684,13 +671,12 @@ class ReportScheduler:
                 "reports.queued",
                 event_id=job.event_id,
                 kind=job.kind,
-                new=queued,
+                new=(job.event_id, job.kind) in batch.queued,
                 payloads=payloads,
                 note=note,
             )
             self._on_queued()
 
-        batch.add(queue)
         batch.after_commit(after_commit)
         return None
 

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 import aiosqlite
 
 from gateway.store.database import Database
+from gateway.store.outbox import NewReport, Outbox
 
 __all__ = ["WriteBatch"]
 
@@ -30,6 +31,10 @@ class WriteBatch:
         self._plans: dict[str, tuple[str, str | None, tuple[str, str | None] | None]] = {}
         self._steps: list[Step] = []
         self._after: list[Callable[[], object]] = []
+        self._reports: list[tuple[NewReport, tuple[object, ...]]] = []
+        self.queued: set[tuple[str, str]] = set()
+        """After :meth:`commit`: the (event id, kind) of the reports it queued (those not
+        in it were queued before)."""
 
     def set_plan(
         self,
@@ -48,21 +53,35 @@ class WriteBatch:
         """A write, run in order inside the batch's transaction."""
         self._steps.append(step)
 
+    def queue_report(self, report: NewReport, *, outcome: str, note: str | None) -> None:
+        """A report for the outbox, and its job's outcome for ``report_jobs``, written with
+        every other report of the batch in one statement each (after the steps, before
+        the plans)."""
+        self._reports.append((report, (report.event_id, report.kind, outcome, note, report.now)))
+
     def after_commit(self, fn: Callable[[], object]) -> None:
         """Run ``fn`` once the batch is committed (in the order registered)."""
         self._after.append(fn)
 
     def __len__(self) -> int:
-        return len(self._plans) + len(self._steps)
+        return len(self._plans) + len(self._steps) + len(self._reports)
 
     async def commit(self, db: Database) -> None:
         """Every write in one transaction, then the follow-ups; the batch is empty after."""
-        plans, steps, after = self._plans, self._steps, self._after
-        self._plans, self._steps, self._after = {}, [], []
-        if plans or steps:
+        plans, steps, after, reports = self._plans, self._steps, self._after, self._reports
+        self._plans, self._steps, self._after, self._reports = {}, [], [], []
+        queued: set[tuple[str, str]] = set()
+        if plans or steps or reports:
             async with db.write() as conn:
                 for step in steps:
                     await step(conn)
+                if reports:
+                    queued = await Outbox.enqueue_many_in(conn, [r for r, _ in reports])
+                    await conn.executemany(
+                        "INSERT INTO report_jobs (event_id, kind, outcome, note, at) "
+                        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (event_id, kind) DO NOTHING",
+                        [job for _, job in reports],
+                    )
                 if plans:
                     await conn.executemany(
                         "UPDATE events SET plan_state = ?1, plan_note = ?2 WHERE event_id = ?3 "
@@ -72,5 +91,6 @@ class WriteBatch:
                             for event_id, (state, note, was) in plans.items()
                         ],
                     )
+        self.queued = queued
         for fn in after:
             fn()

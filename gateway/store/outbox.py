@@ -41,7 +41,7 @@ from gateway.store.outbox_states import (
     transition,
 )
 
-__all__ = ["Outbox", "OutboxItem", "Round"]
+__all__ = ["NewReport", "Outbox", "OutboxItem", "Round"]
 
 STATES = tuple(state.value for state in RowState)
 
@@ -123,6 +123,29 @@ _ENQUEUE = (
 )
 
 
+_ROW = "(?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)"
+_ENQUEUE_MANY = (
+    "INSERT INTO outbox (event_id, kind, body, idempotency_key, source, state, "
+    "next_attempt_at, deadline, created_at, updated_at) VALUES {values} "
+    "ON CONFLICT (event_id, kind) DO NOTHING RETURNING event_id, kind"
+)
+_MANY = 500
+"""Reports per statement in :meth:`Outbox.enqueue_many_in`: 9 parameters each, and SQLite
+(>= 3.32) takes 32766 per statement."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewReport:
+    """A report to queue (:meth:`Outbox.enqueue_many_in`)."""
+
+    event_id: str
+    kind: str
+    body: bytes
+    source: str
+    now: float
+    deadline: float | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Round:
     """One keeper round: the rows claimed, and the outcomes that could not be recorded
@@ -190,6 +213,37 @@ class Outbox:
             _ENQUEUE, (event_id, kind, body, key, source, now, deadline, now, now)
         )
         return cur.rowcount == 1
+
+    @staticmethod
+    async def enqueue_many_in(
+        conn: aiosqlite.Connection, reports: Sequence[NewReport]
+    ) -> set[tuple[str, str]]:
+        """:meth:`enqueue_in` for many reports, one statement per ``_MANY`` of them (one
+        hand-off to SQLite's thread each, where one per report cost more than the commit):
+        the (event id, kind) of those queued now; the others were queued before."""
+        queued: set[tuple[str, str]] = set()
+        for first in range(0, len(reports), _MANY):
+            chunk = reports[first : first + _MANY]
+            rows = await conn.execute_fetchall(
+                _ENQUEUE_MANY.format(values=", ".join([_ROW] * len(chunk))),
+                [
+                    p
+                    for r in chunk
+                    for p in (
+                        r.event_id,
+                        r.kind,
+                        r.body,
+                        idempotency_key(r.event_id, r.kind, r.body),
+                        r.source,
+                        r.now,
+                        r.deadline,
+                        r.now,
+                        r.now,
+                    )
+                ],
+            )
+            queued.update((row[0], row[1]) for row in rows)
+        return queued
 
     async def recover(self, *, now: float) -> int:
         """Rows a crash left ``in_flight`` go back to ``pending``, due now."""

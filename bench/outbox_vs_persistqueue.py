@@ -129,7 +129,7 @@ class OutboxSide:
             writes = WriteBatch()
             for i, body in enumerate(payloads[offset : offset + batch], first + offset):
                 report = NewReport(event_id(i), "EnergyUsage", body, "bench", 0.0)
-                writes.queue_report(report, outcome="queued", note=None)
+                writes.queue_report(report, note=None)
             await writes.commit(self.db)
         return time.perf_counter() - start
 

@@ -471,7 +471,7 @@ async def test_a_batch_queues_its_reports_in_one_statement_and_a_queued_one_stay
         batch = WriteBatch()
         for i in range(1, 1201):  # more than one statement's worth (500 a statement)
             report = NewReport(f"e-{i}", "K", b'{"i": %d}' % i, "planner", 2.0, 9.0)
-            batch.queue_report(report, outcome="queued", note=None)
+            batch.queue_report(report, note=None)
         statements: list[str] = []
         await db.conn.set_trace_callback(statements.append)
         await batch.commit(db)

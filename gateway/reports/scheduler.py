@@ -101,7 +101,7 @@ from gateway.reports.clock import ServerClock, clock_problem
 from gateway.reports.due import Agenda
 from gateway.reports.manual import report_deadline
 from gateway.reports.planner import LOCATION_ACK, RESOURCE_ACK, Job, Target, plan_event
-from gateway.store.batch import WriteBatch
+from gateway.store.batch import RECORD_JOB, WriteBatch
 from gateway.store.database import Database
 from gateway.store.inbox import Inbox, InboxEvent
 from gateway.store.outbox import NewReport
@@ -129,17 +129,6 @@ class ReportJobs:
         self._db = db
 
     @staticmethod
-    def record_later(
-        batch: WriteBatch, event_id: str, kind: str, outcome: str, note: str | None, *, now: float
-    ) -> None:
-        """:meth:`record_in` with ``batch``'s commit."""
-
-        async def step(conn: aiosqlite.Connection) -> None:
-            await ReportJobs.record_in(conn, event_id, kind, outcome, note, now=now)
-
-        batch.add(step)
-
-    @staticmethod
     async def record_in(
         conn: aiosqlite.Connection,
         event_id: str,
@@ -151,11 +140,7 @@ class ReportJobs:
     ) -> None:
         """Record a job's outcome inside the caller's write transaction (once: the first
         outcome stays)."""
-        await conn.execute(
-            "INSERT INTO report_jobs (event_id, kind, outcome, note, at) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (event_id, kind) DO NOTHING",
-            (event_id, kind, outcome, note, now),
-        )
+        await conn.execute(RECORD_JOB, (event_id, kind, outcome, note, now))
 
     async def release(self, event_id: str) -> bool:
         """Give a quarantined event another plan; False when nothing of it was set aside.
@@ -617,7 +602,7 @@ class ReportScheduler:
         except Exception as exc:  # one bad job must not stop the others
             self._waiting.pop((job.event_id, job.kind), None)
             reason = f"quarantined: {describe(exc)}"
-            ReportJobs.record_later(batch, job.event_id, job.kind, "invalid", reason, now=now)
+            batch.record_job(job.event_id, job.kind, "invalid", reason, now=now)
             log.error(
                 "reports.job_quarantined",
                 event_id=job.event_id,
@@ -650,19 +635,19 @@ class ReportScheduler:
             ]
         note = _summary([*notes, *result.notes, *waited])
         if result.request is None or result.body is None:
-            ReportJobs.record_later(batch, job.event_id, job.kind, "empty", note, now=now)
+            batch.record_job(job.event_id, job.kind, "empty", note, now=now)
             log.warning("reports.nothing_to_report", kind=job.kind, note=note)
             return None
         try:  # never queue what the API would refuse: that is a bug of ours, kept for a look
             contract.check("PostReportRequest", json.loads(result.body))
         except WireError as exc:
             reason = f"quarantined: breaks the contract: {describe(exc)}"
-            ReportJobs.record_later(batch, job.event_id, job.kind, "invalid", reason, now=now)
+            batch.record_job(job.event_id, job.kind, "invalid", reason, now=now)
             log.error("reports.breaks_contract", kind=job.kind, error=describe(exc))
             return None
         body, deadline = result.body, report_deadline(result.request, now=now)
         report = NewReport(job.event_id, job.kind, body, "planner", now, deadline)
-        batch.queue_report(report, outcome="queued", note=note)  # outbox row and job row
+        batch.queue_report(report, note=note)  # outbox row and job row
         payloads = len(result.request.payloads)
 
         def after_commit() -> None:

@@ -21,7 +21,13 @@ import aiosqlite
 from gateway.store.database import Database
 from gateway.store.outbox import NewReport, Outbox
 
-__all__ = ["WriteBatch"]
+__all__ = ["RECORD_JOB", "WriteBatch"]
+
+RECORD_JOB = (
+    "INSERT INTO report_jobs (event_id, kind, outcome, note, at) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (event_id, kind) DO NOTHING"
+)
+"""A report job's outcome; the first one recorded stays."""
 
 Step = Callable[[aiosqlite.Connection], Awaitable[object]]
 
@@ -31,7 +37,8 @@ class WriteBatch:
         self._plans: dict[str, tuple[str, str | None, tuple[str, str | None] | None]] = {}
         self._steps: list[Step] = []
         self._after: list[Callable[[], object]] = []
-        self._reports: list[tuple[NewReport, tuple[object, ...]]] = []
+        self._reports: list[NewReport] = []
+        self._jobs: list[tuple[str, str, str, str | None, float]] = []
         self.queued: set[tuple[str, str]] = set()
         """After :meth:`commit`: the (event id, kind) of the reports it queued (those not
         in it were queued before)."""
@@ -53,35 +60,40 @@ class WriteBatch:
         """A write, run in order inside the batch's transaction."""
         self._steps.append(step)
 
-    def queue_report(self, report: NewReport, *, outcome: str, note: str | None) -> None:
-        """A report for the outbox, and its job's outcome for ``report_jobs``, written with
-        every other report of the batch in one statement each (after the steps, before
-        the plans)."""
-        self._reports.append((report, (report.event_id, report.kind, outcome, note, report.now)))
+    def record_job(
+        self, event_id: str, kind: str, outcome: str, note: str | None, *, now: float
+    ) -> None:
+        """A report job's outcome for ``report_jobs`` (once: the first outcome stays), written
+        with every other of the batch in one statement."""
+        self._jobs.append((event_id, kind, outcome, note, now))
+
+    def queue_report(self, report: NewReport, *, note: str | None) -> None:
+        """A report for the outbox and its job's ``queued`` outcome, written with every other
+        report of the batch in one statement each (after the steps, before the plans)."""
+        self._reports.append(report)
+        self.record_job(report.event_id, report.kind, "queued", note, now=report.now)
 
     def after_commit(self, fn: Callable[[], object]) -> None:
         """Run ``fn`` once the batch is committed (in the order registered)."""
         self._after.append(fn)
 
     def __len__(self) -> int:
-        return len(self._plans) + len(self._steps) + len(self._reports)
+        return len(self._plans) + len(self._steps) + len(self._jobs)
 
     async def commit(self, db: Database) -> None:
         """Every write in one transaction, then the follow-ups; the batch is empty after."""
-        plans, steps, after, reports = self._plans, self._steps, self._after, self._reports
-        self._plans, self._steps, self._after, self._reports = {}, [], [], []
+        plans, steps, after = self._plans, self._steps, self._after
+        reports, jobs = self._reports, self._jobs
+        self._plans, self._steps, self._after, self._reports, self._jobs = {}, [], [], [], []
         queued: set[tuple[str, str]] = set()
-        if plans or steps or reports:
+        if plans or steps or jobs:
             async with db.write() as conn:
                 for step in steps:
                     await step(conn)
                 if reports:
-                    queued = await Outbox.enqueue_many_in(conn, [r for r, _ in reports])
-                    await conn.executemany(
-                        "INSERT INTO report_jobs (event_id, kind, outcome, note, at) "
-                        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (event_id, kind) DO NOTHING",
-                        [job for _, job in reports],
-                    )
+                    queued = await Outbox.enqueue_many_in(conn, reports)
+                if jobs:
+                    await conn.executemany(RECORD_JOB, jobs)
                 if plans:
                     await conn.executemany(
                         "UPDATE events SET plan_state = ?1, plan_note = ?2 WHERE event_id = ?3 "

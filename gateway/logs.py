@@ -55,14 +55,21 @@ def register_token(token: str) -> None:
 
 
 _suspects: list[str] = []
-"""What :func:`_suspect` looks for: every spelling of every secret and token (as written,
-as ``repr`` writes it, and each of those as JSON escapes it); made again after a secret or
-token is registered."""
+"""Every spelling of every secret and token, longest first (as written, as ``repr`` writes
+it, and each of those as JSON escapes it): what :func:`_suspect` looks for and
+:func:`redact` replaces; made again after a secret or token is registered."""
 
 
-def _spellings(secret: str) -> set[str]:
-    """``secret`` as written and as ``repr`` writes it (inside a set, a traceback line)."""
-    return {secret, repr(secret)[1:-1]}
+def _spellings() -> list[str]:
+    if not _suspects:
+        texts = {
+            text
+            for secret in (*_secrets, *_tokens)
+            for spelling in (secret, repr(secret)[1:-1])
+            for text in (spelling, json.dumps(spelling)[1:-1])
+        }
+        _suspects.extend(sorted(texts, key=len, reverse=True) or [REDACTED])
+    return _suspects  # never empty, so never made again for nothing
 
 
 def _suspect(line: str) -> bool:
@@ -73,24 +80,15 @@ def _suspect(line: str) -> bool:
     "bearer" is letters, never escaped: any mention of it counts, whatever follows. Plain
     substring tests (one regex with every alternative cost ten times as much on a long line).
     """
-    if not _suspects:
-        texts = {
-            text
-            for secret in (*_secrets, *_tokens)
-            for spelling in _spellings(secret)
-            for text in (spelling, json.dumps(spelling)[1:-1])
-        }
-        _suspects.extend(texts or [REDACTED])  # never empty, so never made again for nothing
-    return any(text in line for text in _suspects) or "bearer" in line.lower()
+    return any(text in line for text in _spellings()) or "bearer" in line.lower()
 
 
 def redact(text: str) -> str:
     """``text`` with every registered secret and token (in every spelling :func:`_suspect`
     looks for), and any ``Bearer <token>``, as ***."""
-    for secret in sorted((*_secrets, *_tokens), key=len, reverse=True):
-        for spelling in (*_spellings(secret), json.dumps(secret)[1:-1]):
-            if spelling in text:
-                text = text.replace(spelling, REDACTED)
+    for spelling in _spellings():
+        if spelling in text:
+            text = text.replace(spelling, REDACTED)
     return _BEARER.sub(lambda m: f"{m[1]}{m[2]}{REDACTED}", text)
 
 

@@ -196,8 +196,6 @@ def server(kind: str, state: Path) -> Iterator[tuple[str, int]]:
         proc.stdin.close()
         if proc.wait(timeout=60) != 0:
             raise RuntimeError(f"{kind} server failed; see {state / 'server.log'}")
-        assert proc.stdout is not None
-        (state / "server.out").write_text(proc.stdout.read())
 
 
 def _free_port() -> int:

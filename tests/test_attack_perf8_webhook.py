@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import structlog
 
-from gateway.config import Secret
 from gateway.intake.webhook import WebhookSettings, serve_webhook
 from gateway.store.database import open_database
 from gateway.store.inbox import Inbox
+from tests.test_webhook import webhook_settings
 
 SECRET = "Secret123%"
 LIMIT = 400
@@ -54,14 +54,7 @@ async def exchange(url: str, pieces: list[bytes]) -> bytes:
 
 
 def settings() -> WebhookSettings:
-    return WebhookSettings(
-        host="127.0.0.1",
-        port=0,
-        path="/notify",
-        secret=Secret(SECRET),
-        max_body=LIMIT,
-        read_timeout=2.0,
-    )
+    return webhook_settings(max_body=LIMIT, read_timeout=2.0)
 
 
 @pytest.mark.parametrize(("size", "status"), [(LIMIT, 200), (LIMIT + 1, 413)])

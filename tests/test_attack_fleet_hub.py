@@ -234,22 +234,30 @@ def test_a_meter_point_does_not_lend_a_location_another_site_lists() -> None:
 def test_cutting_an_event_for_thousands_of_sites_is_one_pass_over_its_targets() -> None:
     """The router cut an event's targets once per owning site, each cut a pass over all
     the targets: an event for 5,000 sites took 25 million comparisons (about half a second
-    of the hub's only thread, at each route of it). One pass groups them."""
-    count = 5000
-    table = SiteTable(Site(f"s{i}", frozenset({f"r{i}"})) for i in range(count))
-    raw = json.dumps(
-        {
-            **price_curve(),
-            "targets": [{"resourceId": f"r{i}", "locationId": "l"} for i in range(count)],
-        }
-    ).encode()
-    payload = wire.decode_event_payload(raw)
-    started = time.perf_counter()
-    routes = table.route(payload, raw)
-    took = time.perf_counter() - started
-    assert len(routes) == count
-    assert json.loads(routes["s42"])["targets"] == [{"resourceId": "r42", "locationId": "l"}]
-    assert took < 0.15, f"{took:.3f} s"
+    of the hub's only thread, at each route of it). One pass groups them: four times the
+    sites take four to five times as long here, not sixteen (a ratio, not a wall-clock bound, so
+    that a slow or busy machine decides nothing)."""
+
+    def fastest_cut(count: int) -> float:
+        table = SiteTable(Site(f"s{i}", frozenset({f"r{i}"})) for i in range(count))
+        raw = json.dumps(
+            {
+                **price_curve(),
+                "targets": [{"resourceId": f"r{i}", "locationId": "l"} for i in range(count)],
+            }
+        ).encode()
+        payload = wire.decode_event_payload(raw)
+        took = []
+        for _ in range(5):
+            started = time.perf_counter()
+            routes = table.route(payload, raw)
+            took.append(time.perf_counter() - started)
+        assert len(routes) == count
+        assert json.loads(routes["s42"])["targets"] == [{"resourceId": "r42", "locationId": "l"}]
+        return min(took)
+
+    small, large = fastest_cut(1250), fastest_cut(5000)
+    assert large / small < 10, f"{small:.4f} s for 1,250 sites, {large:.4f} s for 5,000"
 
 
 async def test_an_event_waiting_for_a_site_never_connected_is_not_cut_again_each_pass(

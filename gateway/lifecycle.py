@@ -1,4 +1,4 @@
-"""The gateway's version and its ``gateway.stopped`` line.
+"""The gateway's version, its ``gateway.stopped`` line, and what it does once started.
 
 ``gateway.started`` (logged by :mod:`gateway.app` once everything is open) and
 ``gateway.stopped`` (logged by ``ecgw run`` once everything is closed) bracket a run
@@ -9,13 +9,14 @@ name of the error that stopped it (``StoreCorrupt``).
 
 from __future__ import annotations
 
+import gc
 from importlib import metadata
 
 import structlog
 
 from gateway.errors import describe
 
-__all__ = ["log_stopped", "version"]
+__all__ = ["log_stopped", "settle", "version"]
 
 log = structlog.get_logger("gateway.app")
 
@@ -34,3 +35,13 @@ def log_stopped(reason: str, error: BaseException | None = None) -> None:
         log.info("gateway.stopped", version=version(), reason=reason)
     else:
         log.error("gateway.stopped", version=version(), reason=reason, error=describe(error))
+
+
+def settle() -> None:
+    """Once started: what start-up made (modules, config, the app, adapters) lives as long
+    as the process, so it is moved out of the cycle collector's sight (``gc.freeze``,
+    after one collection so that no garbage is kept). Every full collection would walk it
+    again: at a burst of notifications one took 54 ms, a tenth of the receiver's time.
+    Objects made later are collected as before."""
+    gc.collect()
+    gc.freeze()

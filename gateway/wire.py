@@ -98,8 +98,13 @@ Id: TypeAlias = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 """An envelope id: a non-empty string (a GUID in practice)."""
 
 
-class Wire(msgspec.Struct, rename="camel", frozen=True, kw_only=True):
-    """Shared base: camelCase on the wire, immutable, keyword-only."""
+class Wire(msgspec.Struct, rename="camel", frozen=True, kw_only=True, gc=False):
+    """Shared base: camelCase on the wire, immutable, keyword-only.
+
+    ``gc=False``: a wire message holds strings, numbers, times and other wire messages,
+    never itself, so the cycle collector need not track it. A price curve decodes into
+    dozens of structs; tracked, they set off a collection every few notifications at a
+    burst (189 instead of 20 for 8,000 notifications, a tenth of the receiver's time)."""
 
 
 class Outbound(Wire, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
@@ -181,7 +186,7 @@ class LPCReservation(Wire, frozen=True, tag_field="payloadType", tag="LPCReserva
     targets: list[LocationLPCTarget]
 
 
-class UnknownPayload(msgspec.Struct, frozen=True):
+class UnknownPayload(msgspec.Struct, frozen=True, gc=False):
     """A payload whose ``payloadType`` we do not know: kept as raw JSON, ignored."""
 
     payload_type: str
@@ -333,7 +338,7 @@ def _check_depth(raw: bytes, what: str, limit: int = MAX_DEPTH) -> None:
 # --- codecs, built once ------------------------------------------------------
 
 
-class _Tag(msgspec.Struct):
+class _Tag(msgspec.Struct, gc=False):
     payloadType: str = ""
 
 
@@ -388,19 +393,19 @@ def decode_event_payload(raw: bytes) -> EventPayload:
     return _with_texts(_decode_payload(raw), raw)
 
 
-class _Text(msgspec.Struct):
+class _Text(msgspec.Struct, gc=False):
     timestamp: str
 
 
-class _Points(msgspec.Struct):
+class _Points(msgspec.Struct, gc=False):
     points: list[_Text] = []
 
 
-class _CurveTexts(msgspec.Struct, rename="camel"):
+class _CurveTexts(msgspec.Struct, rename="camel", gc=False):
     price_curve_delta: _Points
 
 
-class _TargetTexts(msgspec.Struct):
+class _TargetTexts(msgspec.Struct, gc=False):
     targets: list[_Points] = []
 
 
@@ -493,7 +498,7 @@ def decode_polled_event(raw: bytes) -> tuple[GetEventResponse, EventPayload]:
     return event, _decode_payload(event.payload)
 
 
-class _IdOnly(msgspec.Struct):
+class _IdOnly(msgspec.Struct, gc=False):
     id: Id
 
 
@@ -509,7 +514,7 @@ def polled_event_id(raw: bytes) -> str | None:
         return None
 
 
-class _AnyId(msgspec.Struct):
+class _AnyId(msgspec.Struct, gc=False):
     id: Any = None
 
 
@@ -527,7 +532,7 @@ def unusable_id_text(raw: bytes) -> str | None:
     return None if value is None else _encoder.encode(value).decode()[:64]
 
 
-class _ReportTexts(msgspec.Struct):
+class _ReportTexts(msgspec.Struct, gc=False):
     payloads: list[_Points] = []
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import json
+import weakref
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from gateway import contract, wire
 from gateway.config import parse_config
 from gateway.errors import WireError
+from gateway.lifecycle import settle
 from gateway.metering.energy import IntervalEnergy, Quality
 from gateway.reports.builder import build_report
 from gateway.reports.planner import plan_event
@@ -28,6 +31,35 @@ def test_volue_price_curve_vector_decodes_with_tag_last_and_7_digit_fractions() 
     first = payload.price_curve_delta.points[0].timestamp
     # 13:48:47.1936858 -> microseconds (the 7th digit rounds), in UTC
     assert first == dt.datetime(2024, 9, 12, 13, 48, 47, 193686, tzinfo=dt.UTC)
+
+
+def test_a_decoded_notification_leaves_nothing_for_the_cycle_collector_to_track() -> None:
+    # a price curve is dozens of structs: tracked, a burst of them set off a collection
+    # every few notifications (see Wire's gc=False)
+    body, _, _ = vector("price-curve-event.json")
+    note, payload = wire.decode_notification(body)
+    assert isinstance(payload, wire.PriceCurve)
+    structs = [note, payload, payload.price_curve_delta, *payload.price_curve_delta.points]
+    assert not [s for s in structs if gc.is_tracked(s)]
+
+
+def test_settle_freezes_what_start_up_made_and_later_garbage_is_still_collected() -> None:
+    try:
+        settle()
+        assert gc.get_freeze_count() > 0
+        kept = weakref.WeakSet[object]()
+
+        class Node:
+            pass
+
+        cycle = Node()
+        cycle.self = cycle  # type: ignore[attr-defined]
+        kept.add(cycle)
+        del cycle
+        gc.collect()
+        assert len(kept) == 0  # made after settle(): still collected
+    finally:
+        gc.unfreeze()
 
 
 def test_volue_user_eligibility_vector_decodes() -> None:

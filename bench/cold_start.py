@@ -26,6 +26,13 @@ the CPU time does not. Targets (issue 12): big ``run`` <= 1 s to ready,
 big ``status`` <= 0.5 s.
 
     python bench/cold_start.py [--pairs 7] [--mb 100] [--unclean] [--keep DIR] [--quick]
+                               [--python VENV/bin/python]
+
+The figures of an installed gateway come from a venv as a site has it (``pip install .``,
+no extras: ``python -m venv V && V/bin/pip install .``, then ``--python V/bin/python``). The
+default, this Python, is a development venv: its test extras bring ``rich`` (through
+import-linter), which structlog imports at start, and each command then starts 0.1-0.15 s
+later on a slow machine.
 """
 
 from __future__ import annotations
@@ -179,8 +186,20 @@ def resident_kb(state: Path) -> int:
     return int(out.split()[0]) // 1024
 
 
+PYTHON = [sys.executable]
+"""The interpreter whose ``ecgw`` is timed (``--python``): by default this one."""
+
+
 def _ecgw(*args: str, config: Path) -> list[str]:
-    return [sys.executable, "-m", "gateway", *args, "-c", str(config)]
+    return [*PYTHON, "-m", "gateway", *args, "-c", str(config)]
+
+
+def loads_rich(python: str) -> bool:
+    """Whether ``python`` has ``rich``: structlog imports it when it is there (a development
+    install has it through import-linter, a test dependency; ``pip install ecgw`` does not),
+    and it costs every command some 0.1-0.15 s of start on a slow machine."""
+    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('rich') is None)"
+    return subprocess.run([python, "-c", probe], check=False).returncode == 0
 
 
 ENV = dict(os.environ)
@@ -320,7 +339,14 @@ def main() -> None:
     parser.add_argument("--unclean", action="store_true", help="also: start after kill -9")
     parser.add_argument("--keep", help="build (or reuse) the databases in this directory")
     parser.add_argument("--quick", action="store_true", help="2 pairs, a 20 MB database")
+    parser.add_argument(
+        "--python",
+        default=sys.executable,
+        help="the Python whose installed ecgw is timed (default: this one); for the figures "
+        "of an installed gateway, a venv with `pip install .` and no extras",
+    )
     args = parser.parse_args()
+    PYTHON[:] = [args.python]
     if args.quick:
         args.pairs, args.mb = 2, 20
     with workdir(args.keep) as work:
@@ -341,6 +367,10 @@ def main() -> None:
             )
         for command in (("status",), ("outbox", "list"), ("events", "list")):
             time_command(configs["empty"], *command)  # compiles what each imports, once
+        print(
+            f"ecgw run with: {args.python} "
+            f"({'with' if loads_rich(args.python) else 'without'} rich, which structlog loads)"
+        )
         print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
         def by_config(measure: Callable[[Path], float]) -> Callable[[Path], float]:

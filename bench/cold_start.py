@@ -49,6 +49,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -191,7 +192,34 @@ PYTHON = [sys.executable]
 
 
 def _ecgw(*args: str, config: Path) -> list[str]:
-    return [*PYTHON, "-m", "gateway", *args, "-c", str(config)]
+    # -P: the working directory is not put first on sys.path, so a checkout's gateway/
+    # never hides the one installed in that Python
+    return [*PYTHON, "-P", "-m", "gateway", *args, "-c", str(config)]
+
+
+PROBE_SECONDS = 6.0
+
+
+def probe(python: str) -> str:
+    """Where ``python`` imports ``gateway`` from; RuntimeError naming ``python`` if it does
+    not within PROBE_SECONDS (not a Python, no ecgw installed in it, hangs)."""
+    try:
+        found = subprocess.run(
+            [python, "-P", "-c", "import gateway; print(gateway.__file__)"],
+            capture_output=True,
+            text=True,
+            timeout=PROBE_SECONDS,
+            env=ENV,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"--python {python}: no answer in {PROBE_SECONDS:.0f} s") from None
+    except OSError as exc:
+        raise RuntimeError(f"--python {python}: cannot run it ({exc.strerror})") from None
+    if found.returncode != 0:
+        why = (found.stderr.strip().splitlines() or [f"exit {found.returncode}"])[-1]
+        raise RuntimeError(f"--python {python}: cannot import gateway ({why})")
+    return found.stdout.strip()
 
 
 def loads_rich(python: str) -> bool:
@@ -208,6 +236,10 @@ ENV = dict(os.environ)
 ENV.pop("PYTHONDONTWRITEBYTECODE", None)
 
 
+RUN_DEADLINE = 120.0
+"""Seconds ``ecgw run`` has to say it started, before the bench gives up on it."""
+
+
 def time_run(config: Path, *, kill: bool = False) -> float:
     """Seconds from spawning ``ecgw run`` to its ``gateway.started`` line; then SIGTERM
     (or SIGKILL with ``kill``: the next start finds a run that did not stop cleanly)."""
@@ -222,16 +254,23 @@ def time_run(config: Path, *, kill: bool = False) -> float:
     assert proc.stderr is not None
     ready = None
     seen = []
-    for line in proc.stderr:
-        seen.append(line)
-        if '"gateway.started"' in line:
-            ready = time.perf_counter() - started
-            break
+    deadline = threading.Timer(RUN_DEADLINE, proc.kill)  # never ready: its stderr ends
+    deadline.start()
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if '"gateway.started"' in line:
+                ready = time.perf_counter() - started
+                break
+    finally:
+        deadline.cancel()
     proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
     rest = proc.stderr.read()
     code = proc.wait(timeout=60)
     if ready is None or code not in (0, -signal.SIGKILL):
-        raise RuntimeError(f"ecgw run did not start (exit {code}):\n{''.join(seen)}{rest}")
+        raise RuntimeError(
+            f"ecgw run ({PYTHON[0]}) did not start (exit {code}):\n{''.join(seen)}{rest}"
+        )
     return ready
 
 
@@ -347,6 +386,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     PYTHON[:] = [args.python]
+    try:
+        found = probe(args.python)  # before anything is built
+    except RuntimeError as exc:
+        parser.error(str(exc))
     if args.quick:
         args.pairs, args.mb = 2, 20
     with workdir(args.keep) as work:
@@ -368,7 +411,7 @@ def main() -> None:
         for command in (("status",), ("outbox", "list"), ("events", "list")):
             time_command(configs["empty"], *command)  # compiles what each imports, once
         print(
-            f"ecgw run with: {args.python} "
+            f"ecgw run with: {args.python}, its gateway from {found} "
             f"({'with' if loads_rich(args.python) else 'without'} rich, which structlog loads)"
         )
         print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -130,7 +130,7 @@ async def serve_bare() -> None:
 async def serve_webhook_only(state: Path) -> None:
     from gateway.config import Secret
     from gateway.intake.webhook import WebhookSettings, serve_webhook
-    from gateway.lifecycle import settle
+    from gateway.lifecycle import settled
     from gateway.logs import configure_logging
     from gateway.store.database import open_database
     from gateway.store.inbox import Inbox
@@ -148,8 +148,8 @@ async def serve_webhook_only(state: Path) -> None:
         open_database(state / "ecgw.sqlite3") as db,
         serve_webhook(settings, Inbox(db), lambda event_id: None) as url,
     ):
-        settle()  # as `ecgw run` once started
-        await _until_stdin_closes(url)
+        with settled():  # as `ecgw run` once started
+            await _until_stdin_closes(url)
 
 
 def commits_logged(log: Path) -> tuple[int, int]:

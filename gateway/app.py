@@ -49,7 +49,7 @@ from gateway.fleet.site import HubUpstream, hub_upstream, site_link
 from gateway.health import STALE_FLOOR, Health, HealthRules, stale_limit
 from gateway.intake.poller import Poller
 from gateway.intake.webhook import WebhookSettings, serve_webhook
-from gateway.lifecycle import settle, version
+from gateway.lifecycle import settled, version
 from gateway.metering.discovery import build_adapters
 from gateway.metering.latest import LatestReadings
 from gateway.metering.runtime import AdapterRuntime, AdapterStatus, adapter_channels
@@ -329,7 +329,7 @@ class Gateway:
                 adapters=sorted(adapters),
                 failed_adapters=sorted(load_errors),
             )
-            settle()
+            stack.enter_context(settled())  # until the run ends
             self.notifier.ready()
             stack.callback(self.notifier.stopping)  # after the loops, before the resources close
             async with loops:

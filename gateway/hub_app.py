@@ -40,7 +40,7 @@ from gateway.fleet.topics import Topics
 from gateway.health import Health, HealthRules
 from gateway.intake.poller import Poller
 from gateway.intake.webhook import serve_webhook
-from gateway.lifecycle import settle, version
+from gateway.lifecycle import settled, version
 from gateway.metrics import hub_metrics
 from gateway.reports.clock import ServerClock
 from gateway.sdnotify import Notifier
@@ -178,7 +178,7 @@ class HubGateway:
                 broker=hub_config.url,
                 sites=len(await store.sites()),
             )
-            settle()
+            stack.enter_context(settled())  # until the run ends
             self.notifier.ready()
             stack.callback(self.notifier.stopping)
             async with loops:

@@ -13,7 +13,7 @@ import pytest
 from gateway import contract, wire
 from gateway.config import parse_config
 from gateway.errors import WireError
-from gateway.lifecycle import settle
+from gateway.lifecycle import settled
 from gateway.metering.energy import IntervalEnergy, Quality
 from gateway.reports.builder import build_report
 from gateway.reports.planner import plan_event
@@ -43,22 +43,33 @@ def test_a_decoded_notification_leaves_nothing_for_the_cycle_collector_to_track(
     assert not [s for s in structs if gc.is_tracked(s)]
 
 
-def test_settle_freezes_what_start_up_made_and_later_garbage_is_still_collected() -> None:
+def test_settled_freezes_while_it_lasts_then_hands_everything_back_to_the_collector() -> None:
+    class Node:
+        pass
+
+    def cycle(kept: weakref.WeakSet[object]) -> None:
+        node = Node()
+        node.self = node  # type: ignore[attr-defined]
+        kept.add(node)
+
+    before, during = weakref.WeakSet[object](), weakref.WeakSet[object]()
+    gc.disable()  # no automatic collection between the steps
     try:
-        settle()
-        assert gc.get_freeze_count() > 0
-        kept = weakref.WeakSet[object]()
-
-        class Node:
-            pass
-
-        cycle = Node()
-        cycle.self = cycle  # type: ignore[attr-defined]
-        kept.add(cycle)
-        del cycle
+        cycle(before)
+        strong = list(before)
+        with settled():
+            assert gc.get_freeze_count() > 0
+            del strong  # made before: frozen, so not collected while settled
+            gc.collect()
+            assert len(before) == 1
+            cycle(during)
+            gc.collect()
+            assert len(during) == 0  # made while settled: collected as before
+        assert gc.get_freeze_count() == 0
         gc.collect()
-        assert len(kept) == 0  # made after settle(): still collected
+        assert len(before) == 0  # handed back on the way out
     finally:
+        gc.enable()
         gc.unfreeze()
 
 

@@ -115,20 +115,15 @@ _OUTCOME_SQL = {
 }
 
 
-_ENQUEUE = (
-    "INSERT INTO outbox (event_id, kind, body, idempotency_key, source, state, "
-    "next_attempt_at, deadline, created_at, updated_at) "
-    "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?) "
-    "ON CONFLICT (event_id, kind) DO NOTHING"
-)
-
-
-_ROW = "(?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)"
-_ENQUEUE_MANY = (
+_INSERT = (
     "INSERT INTO outbox (event_id, kind, body, idempotency_key, source, state, "
     "next_attempt_at, deadline, created_at, updated_at) VALUES {values} "
-    "ON CONFLICT (event_id, kind) DO NOTHING RETURNING event_id, kind"
+    "ON CONFLICT (event_id, kind) DO NOTHING"
 )
+_ROW = "(?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)"
+"""One report's values: the parameters of :meth:`NewReport.row`."""
+_ENQUEUE = _INSERT.format(values=_ROW)
+_ENQUEUE_MANY = _INSERT + " RETURNING event_id, kind"
 _MANY = 500
 """Reports per statement in :meth:`Outbox.enqueue_many_in`: 9 parameters each, and SQLite
 (>= 3.32) takes 32766 per statement."""
@@ -144,6 +139,12 @@ class NewReport:
     source: str
     now: float
     deadline: float | None = None
+
+    def row(self) -> tuple[object, ...]:
+        """The parameters of its outbox row (``_ROW``): pending, due now."""
+        key = idempotency_key(self.event_id, self.kind, self.body)
+        now = self.now
+        return (self.event_id, self.kind, self.body, key, self.source, now, self.deadline, now, now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,12 +183,9 @@ class Outbox:
 
         One statement, its own transaction: one hand-off to SQLite's thread, where a
         ``BEGIN`` ... ``COMMIT`` around it would take three."""
-        key = idempotency_key(event_id, kind, body)
+        report = NewReport(event_id, kind, body, source, now, deadline)
         try:
-            rows = await self._db.write_one(
-                _ENQUEUE + " RETURNING id",
-                (event_id, kind, body, key, source, now, deadline, now, now),
-            )
+            rows = await self._db.write_one(_ENQUEUE + " RETURNING id", report.row())
         except StoreError as exc:
             raise StoreError(f"outbox: {exc}") from exc
         crashpoint("outbox.queued")
@@ -208,10 +206,8 @@ class Outbox:
         that the row commits together with what the caller writes beside it. The caller
         commits, translates errors (``Database.write`` does) and reaches the
         ``outbox.queued`` crash point after the commit."""
-        key = idempotency_key(event_id, kind, body)
-        cur = await conn.execute(
-            _ENQUEUE, (event_id, kind, body, key, source, now, deadline, now, now)
-        )
+        report = NewReport(event_id, kind, body, source, now, deadline)
+        cur = await conn.execute(_ENQUEUE, report.row())
         return cur.rowcount == 1
 
     @staticmethod
@@ -226,21 +222,7 @@ class Outbox:
             chunk = reports[first : first + _MANY]
             rows = await conn.execute_fetchall(
                 _ENQUEUE_MANY.format(values=", ".join([_ROW] * len(chunk))),
-                [
-                    p
-                    for r in chunk
-                    for p in (
-                        r.event_id,
-                        r.kind,
-                        r.body,
-                        idempotency_key(r.event_id, r.kind, r.body),
-                        r.source,
-                        r.now,
-                        r.deadline,
-                        r.now,
-                        r.now,
-                    )
-                ],
+                [param for report in chunk for param in report.row()],
             )
             queued.update((row[0], row[1]) for row in rows)
         return queued

@@ -40,6 +40,7 @@ from gateway.wire_bounds import (
     Resolution,
     SparkTime,
     Timestamp,
+    check_point_times,
     check_times,
     cut_deep,
     normal_resolution,
@@ -120,12 +121,10 @@ class PriceCurveTarget(Wire, frozen=True):
 
 
 class PriceCurvePoint(Wire, frozen=True):
+    """Its timestamp's range is checked by the list's holder (:func:`check_point_times`)."""
+
     timestamp: Timestamp
     price: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.timestamp.tzinfo is None or self.timestamp.year not in SURE_YEARS:
-            check_times(timestamp=self.timestamp)
 
 
 class PriceCurveDelta(Wire, frozen=True):
@@ -133,6 +132,9 @@ class PriceCurveDelta(Wire, frozen=True):
     resolution: Resolution = Resolution("01:00:00")
     energy_unit: str | None = None
     currency: str | None = None
+
+    def __post_init__(self) -> None:
+        check_point_times(self.points)
 
 
 class PriceCurve(Wire, frozen=True, tag_field="payloadType", tag="PriceCurve"):
@@ -151,12 +153,10 @@ class UserEligibility(Wire, frozen=True, tag_field="payloadType", tag="UserEligi
 
 
 class LPCDataPoint(Wire, frozen=True):
+    """Its timestamp's range is checked by the list's holder (:func:`check_point_times`)."""
+
     timestamp: Timestamp
     max_power_in_kilo_watts: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.timestamp.tzinfo is None or self.timestamp.year not in SURE_YEARS:
-            check_times(timestamp=self.timestamp)
 
 
 class LocationLPCTarget(Wire, frozen=True):
@@ -165,6 +165,9 @@ class LocationLPCTarget(Wire, frozen=True):
     resolution: Resolution
     points: list[LPCDataPoint]
 
+    def __post_init__(self) -> None:
+        check_point_times(self.points)
+
 
 class ResourceLPCTarget(Wire, frozen=True):
     resource_id: str
@@ -172,6 +175,9 @@ class ResourceLPCTarget(Wire, frozen=True):
     meter_point_id: str
     resolution: Resolution
     points: list[LPCDataPoint]
+
+    def __post_init__(self) -> None:
+        check_point_times(self.points)
 
 
 class LocationLPC(Wire, frozen=True, tag_field="payloadType", tag="LocationLPC"):
@@ -372,8 +378,9 @@ PAGE_DEPTH = MAX_DEPTH + 2
 T = TypeVar("T", PriceCurvePoint, LPCDataPoint, EnergyCurvePoint)
 L = TypeVar("L", LocationLPCTarget, ResourceLPCTarget)
 
-_NAMED = re.compile(r"([a-z][A-Za-z]*): (.*)", re.DOTALL)
-"""A ``__post_init__`` names its field first: ``"timestamp: ... is outside ..."``."""
+_NAMED = re.compile(r"([a-z][A-Za-z]*(?:\[\d+\])?(?:\.[a-z][A-Za-z]*)*): (.*)", re.DOTALL)
+"""A ``__post_init__`` names its field first: ``"timestamp: ... is outside ..."``, or a
+path below it: ``"points[3].timestamp: ..."``."""
 
 
 def _wire_error(exc: msgspec.MsgspecError, what: str, prefix: str = "") -> WireError:
@@ -445,18 +452,21 @@ def _with_texts(payload: EventPayload, raw: bytes) -> EventPayload:
 
 
 def _decode_payload(raw: bytes) -> EventPayload:
-    """A payload whose depth was checked with the document around it."""
+    """A payload whose depth was checked with the document around it. A known type
+    decodes in one pass; only a payload that does not is read again for its type."""
+    try:
+        payload: KnownPayload = _payload_decoder.decode(raw)
+    except msgspec.MsgspecError as exc:
+        failed = exc
+    else:
+        return payload
     try:
         tag = _tag_decoder.decode(raw).payloadType
     except msgspec.MsgspecError as exc:
         raise _wire_error(exc, "event payload", "payload") from exc
     if tag not in KNOWN_EVENT_TYPES:
         return UnknownPayload(payload_type=tag or "Unknown", raw=bytes(raw))
-    try:
-        payload: KnownPayload = _payload_decoder.decode(raw)
-    except msgspec.MsgspecError as exc:
-        raise _wire_error(exc, f"{tag} payload", "payload") from exc
-    return payload
+    raise _wire_error(failed, f"{tag} payload", "payload") from failed
 
 
 def decode_notification(body: bytes) -> tuple[EventNotification, EventPayload]:
@@ -569,11 +579,17 @@ def encode(message: Any) -> bytes:
     return _encoder.encode(message)
 
 
+_TAGS: dict[type, str] = {
+    kind: str(kind.__struct_config__.tag)
+    for kind in (PriceCurve, UserEligibility, LocationLPC, ResourceLPC, LPCReservation)
+}
+
+
 def payload_type(payload: EventPayload) -> str:
     """The ``payloadType`` of a decoded event payload."""
     if isinstance(payload, UnknownPayload):
         return payload.payload_type
-    return str(type(payload).__struct_config__.tag)
+    return _TAGS.get(type(payload)) or str(type(payload).__struct_config__.tag)
 
 
 def report_kind(request: PostReportRequest) -> str:

@@ -15,9 +15,11 @@ the gateway cannot represent is refused at the boundary, naming the field:
 from __future__ import annotations
 
 import datetime as dt
+import operator
 import re
 import secrets
-from typing import Annotated, TypeAlias
+from collections.abc import Sequence
+from typing import Annotated, Protocol, TypeAlias
 
 import msgspec
 
@@ -31,6 +33,7 @@ __all__ = [
     "Resolution",
     "SparkTime",
     "Timestamp",
+    "check_point_times",
     "check_times",
     "cut_deep",
     "normal_resolution",
@@ -46,9 +49,8 @@ LATEST = dt.datetime(2200, 1, 1, tzinfo=dt.UTC)
 SURE_YEARS = range(EARLIEST.year + 1, LATEST.year - 1)
 """Years each instant of which lies inside EARLIEST..LATEST whatever its offset (at most a
 day): an aware stamp in one of them needs no other check (a naive one always does). The
-per-point ``__post_init__`` of the wire types test this first (an int in a range, in C) and
-call :func:`check_times` only for a naive stamp or the rare edge year: it was most of the
-decoding cost of a price curve."""
+checks of the wire types test this first (an int in a range, in C) and call
+:func:`check_times` only for a naive stamp or the rare edge year."""
 SHORTEST = dt.timedelta(seconds=1)
 LONGEST = dt.timedelta(days=1)
 
@@ -199,6 +201,36 @@ def check_times(**stamps: dt.datetime | None) -> None:
         if stamp is not None and not (1999 <= stamp.year <= 2200 and EARLIEST <= stamp <= LATEST):
             shown = stamp.isoformat() if stamp.tzinfo is None else f"{stamp:%Y-%m-%dT%H:%M:%S%z}"
             raise ValueError(f"{name}: {shown} is outside 2000-01-01..2200-01-01")
+
+
+_TIMESTAMP = operator.attrgetter("timestamp")
+
+
+class _Stamped(Protocol):
+    @property
+    def timestamp(self) -> dt.datetime: ...
+
+
+def check_point_times(points: Sequence[_Stamped]) -> None:
+    """ValueError ``"points[i].timestamp: why"`` for the first point whose timestamp
+    :func:`check_times` refuses. The holder of a list of points calls it from its
+    ``__post_init__``: the earliest and latest stamps, compared in C, clear the usual
+    list at once (a ``__post_init__`` per point was most of a price curve's decoding);
+    a naive stamp or one of year 1 or 9999 with an offset makes the comparison raise,
+    and then each point is looked at."""
+    if not points:
+        return
+    try:
+        stamps = list(map(_TIMESTAMP, points))
+        if min(stamps) >= EARLIEST and max(stamps) <= LATEST:
+            return
+    except (TypeError, OverflowError):
+        pass
+    for i, point in enumerate(points):
+        try:
+            check_times(timestamp=point.timestamp)
+        except ValueError as exc:
+            raise ValueError(f"points[{i}].{exc}") from None
 
 
 _STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')

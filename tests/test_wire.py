@@ -478,3 +478,50 @@ def test_a_point_timestamp_is_written_back_in_the_contracts_form(stamp: str, wri
     text = point.timestamp.utc_text()
     assert text == written
     contract.check("EnergyCurvePoint", {"timestamp": text, "kiloWattHours": 1.0})
+
+
+def _points_payload(kind: str, stamps: list[str]) -> bytes:
+    """A payload of ``kind`` whose (first) list of points has these timestamps."""
+    if kind == "PriceCurve":
+        points = [{"timestamp": s, "price": 1.0} for s in stamps]
+        return json.dumps(
+            {"payloadType": kind, "targets": [], "priceCurveDelta": {"points": points}}
+        ).encode()
+    target: dict[str, object] = {"locationId": "l", "meterPointId": "m", "resolution": "01:00:00"}
+    if kind == "ResourceLPC":
+        target["resourceId"] = "r"
+    target["points"] = [{"timestamp": s, "maxPowerInKiloWatts": 1.0} for s in stamps]
+    return json.dumps({"payloadType": kind, "targets": [target]}).encode()
+
+
+GOOD = ["2025-03-11T10:00:00Z", "2025-03-11T11:00:00+01:00"]
+
+
+@pytest.mark.parametrize(
+    "bad", ["9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00", "2200-01-01T00:00:01Z"]
+)
+@pytest.mark.parametrize(
+    ("kind", "field"),
+    [
+        ("PriceCurve", "payload.priceCurveDelta.points[2].timestamp"),
+        ("LocationLPC", "payload.targets[0].points[2].timestamp"),
+        ("ResourceLPC", "payload.targets[0].points[2].timestamp"),
+        ("LPCReservation", "payload.targets[0].points[2].timestamp"),
+    ],
+)
+def test_one_point_out_of_range_among_good_ones_is_named_by_its_index(
+    kind: str, field: str, bad: str
+) -> None:
+    with pytest.raises(WireError) as err:
+        wire.decode_event_payload(_points_payload(kind, [*GOOD, bad, *GOOD]))
+    assert err.value.field == field
+    assert "outside 2000-01-01..2200-01-01" in str(err.value)
+    wire.decode_event_payload(_points_payload(kind, GOOD * 12))  # fine without it
+
+
+def test_points_built_in_python_are_checked_by_their_holder() -> None:
+    good = wire.PriceCurvePoint(timestamp=dt.datetime(2025, 1, 1, tzinfo=dt.UTC))
+    naive = wire.PriceCurvePoint(timestamp=dt.datetime(2025, 1, 1))
+    wire.PriceCurveDelta(points=[good])
+    with pytest.raises(ValueError, match=r"points\[1\]\.timestamp: .* has no offset"):
+        wire.PriceCurveDelta(points=[good, naive])

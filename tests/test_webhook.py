@@ -413,9 +413,9 @@ async def test_leaving_stores_what_is_queued_first(db: Database, gate: Gate) -> 
     committer = InboxCommitter(inbox)
     block = committer.running()
     await block.__aenter__()
-    first = asyncio.create_task(committer.add(new_event(0)))
+    first = asyncio.ensure_future(committer.add(new_event(0)))
     await gate.wait_entered()  # the first commit is under way, held inside SQLite
-    later = [asyncio.create_task(committer.add(new_event(i))) for i in (1, 2, 3)]
+    later = [asyncio.ensure_future(committer.add(new_event(i))) for i in (1, 2, 3)]
     await asyncio.sleep(0)  # the three are queued behind it
     leaving = asyncio.create_task(block.__aexit__(None, None, None))
     await asyncio.sleep(0)
@@ -439,9 +439,9 @@ async def test_cancelled_while_leaving_answers_every_waiting_request(
 
     server = asyncio.create_task(serve())
     await asyncio.sleep(0)
-    first = asyncio.create_task(committer.add(new_event(0)))
+    first = asyncio.ensure_future(committer.add(new_event(0)))
     await gate.wait_entered()
-    second = asyncio.create_task(committer.add(new_event(1)))
+    second = asyncio.ensure_future(committer.add(new_event(1)))
     await asyncio.sleep(0)
     server.cancel()  # leaving: it waits for the held commit...
     await asyncio.sleep(0)

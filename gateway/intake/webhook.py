@@ -30,6 +30,7 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import structlog
 from aiohttp import web
@@ -85,10 +86,8 @@ def _accepted(new: bool) -> web.Response:
     return web.Response(body=_STORED if new else _DUPLICATE, content_type="application/json")
 
 
-@dataclass(eq=False, slots=True)
-class _Queued:
-    event: NewEvent
-    done: asyncio.Future[bool]
+_Queued: TypeAlias = tuple[NewEvent, "asyncio.Future[bool]"]
+"""A queued event and the future its request waits on (a tuple: built per notification)."""
 
 
 class InboxCommitter:
@@ -137,14 +136,15 @@ class InboxCommitter:
             finally:
                 self._task = None
 
-    async def add(self, event: NewEvent) -> bool:
-        """Queue ``event``; True if it was new, once committed. StoreError if not stored."""
+    def add(self, event: NewEvent) -> asyncio.Future[bool]:
+        """Queue ``event``; the future says whether it was new, once committed, or fails
+        with StoreError if it was not stored. StoreError at once while shutting down."""
         if self._task is None or self._task.done() or self._stopping:
             raise StoreError("the webhook is shutting down")
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Queued(event, done))
+        self._queue.append((event, done))
         self._wake.set()
-        return await done
+        return done
 
     async def _run(self) -> None:
         try:
@@ -156,7 +156,7 @@ class InboxCommitter:
                 elif self._stopping:
                     return
         finally:
-            _fail([q.done for q in self._queue], "the webhook stopped before storing this")
+            _fail([done for _, done in self._queue], "the webhook stopped before storing this")
             self._queue.clear()
 
     def _take(self) -> list[_Queued]:
@@ -167,11 +167,10 @@ class InboxCommitter:
         return batch
 
     async def _commit(self, batch: list[_Queued]) -> None:
-        dones = [q.done for q in batch]
+        events = [event for event, _ in batch]
+        dones = [done for _, done in batch]
         try:
-            news = await self._inbox.add_many(
-                [q.event for q in batch], via="webhook", at=self._clock()
-            )
+            news = await self._inbox.add_many(events, via="webhook", at=self._clock())
         except StoreError as exc:
             _fail(dones, str(exc))
             return
@@ -186,18 +185,18 @@ class InboxCommitter:
         log.info(  # one line per commit: at a burst, one per notification costs a third
             "webhook.received",  # of the receiver's time; at Spark's usual pace it is one.
             count=len(batch),  # Ids only: a dict per event cost as much as the rest of it.
-            events=[q.event.event_id for q in batch],
-            payload_types=Counter(q.event.payload_type for q in batch),
-            **_duplicates(batch, news),
+            events=[event.event_id for event in events],
+            payload_types=Counter(event.payload_type for event in events),
+            **_duplicates(events, news),
         )
         for done, new in zip(dones, news, strict=True):
             if not done.done():  # its request may have been cancelled meanwhile
                 done.set_result(new)
 
 
-def _duplicates(batch: list[_Queued], news: list[bool]) -> dict[str, list[str]]:
+def _duplicates(events: list[NewEvent], news: list[bool]) -> dict[str, list[str]]:
     """``duplicates``: the events of a commit that were stored before (none: no field)."""
-    old = [q.event.event_id for q, new in zip(batch, news, strict=True) if not new]
+    old = [event.event_id for event, new in zip(events, news, strict=True) if not new]
     return {"duplicates": old} if old else {}
 
 

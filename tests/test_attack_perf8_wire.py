@@ -20,8 +20,15 @@ from gateway.wire_bounds import _READ, _READ_MAX, EARLIEST, LATEST, Resolution
     "build",
     [
         lambda t: wire.EnergyCurvePoint(timestamp=t, kilo_watt_hours=1.0),
-        lambda t: wire.PriceCurvePoint(timestamp=t, price=0.5),
-        lambda t: wire.LPCDataPoint(timestamp=t, max_power_in_kilo_watts=3.0),
+        # An inbound point is checked by the list that holds it (the decoder builds
+        # it there; so would anyone building one in Python to use it).
+        lambda t: wire.PriceCurveDelta(points=[wire.PriceCurvePoint(timestamp=t, price=0.5)]),
+        lambda t: wire.LocationLPCTarget(
+            location_id="l",
+            meter_point_id="m",
+            resolution=wire.Resolution("01:00:00"),
+            points=[wire.LPCDataPoint(timestamp=t, max_power_in_kilo_watts=3.0)],
+        ),
     ],
     ids=["EnergyCurvePoint", "PriceCurvePoint", "LPCDataPoint"],
 )

@@ -108,6 +108,7 @@ class InboxCommitter:
         self._queue: deque[_Queued] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self.commits = 0
         """Transactions committed since start."""
@@ -120,7 +121,8 @@ class InboxCommitter:
         if self._task is not None:
             raise RuntimeError("the webhook committer is already running")
         self._stopping = False
-        task = asyncio.create_task(self._run(), name="webhook.commit")
+        self._loop = asyncio.get_running_loop()  # asking for it each time costs a getpid()
+        task = self._loop.create_task(self._run(), name="webhook.commit")
         self._task = task
         try:
             yield self
@@ -139,9 +141,9 @@ class InboxCommitter:
     def add(self, event: NewEvent) -> asyncio.Future[bool]:
         """Queue ``event``; the future says whether it was new, once committed, or fails
         with StoreError if it was not stored. StoreError at once while shutting down."""
-        if self._task is None or self._task.done() or self._stopping:
+        if self._task is None or self._task.done() or self._stopping or self._loop is None:
             raise StoreError("the webhook is shutting down")
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[bool] = self._loop.create_future()
         self._queue.append((event, done))
         self._wake.set()
         return done

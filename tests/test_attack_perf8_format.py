@@ -1,4 +1,4 @@
-"""format_utc (isoformat) and sign (hmac.digest) against the implementations they replaced
+"""format_utc (isoformat, now msgspec's encoder) and sign (hmac.digest) against what they replaced
 (6191abd), over every year the gateway accepts and any offset: they held."""
 
 from __future__ import annotations

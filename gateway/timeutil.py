@@ -134,7 +134,14 @@ def parse_timestamp(value: str) -> dt.datetime:
     return to_utc(parsed)
 
 
-_encode_json = msgspec.json.Encoder().encode
+def _plain(value: object) -> object:
+    """A datetime subclass (SparkTime) as a plain datetime: msgspec encodes only the type itself."""
+    if isinstance(value, dt.datetime):
+        return dt.datetime.combine(value.date(), value.timetz())
+    raise NotImplementedError(f"cannot encode {type(value).__name__}")
+
+
+_encode_json = msgspec.json.Encoder(enc_hook=_plain).encode
 
 
 def format_utc(moment: dt.datetime) -> str:

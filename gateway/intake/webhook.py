@@ -229,14 +229,14 @@ class _Receiver:
         return response
 
     async def _handle(self, request: web.Request) -> web.Response:
-        refused = _Refused(request)  # who sent it: a misconfigured peer, a probe
         encoding = request.headers.get("Content-Encoding", "").strip().lower()
         if encoding not in _PLAIN:
-            refused.warning("webhook.rejected", reason="encoding", encoding=encoding[:40])
+            _log_refusal(request, "webhook.rejected", reason="encoding", encoding=encoding[:40])
             return _refused_encoding()
         limit = self._settings.max_body
-        if request.content_length is not None and request.content_length > limit:
-            refused.warning("webhook.rejected", reason="too_large", size=request.content_length)
+        size = request.content_length
+        if size is not None and size > limit:
+            _log_refusal(request, "webhook.rejected", reason="too_large", size=size)
             return _reply(413, f"body larger than {limit} bytes")
         try:
             if request.content.is_eof():  # the whole body is here already (the usual case):
@@ -245,64 +245,57 @@ class _Receiver:
                 async with asyncio.timeout(self._settings.read_timeout):
                     body = await request.read()
         except TimeoutError:
-            refused.warning("webhook.rejected", reason="read_timeout")
+            _log_refusal(request, "webhook.rejected", reason="read_timeout")
             return _reply(408, "body not received in time")
         except web.HTTPRequestEntityTooLarge:
-            refused.warning("webhook.rejected", reason="too_large")
+            _log_refusal(request, "webhook.rejected", reason="too_large")
             return _reply(413, f"body larger than {limit} bytes")
         except (web.RequestPayloadError, ConnectionError) as exc:
             # cut short, or framing aiohttp could not follow: the client's mistake, not ours
             detail = str(exc.__cause__ or exc) or type(exc).__name__
-            refused.warning("webhook.rejected", reason="unreadable", detail=detail[:200])
+            _log_refusal(request, "webhook.rejected", reason="unreadable", detail=detail[:200])
             return _reply(400, "body could not be read")
         if len(body) > limit:  # chunked: no Content-Length was checked above
-            refused.warning("webhook.rejected", reason="too_large", size=len(body))
+            _log_refusal(request, "webhook.rejected", reason="too_large", size=len(body))
             return _reply(413, f"body larger than {limit} bytes")
         try:
             verify(body, request.headers.get(SIGNATURE_HEADER), self._settings.secret.reveal())
         except SignatureError as exc:
-            refused.warning("webhook.rejected", reason="signature", detail=str(exc))
+            _log_refusal(request, "webhook.rejected", reason="signature", detail=str(exc))
             return _reply(401, str(exc))
         try:
             note, payload = wire.decode_notification(body)
         except WireError as exc:
-            refused.warning("webhook.rejected", reason="shape", detail=str(exc))
+            _log_refusal(request, "webhook.rejected", reason="shape", detail=str(exc))
             return _reply(400, str(exc))
-        return await self._store(note, payload)
-
-    async def _store(
-        self, note: wire.EventNotification, payload: wire.EventPayload
-    ) -> web.Response:
-        payload_type = wire.payload_type(payload)
-        event = NewEvent(
-            event_id=note.event_id,
-            payload_type=payload_type,
-            created_at=format_utc(note.event_created_at_utc),
-            payload=bytes(note.payload),
-            notification_id=note.notification_id,
-            notification_type=note.notification_type,
-        )
+        event = _new_event(note, payload)
         try:
             new = await self._committer.add(event)
         except StoreError as exc:
             log.error("webhook.store_failed", event_id=event.event_id, error=str(exc))
             return _reply(503, "could not store the event; retry later")
         if new:
-            self._on_event(note.event_id)
+            self._on_event(event.event_id)
         return _accepted(new)
 
 
-class _Refused:
-    """Logs a refusal with the sender's address, found only when there is one to log
-    (binding a logger per request was a tenth of the receiver's time)."""
+def _new_event(note: wire.EventNotification, payload: wire.EventPayload) -> NewEvent:
+    """The inbox row of a checked notification."""
+    return NewEvent(
+        event_id=note.event_id,
+        payload_type=wire.payload_type(payload),
+        created_at=format_utc(note.event_created_at_utc),
+        payload=bytes(note.payload),
+        notification_id=note.notification_id,
+        notification_type=note.notification_type,
+    )
 
-    __slots__ = ("_request",)
 
-    def __init__(self, request: web.Request) -> None:
-        self._request = request
-
-    def warning(self, event: str, **fields: object) -> None:
-        log.warning(event, remote=self._request.remote, **fields)
+def _log_refusal(request: web.Request, event: str, **fields: object) -> None:
+    """Log a refusal with the sender's address (a misconfigured peer, a probe), looked up
+    only when there is one to log (binding a logger per request was a tenth of the
+    receiver's time)."""
+    log.warning(event, remote=request.remote, **fields)
 
 
 def _outcome(response: web.Response) -> str:

@@ -9,7 +9,8 @@ requests outstanding, one per connection):
 * ``webhook``: the gateway's receiver (``serve_webhook``) with a real SQLite
   inbox (WAL, synchronous=FULL), logging JSON lines as ``ecgw run`` does;
 * ``gateway``: the whole ``ecgw run`` (sandbox in its own process, two
-  simulated adapters, the scheduler planning every event as it arrives).
+  simulated adapters, the scheduler planning the new events once their arrival
+  pauses for 50 ms, and at most 2 s after the first).
 
 Every answer must be 200; afterwards the inbox must hold every event once.
 

@@ -48,8 +48,8 @@ EARLIEST = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 LATEST = dt.datetime(2200, 1, 1, tzinfo=dt.UTC)
 SURE_YEARS = range(EARLIEST.year + 1, LATEST.year - 1)
 """Years each instant of which lies inside EARLIEST..LATEST whatever its offset (at most a
-day): an aware stamp in one of them needs no other check (a naive one always does). The
-checks of the wire types test this first (an int in a range, in C) and call
+day): an aware stamp in one of them needs no other check (a naive one always does).
+``EnergyCurvePoint`` tests this first (an int in a range, in C) and calls
 :func:`check_times` only for a naive stamp or the rare edge year."""
 SHORTEST = dt.timedelta(seconds=1)
 LONGEST = dt.timedelta(days=1)
@@ -215,9 +215,9 @@ def check_point_times(points: Sequence[_Stamped]) -> None:
     """ValueError ``"points[i].timestamp: why"`` for the first point whose timestamp
     :func:`check_times` refuses. The holder of a list of points calls it from its
     ``__post_init__``: the earliest and latest stamps, compared in C, clear the usual
-    list at once (a ``__post_init__`` per point was most of a price curve's decoding);
-    a naive stamp or one of year 1 or 9999 with an offset makes the comparison raise,
-    and then each point is looked at."""
+    list at once (a ``__post_init__`` per point cost a Python call per point). A naive
+    stamp makes the comparison raise and one out of range fails it; then each point is
+    looked at, so that the error names the first bad one."""
     if not points:
         return
     try:

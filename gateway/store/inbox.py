@@ -161,9 +161,10 @@ class Inbox:
 
         The usual batch (distinct ids, none stored before) is one plain INSERT. Asking
         SQLite which rows it inserted (``RETURNING``) costs a step per row in SQLite's
-        thread, and each step takes the GIL back from the event loop: a third of the
-        commit's time while the webhook is busy. A batch with an id stored before
-        fails as a whole, storing nothing, and goes the careful way."""
+        thread, and each step takes the GIL back from the event loop: a fifth of the
+        statement's time while the webhook is busy (1.77 against 1.40 ms for 30 events).
+        A batch with an id stored before fails as a whole, storing nothing, and goes the
+        careful way."""
         ids = [e.event_id for e in events]
         if 0 < len(events) <= _ROWS_PER_INSERT and len(set(ids)) == len(ids):
             params = [p for e in events for p in _params(e, via, at, None)]

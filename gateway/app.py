@@ -183,6 +183,100 @@ def stop_recorder(
     return record
 
 
+async def open_api_client(
+    stack: contextlib.AsyncExitStack, config: Config, server_clock: ServerClock, health: Health
+) -> ApiClient:
+    """Spark's API client (``[api]``), on a session the stack closes."""
+    api_config = config.require_api()
+    assert config.client_secret is not None  # require_api guarantees it
+    session = await stack.enter_async_context(aiohttp.ClientSession(headers={"User-Agent": "ecgw"}))
+    tokens = TokenSource(
+        session,
+        token_url=api_config.token_url,
+        client_id=api_config.client_id,
+        client_secret=config.client_secret,
+        timeout=config.delivery.timeout,
+        health=health,
+    )
+    return ApiClient(
+        session,
+        base_url=api_config.base_url,
+        tokens=tokens,
+        timeout=config.delivery.timeout,
+        server_clock=server_clock,
+    )
+
+
+def deliverer_for(
+    outbox: Outbox,
+    transport: ReportTransport,
+    config: Config,
+    *,
+    clock: Callable[[], float],
+    health: Health,
+) -> Deliverer:
+    """The outbox's deliverer, as ``[delivery]`` says."""
+    delivery = config.delivery
+    return Deliverer(
+        outbox,
+        transport,
+        concurrency=delivery.concurrency,
+        backoff_initial=delivery.backoff_initial,
+        backoff_max=delivery.backoff_max,
+        retry_after_max=delivery.retry_after_max,
+        clock=clock,
+        health=health,
+    )
+
+
+def poller_for(
+    api: ApiClient | None,
+    inbox: Inbox,
+    config: Config,
+    *,
+    on_event: Callable[[str], None],
+    clock: Callable[[], float],
+    health: Health,
+) -> Poller | None:
+    """The ``GET /events`` poller when ``[poll]`` is set (a site of a fleet, without an
+    API client, polls nobody)."""
+    if config.poll is None or api is None:
+        return None
+    return Poller(
+        api,
+        inbox,
+        interval=config.poll.interval,
+        page_size=config.poll.page_size,
+        on_event=on_event,
+        clock=clock,
+        health=health,
+    )
+
+
+async def keep_beating(
+    meta: Meta, health: Health, notifier: Notifier, clock: Callable[[], float]
+) -> None:
+    """Beat every HEARTBEAT_EVERY (or systemd's watchdog interval, if shorter), with the
+    health record's status part, and feed the watchdog after each beat written: a process
+    whose database or event loop hangs stops feeding it and is restarted. Sooner when the
+    error state changes (an API failure, an adapter error set or cleared)."""
+    every = min(HEARTBEAT_EVERY, notifier.watchdog_interval or HEARTBEAT_EVERY)
+    changed = asyncio.Event()
+    health.on_change = changed.set
+    loop = asyncio.get_running_loop()
+    beat_at = loop.time()
+    while True:
+        changed.clear()
+        await meta.put(**{"gateway.health": health.snapshot()})
+        if loop.time() >= beat_at:
+            await meta.heartbeat(now=clock())
+            notifier.watchdog()
+            beat_at = loop.time() + every
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(beat_at - loop.time(), 0.0)):
+                await changed.wait()
+
+
 class Gateway:
     def __init__(
         self,
@@ -196,7 +290,6 @@ class Gateway:
         self.webhook_url: str | None = None
         self.admin_url: str | None = None
         self.health = Health(clock)
-        self._health_changed = asyncio.Event()
         self._stale_floor = stale_floor
         self.ready = asyncio.Event()
         self.notifier = Notifier.from_env()  # systemd's READY/WATCHDOG/STOPPING; else a no-op
@@ -233,17 +326,9 @@ class Gateway:
             if config.upstream is not None:  # a site: reports go to the hub (gateway.fleet)
                 transport = hub = hub_upstream(config.upstream)
             else:
-                transport = api = await self._api_client(stack, server_clock)
-            delivery = config.delivery
-            deliverer = Deliverer(
-                outbox,
-                transport,
-                concurrency=delivery.concurrency,
-                backoff_initial=delivery.backoff_initial,
-                backoff_max=delivery.backoff_max,
-                retry_after_max=delivery.retry_after_max,
-                clock=self.clock,
-                health=self.health,
+                transport = api = await open_api_client(stack, config, server_clock, self.health)
+            deliverer = deliverer_for(
+                outbox, transport, config, clock=self.clock, health=self.health
             )
             control_store = ControlStore(db)
             switch_states: dict[str, bool | None] = {}  # the controller's, read by the decider
@@ -340,7 +425,10 @@ class Gateway:
                     publisher = PlanPublisher(db, config, clock=self.clock)
                     participant.on_change(publisher.wake)
                     loops.start("plans", publisher.run)
-                loops.start("heartbeat", functools.partial(self._heartbeat, meta))
+                loops.start(
+                    "heartbeat",
+                    functools.partial(keep_beating, meta, self.health, self.notifier, self.clock),
+                )
                 loops.start(
                     "compaction",
                     functools.partial(self._compact, readings, server_clock, api=api is not None),
@@ -357,44 +445,17 @@ class Gateway:
                     ),
                     backoff=Backoff(60.0, RETAIN_EVERY),
                 )
-                if config.poll is not None and api is not None:
-                    poller = Poller(
-                        api,
-                        inbox,
-                        interval=config.poll.interval,
-                        page_size=config.poll.page_size,
-                        on_event=scheduler.wake,
-                        clock=self.clock,
-                        health=self.health,
-                    )
+                poller = poller_for(
+                    api,
+                    inbox,
+                    config,
+                    on_event=scheduler.wake,
+                    clock=self.clock,
+                    health=self.health,
+                )
+                if poller is not None:
                     loops.start("poller", poller.run)
                 self.ready.set()
-
-    async def _api_client(
-        self, stack: contextlib.AsyncExitStack, server_clock: ServerClock
-    ) -> ApiClient:
-        """Spark's API client, on a session the stack closes."""
-        config = self.config
-        api_config = config.require_api()
-        assert config.client_secret is not None  # require_api guarantees it
-        session = await stack.enter_async_context(
-            aiohttp.ClientSession(headers={"User-Agent": "ecgw"})
-        )
-        tokens = TokenSource(
-            session,
-            token_url=api_config.token_url,
-            client_id=api_config.client_id,
-            client_secret=config.client_secret,
-            timeout=config.delivery.timeout,
-            health=self.health,
-        )
-        return ApiClient(
-            session,
-            base_url=api_config.base_url,
-            tokens=tokens,
-            timeout=config.delivery.timeout,
-            server_clock=server_clock,
-        )
 
     def _status_sink(self, meta: Meta) -> Callable[[AdapterStatus], Awaitable[None]]:
         async def put(status: AdapterStatus) -> None:
@@ -420,26 +481,6 @@ class Gateway:
         return serve_admin(
             host, port, health=self.health, rules=rules, observed=observed, clock=self.clock
         )
-
-    async def _heartbeat(self, meta: Meta) -> None:
-        """Beat every HEARTBEAT_EVERY (or systemd's watchdog interval, if shorter), with the
-        health record's status part, and feed the watchdog after each beat written: a gateway
-        whose database or event loop hangs stops feeding it and is restarted. Sooner when the
-        error state changes (an API failure, an adapter error set or cleared)."""
-        every = min(HEARTBEAT_EVERY, self.notifier.watchdog_interval or HEARTBEAT_EVERY)
-        self.health.on_change = self._health_changed.set
-        loop = asyncio.get_running_loop()
-        beat_at = loop.time()
-        while True:
-            self._health_changed.clear()
-            await meta.put(**{"gateway.health": self.health.snapshot()})
-            if loop.time() >= beat_at:
-                await meta.heartbeat(now=self.clock())
-                self.notifier.watchdog()
-                beat_at = loop.time() + every
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(beat_at - loop.time(), 0.0)):
-                    await self._health_changed.wait()
 
     async def _compact(
         self, readings: ReadingsStore, server_clock: ServerClock, *, api: bool

@@ -22,23 +22,28 @@ import os
 import time
 from collections.abc import Callable
 
-import aiohttp
 import structlog
 
 from gateway.admin import serve_admin
-from gateway.app import RETAIN_EVERY, keep_retaining, stop_recorder, webhook_settings
+from gateway.app import (
+    RETAIN_EVERY,
+    deliverer_for,
+    keep_beating,
+    keep_retaining,
+    open_api_client,
+    poller_for,
+    stop_recorder,
+    webhook_settings,
+)
 from gateway.backoff import Backoff
 from gateway.config import Config, parse_listen
 from gateway.config_rules import hub_site_clash
-from gateway.delivery.api import ApiClient, TokenSource
-from gateway.delivery.deliverer import Deliverer
 from gateway.errors import ConfigError
 from gateway.fleet.broker import BrokerSettings, ack, connect, hub_settings
 from gateway.fleet.hub import Hub, NotifyingOutbox
 from gateway.fleet.sites import SiteEntry, SiteTable, parse_sites
 from gateway.fleet.topics import Topics
 from gateway.health import Health, HealthRules
-from gateway.intake.poller import Poller
 from gateway.intake.webhook import serve_webhook
 from gateway.lifecycle import settled, version
 from gateway.metrics import hub_metrics
@@ -56,7 +61,6 @@ __all__ = ["HubGateway"]
 
 log = structlog.get_logger("gateway.hub_app")
 
-HEARTBEAT_EVERY = 15.0
 BROKER_BACKOFF = (0.5, 10.0)
 """Seconds before connecting again after the broker connection failed: first, at most."""
 
@@ -78,8 +82,7 @@ class HubGateway:
         config = self.config
         hub_config = config.hub
         assert hub_config is not None
-        api_config = config.require_api()
-        assert config.client_secret is not None
+        config.require_api()
         topics = Topics(prefix=hub_config.prefix, share_group=hub_config.share_group)
         broker = hub_settings(config)  # a TLS file that does not load: ConfigError now
         try:
@@ -105,37 +108,10 @@ class HubGateway:
                     hub_site_clash(hub_config, site.site_id)
             except ValueError as exc:
                 raise ConfigError(str(exc), key="hub.sites") from None
-            session = await stack.enter_async_context(
-                aiohttp.ClientSession(headers={"User-Agent": "ecgw"})
-            )
             server_clock = ServerClock(self.clock)
-            tokens = TokenSource(
-                session,
-                token_url=api_config.token_url,
-                client_id=api_config.client_id,
-                client_secret=config.client_secret,
-                timeout=config.delivery.timeout,
-                health=self.health,
-            )
-            api = ApiClient(
-                session,
-                base_url=api_config.base_url,
-                tokens=tokens,
-                timeout=config.delivery.timeout,
-                server_clock=server_clock,
-            )
+            api = await open_api_client(stack, config, server_clock, self.health)
             outbox = NotifyingOutbox(db)
-            delivery = config.delivery
-            deliverer = Deliverer(
-                outbox,
-                api,
-                concurrency=delivery.concurrency,
-                backoff_initial=delivery.backoff_initial,
-                backoff_max=delivery.backoff_max,
-                retry_after_max=delivery.retry_after_max,
-                clock=self.clock,
-                health=self.health,
-            )
+            deliverer = deliverer_for(outbox, api, config, clock=self.clock, health=self.health)
             hub = Hub(
                 inbox=inbox,
                 store=store,
@@ -155,7 +131,7 @@ class HubGateway:
             if config.admin is not None:
                 host, port = parse_listen(config.admin.listen)
                 rules = HealthRules(
-                    api_budget=delivery.backoff_max, stale_after={}, started_at=started_at
+                    api_budget=config.delivery.backoff_max, stale_after={}, started_at=started_at
                 )
                 self.admin_url = await stack.enter_async_context(
                     serve_admin(
@@ -188,7 +164,10 @@ class HubGateway:
                     functools.partial(self._broker, hub, broker),
                     backoff=Backoff(*BROKER_BACKOFF),
                 )
-                loops.start("heartbeat", functools.partial(self._heartbeat, meta))
+                loops.start(
+                    "heartbeat",
+                    functools.partial(keep_beating, meta, self.health, self.notifier, self.clock),
+                )
                 loops.start(
                     "retention",
                     functools.partial(
@@ -196,16 +175,10 @@ class HubGateway:
                     ),
                     backoff=Backoff(60.0, RETAIN_EVERY),
                 )
-                if config.poll is not None:
-                    poller = Poller(
-                        api,
-                        inbox,
-                        interval=config.poll.interval,
-                        page_size=config.poll.page_size,
-                        on_event=hub.wake,
-                        clock=self.clock,
-                        health=self.health,
-                    )
+                poller = poller_for(
+                    api, inbox, config, on_event=hub.wake, clock=self.clock, health=self.health
+                )
+                if poller is not None:
                     loops.start("poller", poller.run)
                 self.ready.set()
 
@@ -214,11 +187,3 @@ class HubGateway:
         the supervisor connects again, with backoff)."""
         async with connect(settings) as client:
             await hub.serve(client)
-
-    async def _heartbeat(self, meta: Meta) -> None:
-        every = min(HEARTBEAT_EVERY, self.notifier.watchdog_interval or HEARTBEAT_EVERY)
-        while True:
-            await meta.put(**{"gateway.health": self.health.snapshot()})
-            await meta.heartbeat(now=self.clock())
-            self.notifier.watchdog()
-            await asyncio.sleep(every)

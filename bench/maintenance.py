@@ -15,7 +15,10 @@ days: about ``days - 2`` days to compact).
 This process sends signed notifications (Volue's test vectors, fresh ids) at a
 steady ``--rate`` per second, as Spark would, over keep-alive connections, and
 times each answer from when it was due to be sent (so a stalled server is not
-hidden by requests that were never sent). ``idle`` runs send for ``--seconds``;
+hidden by requests that were never sent); the server also times each answer in its
+receiver's handler (the commit and the write turn included; not the wait for the event
+loop to reach the request) and reports its p99 and max beside the client's.
+``idle`` runs send for ``--seconds``;
 ``catch-up`` runs send until the compaction has finished, and time it.
 
 Runs alternate in pairs (idle, catch-up), (catch-up, idle), ...; each pair's
@@ -143,6 +146,7 @@ async def serve(state: Path, *, compact: bool) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    answers = _time_answers()
     async with open_database(state / "ecgw.sqlite3") as db:
         store = ReadingsStore(db)
         async with serve_webhook(settings, Inbox(db), lambda event_id: None) as url:
@@ -160,6 +164,42 @@ async def serve(state: Path, *, compact: bool) -> None:
                     report.update(slice_mean=budget.spent / budget.slices, slice_max=budget.longest)
                 _say(report)
             await reader.read()  # until the client is done
+    _say({"server": _summary(answers)})
+
+
+def _time_answers() -> list[float]:
+    """Seconds each notification spent in the receiver's handler, from its first line to its
+    answer (the commit and the wait for the write turn included). Not in it: the wait for the
+    event loop to reach the request, and the way to and from the client. A stall the client
+    sees and the handler does not lies there. Empty for a tree without the handler."""
+    from gateway.intake import webhook
+
+    answers: list[float] = []
+    receiver = getattr(webhook, "_Receiver", None)
+    if receiver is None or not hasattr(receiver, "handle"):
+        return answers
+    handle = receiver.handle
+
+    async def timed(self: object, request: object) -> object:
+        began = time.perf_counter()
+        try:
+            return await handle(self, request)
+        finally:
+            answers.append(time.perf_counter() - began)
+
+    receiver.handle = timed
+    return answers
+
+
+def _summary(seconds: list[float]) -> dict[str, float]:
+    if not seconds:
+        return {}
+    ordered = sorted(seconds)
+    return {
+        "p50": statistics.median(ordered),
+        "p99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+        "max": ordered[-1],
+    }
 
 
 def _say(message: dict[str, object]) -> None:
@@ -239,12 +279,16 @@ async def one_run(
         host, port = hello["url"].split("//")[1].split("/")[0].split(":")
         reqs = requests(notifications(int(rate * 3600), tag), f"{host}:{port}")
         done: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        server: dict[str, float] = {}
 
-        async def report() -> None:
+        async def report() -> None:  # the catch-up's report, then the server's own timing
             assert proc.stdout is not None
-            line = await proc.stdout.readline()
-            if line:
-                done.set_result(json.loads(line))
+            async for line in proc.stdout:
+                message = json.loads(line)
+                if "server" in message:
+                    server.update(message["server"])
+                elif not done.done():
+                    done.set_result(message)
 
         reporter = asyncio.create_task(report())
         proc.stdin.write(b"go\n")
@@ -265,6 +309,7 @@ async def one_run(
         p99=ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
         max=ordered[-1],
     )
+    result.update({f"server_{k}": v for k, v in server.items()})
     return result
 
 
@@ -275,6 +320,8 @@ def _ms(x: object) -> str:
 def _line(kind: str, r: dict[str, object]) -> str:
     text = f"{kind:16s} n={r['n']!s:>5} p50 {_ms(r['p50'])} ms  p99 {_ms(r['p99'])} ms"
     text += f"  max {_ms(r['max'])} ms"
+    if "server_p99" in r:
+        text += f"  (in the server: p99 {_ms(r['server_p99'])} ms, max {_ms(r['server_max'])} ms)"
     if "catch_up" in r:
         text += f"  catch-up {float(r['catch_up']):5.1f} s, {r['chunks']} slices"  # type: ignore[arg-type]
     if "slice_mean" in r:

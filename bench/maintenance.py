@@ -17,7 +17,8 @@ steady ``--rate`` per second, as Spark would, over keep-alive connections, and
 times each answer from when it was due to be sent (so a stalled server is not
 hidden by requests that were never sent); the server also times each answer in its
 receiver's handler (the commit and the write turn included; not the wait for the event
-loop to reach the request) and reports its p99 and max beside the client's.
+loop to reach the request) and how late its event loop runs a 5 ms timer (that wait),
+and reports the p99 and max of both beside the client's.
 ``idle`` runs send for ``--seconds``;
 ``catch-up`` runs send until the compaction has finished, and time it.
 
@@ -147,6 +148,8 @@ async def serve(state: Path, *, compact: bool) -> None:
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     answers = _time_answers()
+    lags: list[float] = []
+    watch = asyncio.create_task(_watch_loop(lags))
     async with open_database(state / "ecgw.sqlite3") as db:
         store = ReadingsStore(db)
         async with serve_webhook(settings, Inbox(db), lambda event_id: None) as url:
@@ -164,7 +167,18 @@ async def serve(state: Path, *, compact: bool) -> None:
                     report.update(slice_mean=budget.spent / budget.slices, slice_max=budget.longest)
                 _say(report)
             await reader.read()  # until the client is done
-    _say({"server": _summary(answers)})
+    watch.cancel()
+    _say({"server": _summary(answers), "loop_lag": _summary(lags)})
+
+
+async def _watch_loop(lags: list[float], every: float = 0.005) -> None:
+    """How late the event loop runs a timer due every ``every`` s: the wait a request that
+    arrived meanwhile had before the loop could read it (not in the handler's time)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + every
+        await asyncio.sleep(every)
+        lags.append(max(loop.time() - due, 0.0))
 
 
 def _time_answers() -> list[float]:
@@ -287,6 +301,7 @@ async def one_run(
                 message = json.loads(line)
                 if "server" in message:
                     server.update(message["server"])
+                    server.update({f"lag_{k}": v for k, v in message["loop_lag"].items()})
                 elif not done.done():
                     done.set_result(message)
 
@@ -321,7 +336,11 @@ def _line(kind: str, r: dict[str, object]) -> str:
     text = f"{kind:16s} n={r['n']!s:>5} p50 {_ms(r['p50'])} ms  p99 {_ms(r['p99'])} ms"
     text += f"  max {_ms(r['max'])} ms"
     if "server_p99" in r:
-        text += f"  (in the server: p99 {_ms(r['server_p99'])} ms, max {_ms(r['server_max'])} ms)"
+        text += f"  (in the server: p99 {_ms(r['server_p99'])} ms, max {_ms(r['server_max'])} ms"
+    if "server_lag_p99" in r:
+        text += f"; loop lag p99 {_ms(r['server_lag_p99'])} ms, max {_ms(r['server_lag_max'])} ms"
+    if "server_p99" in r:
+        text += ")"
     if "catch_up" in r:
         text += f"  catch-up {float(r['catch_up']):5.1f} s, {r['chunks']} slices"  # type: ignore[arg-type]
     if "slice_mean" in r:
